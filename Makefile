@@ -1,0 +1,26 @@
+# Two commands a new user needs: `make run` (the main job) and `make test`. Both create .venv when missing.
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+
+.PHONY: run test test-slow bench lock
+
+$(STAMP):
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	rm -f .venv/.installed-* && touch $@
+
+run: $(STAMP)
+	$(PY) -m cleaner.purify cleaner/examples/tool_errors.jsonl results/purify/tool_errors.purified.jsonl --tokenizer lab
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m pytest -q tests/benchmarks -o addopts="--import-mode=importlib -p no:cacheprovider" --benchmark-only --benchmark-columns=min,median,max,rounds --benchmark-sort=name
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==.*/torch==2.13.0/' > requirements.lock.new
+	(echo '# Resolved set for Python 3.11 on Linux, used as pip constraints by `make`. Regenerate: make lock'; cat requirements.lock.new) > requirements.lock && rm requirements.lock.new

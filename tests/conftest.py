@@ -1,0 +1,62 @@
+"""Shared fixtures: the lab tokenizer and a builder of token-level turns with recognisable log-probs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from cleaner import chat
+from cleaner.lab.tokenizer import lab_tokenizer
+from cleaner.trajectory import Provenance, Span, ToolResult, Turn
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return lab_tokenizer()
+
+
+class TurnFactory:
+    """Builds turns as a sampler would: text encoded, `<|im_end|>` appended, split by `chat.split_turn`. Every
+    sampled token gets a distinct log-prob (-0.001, -0.002, ...), so any misaligned splice shows."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.fmt = chat.get_format("hermes")
+        self._lp = itertools.count(1)
+
+    def prompt(self, question: str = "What is 6 * 7?") -> Span:
+        text = chat.render_prompt([{"role": "system", "content": "Use the tool."}, {"role": "user", "content": question}])
+        return Span(Provenance.PROMPT, self.tok.encode(text, add_special_tokens=False), text)
+
+    def turn(self, reasoning: str, code: str | None = None, status: str = "ok", output: str = "42",
+             error_type: str | None = None, raw_call: str | None = None) -> Turn:
+        """A turn; `raw_call` replaces the canonical hermes call text (for malformed calls)."""
+        call_text = raw_call if raw_call is not None else (chat.hermes_call_text(code) if code is not None else "")
+        text = reasoning + call_text
+        ids = self.tok.encode(text, add_special_tokens=False) + [self.tok.convert_tokens_to_ids(chat.IM_END)]
+        logprobs = [-next(self._lp) / 1000 for _ in ids]
+        split = chat.split_turn(self.tok, ids, logprobs, self.fmt)
+        if split.parsed is None:
+            return Turn(split.reasoning, split.stop)
+        result = ToolResult(status, output, error_type)
+        return Turn(split.reasoning, split.stop, split.call, split.parsed.code, result,
+                    chat.observation_span(self.tok, self.fmt, output))
+
+
+@pytest.fixture(scope="session")
+def make(tok):
+    return TurnFactory(tok)
+
+
+def locate_by_prefix_decoding(tok, ids, marker: str = "<tool_call>") -> int | None:
+    """The authors' boundary search, as a reference: decode every prefix until the marker appears (quadratic)."""
+    for i in range(1, len(ids) + 1):
+        if marker in tok.decode(ids[:i], skip_special_tokens=False):
+            return i - 1
+    return None
+
+
+@pytest.fixture(scope="session")
+def naive_locate():
+    return locate_by_prefix_decoding

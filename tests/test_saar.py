@@ -1,0 +1,205 @@
+"""SAAR purification cases, asserted token by token: ids, loss mask, log-probs and provenance of the final
+trajectory are compared with the spans each case says must survive, in order."""
+
+from __future__ import annotations
+
+import pytest
+
+from cleaner import chat, saar
+from cleaner.purify import purify_turns
+from cleaner.saar import Outcome, SaarConfig
+from cleaner.trajectory import Provenance as P
+from cleaner.trajectory import Trajectory
+
+ORIG, SHALLOW, DEEP, OBS = P.ORIGINAL, P.SPLICED_SHALLOW, P.SPLICED_DEEP, P.OBSERVATION
+
+AVG_NAME = "v = [1, 2, 3]\nprint(sum(v) / len(w))"  # NameError
+AVG_SYNTAX = "v = [1, 2, 3]\nprint(sum(v) / len(v)"  # SyntaxError; similarity to AVG_NAME 0.96
+AVG_OK = "v = [1, 2, 3]\nprint(sum(v) / len(v))"  # similarity to AVG_SYNTAX 0.99
+DIV0 = "x = 1/0"
+SUM10_SYNTAX = "print(sum(range(10))"  # similarity to DIV0 on the code: 0.15 -> deep
+SUM10 = "print(sum(range(10)))"
+
+
+def expect(traj: Trajectory, parts: list[tuple]) -> None:
+    """Assert the flat arrays of `traj` equal the concatenation of `parts`, each (span, provenance)."""
+    ids, mask, logprobs, prov = [], [], [], []
+    for span, p in parts:
+        ids += span.ids
+        mask += [1 if p in (ORIG, SHALLOW, DEEP) else 0] * len(span)
+        logprobs += list(span.logprobs) if p in (ORIG, SHALLOW, DEEP) else [0.0] * len(span)
+        prov += [p] * len(span)
+    assert traj.ids == ids
+    assert traj.loss_mask == mask
+    assert traj.logprobs == logprobs
+    assert traj.provenance == prov
+    assert len(traj.ids) == len(traj.loss_mask) == len(traj.logprobs) == len(traj.provenance)
+
+
+def run(make, turns, cfg=SaarConfig(), applies=True):
+    prompt = make.prompt()
+    out, stats = purify_turns(tuple(turns), cfg, applies)
+    return prompt, Trajectory("t", prompt, out), stats
+
+
+def test_success_at_first_try_is_untouched(make):
+    t0 = make.turn("Compute it.\n", "print(6 * 7)", "ok", "42")
+    t1 = make.turn("The answer is \\boxed{42}.")
+    prompt, traj, stats = run(make, [t0, t1])
+    expect(traj, [(prompt, P.PROMPT), (t0.reasoning, ORIG), (t0.call, ORIG), (t0.stop, ORIG), (t0.observation, OBS),
+                  (t1.reasoning, ORIG), (t1.stop, ORIG)])
+    assert (stats.first_attempt_calls, stats.rollbacks_triggered, stats.final_calls) == (1, 0, 1)
+
+
+def test_shallow_keeps_original_reasoning_tokens(make):
+    t0 = make.turn("Average the list.\n", AVG_NAME, "error", "NameError: name 'w' is not defined", "NameError")
+    t1 = make.turn("Typo: w should be v.\n", AVG_OK, "ok", "2.0")
+    t2 = make.turn("The mean is \\boxed{2}.")
+    prompt, traj, stats = run(make, [t0, t1, t2])
+    expect(traj, [(prompt, P.PROMPT), (t0.reasoning, ORIG), (t1.call, SHALLOW), (t1.stop, SHALLOW),
+                  (t1.observation, OBS), (t2.reasoning, ORIG), (t2.stop, ORIG)])
+    assert traj.text == (prompt.text + "Average the list.\n" + chat.hermes_call_text(AVG_OK) + "<|im_end|>"
+                         + chat.get_format("hermes").observation_text("2.0") + "The mean is \\boxed{2}.<|im_end|>")
+    assert [r.mode for r in traj.turns[0].splices] == ["shallow"]
+    assert traj.turns[0].splices[0].replaced_error_type == "NameError"
+    assert (stats.rollbacks_recovered, stats.splices_shallow, stats.splices_deep, stats.final_failures) == (1, 1, 0, 0)
+    removed = t0.call.ids + t0.stop.ids + t0.observation.ids + t1.reasoning.ids
+    assert stats.tokens_removed == len(removed) == traj.turns[0].splices[0].tokens_removed
+
+
+def test_deep_takes_the_corrections_reasoning(make):
+    t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError: division by zero", "ZeroDivisionError")
+    t1 = make.turn("Different approach: sum directly.\n", SUM10, "ok", "45")
+    prompt, traj, stats = run(make, [t0, t1])
+    expect(traj, [(prompt, P.PROMPT), (t1.reasoning, DEEP), (t1.call, DEEP), (t1.stop, DEEP), (t1.observation, OBS)])
+    assert traj.turns[0].splices[0].similarity == pytest.approx(0.142857, abs=1e-6)  # 2*2/(7+21)
+    assert (stats.splices_shallow, stats.splices_deep) == (0, 1)
+
+
+def test_several_retries_at_one_turn_chain_shallow_splices(make):
+    t0 = make.turn("Average.\n", AVG_NAME, "error", "NameError: name 'w' is not defined", "NameError")
+    t1 = make.turn("Fix the name.\n", AVG_SYNTAX, "error", "SyntaxError: '(' was never closed", "SyntaxError")
+    t2 = make.turn("Close the parenthesis.\n", AVG_OK, "ok", "2.0")
+    prompt, traj, stats = run(make, [t0, t1, t2])
+    expect(traj, [(prompt, P.PROMPT), (t0.reasoning, ORIG), (t2.call, SHALLOW), (t2.stop, SHALLOW),
+                  (t2.observation, OBS)])
+    records = traj.turns[0].splices
+    assert [(r.mode, r.replaced_error_type) for r in records] == [("shallow", "NameError"), ("shallow", "SyntaxError")]
+    assert (stats.lookahead_calls, stats.rollbacks_triggered, stats.rollbacks_recovered) == (2, 1, 1)
+    assert stats.tokens_removed == t0.num_tokens + t1.num_tokens + t2.num_tokens - traj.turns[0].num_tokens
+
+
+def test_deep_then_shallow_keeps_the_deep_reasoning(make):
+    t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError: division by zero", "ZeroDivisionError")
+    t1 = make.turn("Sum instead.\n", SUM10_SYNTAX, "error", "SyntaxError: '(' was never closed", "SyntaxError")
+    t2 = make.turn("Close it.\n", SUM10, "ok", "45")
+    prompt, traj, _ = run(make, [t0, t1, t2])
+    expect(traj, [(prompt, P.PROMPT), (t1.reasoning, DEEP), (t2.call, SHALLOW), (t2.stop, SHALLOW),
+                  (t2.observation, OBS)])
+
+
+def test_failures_at_two_turns(make):
+    t0 = make.turn("Average.\n", AVG_NAME, "error", "NameError: name 'w' is not defined", "NameError")
+    t1 = make.turn("Typo.\n", AVG_OK, "ok", "2.0")
+    t2 = make.turn("Now divide.\n", DIV0, "error", "ZeroDivisionError: division by zero", "ZeroDivisionError")
+    t3 = make.turn("Sum instead.\n", SUM10, "ok", "45")
+    t4 = make.turn("Done: \\boxed{45}.")
+    prompt, traj, stats = run(make, [t0, t1, t2, t3, t4])
+    expect(traj, [(prompt, P.PROMPT), (t0.reasoning, ORIG), (t1.call, SHALLOW), (t1.stop, SHALLOW),
+                  (t1.observation, OBS), (t3.reasoning, DEEP), (t3.call, DEEP), (t3.stop, DEEP), (t3.observation, OBS),
+                  (t4.reasoning, ORIG), (t4.stop, ORIG)])
+    assert stats.rollbacks_triggered_by_class == {"NameError": 1, "ZeroDivisionError": 1}
+    assert (stats.first_attempt_calls, stats.first_attempt_failures, stats.final_calls, stats.final_failures) == (2, 2, 2, 0)
+
+
+def test_exhaustion_after_k_keeps_the_last_failure_and_goes_on(make):
+    err = ("error", "ModuleNotFoundError: No module named 'numpy'", "ModuleNotFoundError")
+    t0 = make.turn("Use numpy.\n", "import numpy", *err)
+    t1 = make.turn("Again.\n", "import numpy as np", *err)
+    t2 = make.turn("Once more.\n", "from numpy import linalg", *err)
+    t3 = make.turn("By hand then.\n", "print(2*4 - 1*7)", "ok", "1")
+    t4 = make.turn("\\boxed{1}")
+    prompt, traj, stats = run(make, [t0, t1, t2, t3, t4], SaarConfig(max_retries=2))
+    # import numpy -> import numpy as np: 0.8 (shallow); -> from numpy import linalg: 12/28 = 0.43 (deep)
+    assert [r.mode for r in traj.turns[0].splices] == ["shallow", "deep"]
+    expect(traj, [(prompt, P.PROMPT), (t2.reasoning, DEEP), (t2.call, DEEP), (t2.stop, DEEP),
+                  (t2.observation, OBS), (t3.reasoning, ORIG), (t3.call, ORIG), (t3.stop, ORIG),
+                  (t3.observation, OBS), (t4.reasoning, ORIG), (t4.stop, ORIG)])
+    assert traj.turns[0].result.output == "ModuleNotFoundError: No module named 'numpy'"
+    assert (stats.rollbacks_exhausted, stats.lookahead_calls, stats.first_attempt_calls) == (1, 2, 2)
+    assert (stats.final_failures, stats.final_failures_by_class) == (1, {"ModuleNotFoundError": 1})
+
+
+def test_p_zero_leaves_the_trajectory_untouched(make):
+    turns = (make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError", "ZeroDivisionError"),
+             make.turn("Sum.\n", SUM10, "ok", "45"))
+    cfg = SaarConfig(rollback_probability=0.0)
+    out, stats = purify_turns(turns, cfg, saar.applies_to(cfg, seed=0, trajectory_id="t"))
+    assert out == turns
+    assert (stats.saar_applied, stats.first_attempt_calls, stats.first_attempt_failures) == (False, 2, 1)
+    assert (stats.rollbacks_triggered, stats.final_failures) == (0, 1)
+
+
+def test_infrastructure_failure_never_triggers(make):
+    turns = (make.turn("Go.\n", SUM10, "infra_error", "Sandbox unavailable"), make.turn("Again.\n", SUM10, "ok", "45"))
+    out, stats = purify_turns(turns, SaarConfig(), applies=True)
+    assert out == turns
+    assert (stats.infra_failures, stats.rollbacks_triggered, stats.first_attempt_failures) == (1, 0, 0)
+
+
+def test_malformed_call_triggers(make):
+    raw = '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "print(sum(range(10)))"}\n</tool_call>'
+    t0 = make.turn("Sum.\n", raw_call=raw, status="malformed", output="Error: malformed tool call", error_type=None)
+    assert t0.code == SUM10  # salvaged from the broken JSON, so the retry compares as shallow
+    t1 = make.turn("Add the brace.\n", SUM10, "ok", "45")
+    prompt, traj, stats = run(make, [t0, t1])
+    expect(traj, [(prompt, P.PROMPT), (t0.reasoning, ORIG), (t1.call, SHALLOW), (t1.stop, SHALLOW),
+                  (t1.observation, OBS)])
+    assert stats.rollbacks_triggered_by_class == {"malformed": 1}
+
+
+def test_retry_without_a_call_abandons_and_keeps_the_failure(make):
+    t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError", "ZeroDivisionError")
+    t1 = make.turn("I give up: \\boxed{0}.")
+    out, stats = purify_turns((t0, t1), SaarConfig(), applies=True)
+    assert out == (t0, t1)
+    assert (stats.rollbacks_abandoned, stats.lookahead_calls, stats.final_failures) == (1, 0, 1)
+
+
+def test_infrastructure_failure_during_lookahead_interrupts(make):
+    t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError", "ZeroDivisionError")
+    t1 = make.turn("Sum.\n", SUM10, "infra_error", "Sandbox unavailable")
+    prompt, traj, stats = run(make, [t0, t1])
+    expect(traj, [(prompt, P.PROMPT), (t1.reasoning, DEEP), (t1.call, DEEP), (t1.stop, DEEP), (t1.observation, OBS)])
+    assert (stats.rollbacks_interrupted, stats.infra_failures, stats.final_failures) == (1, 1, 0)
+
+
+def test_step_reports_each_outcome(make):
+    fail = make.turn("a\n", DIV0, "error", "ZeroDivisionError", "ZeroDivisionError")
+    cfg = SaarConfig(max_retries=2)
+    assert saar.step(fail, make.turn("b\n", SUM10, "ok", "45"), 1, cfg)[1] is Outcome.RECOVERED
+    assert saar.step(fail, make.turn("b\n", DIV0, "timeout", "timed out"), 1, cfg)[1] is None
+    assert saar.step(fail, make.turn("b\n", DIV0, "timeout", "timed out"), 2, cfg)[1] is Outcome.EXHAUSTED
+    assert saar.step(fail, make.turn("no call"), 1, cfg) == (fail, Outcome.ABANDONED)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"gamma": 1.5}, "gamma"), ({"gamma": -0.1}, "gamma"), ({"max_retries": -1}, "max_retries"),
+     ({"rollback_probability": 1.01}, "rollback_probability"), ({"similarity": "cosine"}, "similarity")],
+)
+def test_config_rejects_bad_values_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SaarConfig(**kwargs)
+
+
+def test_rollback_draw_is_seeded_per_trajectory_and_has_rate_p():
+    cfg = SaarConfig(rollback_probability=0.7)
+    ids = [f"traj-{i}" for i in range(4000)]
+    draws = [saar.applies_to(cfg, 1, i) for i in ids]
+    assert draws == [saar.applies_to(cfg, 1, i) for i in reversed(ids)][::-1]  # order does not matter
+    assert abs(sum(draws) / len(draws) - 0.7) < 0.03  # 4 standard errors of a Bernoulli(0.7) mean at n=4000
+    assert draws != [saar.applies_to(cfg, 2, i) for i in ids]  # another seed, other draws
+    assert not any(saar.applies_to(SaarConfig(max_retries=0), 1, i) for i in ids[:50])
+    assert not any(saar.applies_to(SaarConfig(enabled=False), 1, i) for i in ids[:50])
+    assert all(saar.applies_to(SaarConfig(), 1, i) for i in ids[:50])

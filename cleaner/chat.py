@@ -155,6 +155,21 @@ def render_prompt(messages: list[dict[str, Any]]) -> str:
     return f"{body}{IM_START}assistant\n"
 
 
+def prompt_span(tokenizer: Any, messages: list[dict[str, Any]]) -> Span:
+    text = render_prompt(messages)
+    return Span(Provenance.PROMPT, tokenizer.encode(text, add_special_tokens=False), text)
+
+
+def truncate_middle(text: str, max_chars: int) -> str:
+    """Keep the head and the tail of a long tool output (the paper shows the model 256 characters) and say how much
+    was cut; tracebacks end with the line that matters, outputs often start with it."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars // 2
+    tail = max_chars - head
+    return f"{text[:head]}\n...[{len(text) - max_chars} characters cut]...\n{text[len(text) - tail:]}"
+
+
 def malformed_result(call: ParsedCall) -> ToolResult:
     return ToolResult("malformed", call.error or "", "MalformedToolCall")
 

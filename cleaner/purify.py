@@ -34,7 +34,7 @@ from typing import Any
 
 from cleaner import chat, saar
 from cleaner.lab.tokenizer import load_tokenizer
-from cleaner.trajectory import STATUSES, Span, ToolResult, Trajectory, Turn, Provenance, write_jsonl, write_lines_atomic
+from cleaner.trajectory import STATUSES, ToolResult, Trajectory, Turn, write_jsonl, write_lines_atomic
 
 PROMPT_ROLES = ("system", "user")
 STATUS_ALIASES = {"success": "ok", "failure": "error"}
@@ -90,8 +90,7 @@ def trajectory_from_messages(record: dict[str, Any], tokenizer: Any, fmt: chat.C
         if m.get("role") not in PROMPT_ROLES:
             raise PurifyInputError(f"{where}: message {k} has role {m.get('role')!r} before the first assistant "
                                    f"message; valid there: {', '.join(PROMPT_ROLES)}")
-    prompt_text = chat.render_prompt(messages[:first])
-    prompt = Span(Provenance.PROMPT, tokenizer.encode(prompt_text, add_special_tokens=False), prompt_text)
+    prompt = chat.prompt_span(tokenizer, messages[:first])
     im_end = tokenizer.convert_tokens_to_ids(chat.IM_END)
     turns, k = [], first
     while k < len(messages):

@@ -130,6 +130,7 @@ class Outcome(StrEnum):
     EXHAUSTED = "exhausted"  # K retries all failed; the last one and its error stay
     ABANDONED = "abandoned"  # a retry made no call (or it was not executed); the failure stays, the turn follows
     INTERRUPTED = "interrupted"  # a retry hit an infrastructure failure; it stays in place
+    CUT = "cut"  # a turn or token limit ended the lookahead before a retry (online only); the failure stays
 
 
 def step(in_place: Turn, retry: Turn, retries_done: int, cfg: SaarConfig) -> tuple[Turn, Outcome | None]:
@@ -162,6 +163,7 @@ class SaarStats:
     rollbacks_exhausted: int = 0
     rollbacks_abandoned: int = 0
     rollbacks_interrupted: int = 0
+    rollbacks_cut: int = 0
     splices_shallow: int = 0  # replacements that kept the reasoning in place (one event may splice several times)
     splices_deep: int = 0  # replacements of the whole turn
     tokens_removed: int = 0  # tokens (sampled and rendered) that splices took out of the trajectory

@@ -8,7 +8,7 @@ import pytest
 
 from cleaner import chat
 from cleaner.lab.tokenizer import lab_tokenizer
-from cleaner.trajectory import Provenance, Span, ToolResult, Turn
+from cleaner.trajectory import Span, ToolResult, Turn
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +26,8 @@ class TurnFactory:
         self._lp = itertools.count(1)
 
     def prompt(self, question: str = "What is 6 * 7?") -> Span:
-        text = chat.render_prompt([{"role": "system", "content": "Use the tool."}, {"role": "user", "content": question}])
-        return Span(Provenance.PROMPT, self.tok.encode(text, add_special_tokens=False), text)
+        return chat.prompt_span(self.tok, [{"role": "system", "content": "Use the tool."},
+                                           {"role": "user", "content": question}])
 
     def turn(self, reasoning: str, code: str | None = None, status: str = "ok", output: str = "42",
              error_type: str | None = None, raw_call: str | None = None) -> Turn:
@@ -60,3 +60,24 @@ def locate_by_prefix_decoding(tok, ids, marker: str = "<tool_call>") -> int | No
 @pytest.fixture(scope="session")
 def naive_locate():
     return locate_by_prefix_decoding
+
+
+def assert_spans(traj, parts) -> None:
+    """Assert the flat arrays of `traj` equal the concatenation of `parts`, each (span, provenance): ids, mask,
+    log-probs and provenance, token by token."""
+    ids, mask, logprobs, prov = [], [], [], []
+    for span, p in parts:
+        ids += span.ids
+        mask += [int(p.trained)] * len(span)
+        logprobs += list(span.logprobs) if p.trained else [0.0] * len(span)
+        prov += [p] * len(span)
+    assert traj.ids == ids
+    assert traj.loss_mask == mask
+    assert traj.logprobs == logprobs
+    assert traj.provenance == prov
+    assert len(traj.ids) == len(traj.loss_mask) == len(traj.logprobs) == len(traj.provenance)
+
+
+@pytest.fixture(scope="session")
+def expect():
+    return assert_spans

@@ -21,28 +21,13 @@ SUM10_SYNTAX = "print(sum(range(10))"  # similarity to DIV0 on the code: 0.15 ->
 SUM10 = "print(sum(range(10)))"
 
 
-def expect(traj: Trajectory, parts: list[tuple]) -> None:
-    """Assert the flat arrays of `traj` equal the concatenation of `parts`, each (span, provenance)."""
-    ids, mask, logprobs, prov = [], [], [], []
-    for span, p in parts:
-        ids += span.ids
-        mask += [1 if p in (ORIG, SHALLOW, DEEP) else 0] * len(span)
-        logprobs += list(span.logprobs) if p in (ORIG, SHALLOW, DEEP) else [0.0] * len(span)
-        prov += [p] * len(span)
-    assert traj.ids == ids
-    assert traj.loss_mask == mask
-    assert traj.logprobs == logprobs
-    assert traj.provenance == prov
-    assert len(traj.ids) == len(traj.loss_mask) == len(traj.logprobs) == len(traj.provenance)
-
-
 def run(make, turns, cfg=SaarConfig(), applies=True):
     prompt = make.prompt()
     out, stats = purify_turns(tuple(turns), cfg, applies)
     return prompt, Trajectory("t", prompt, out), stats
 
 
-def test_success_at_first_try_is_untouched(make):
+def test_success_at_first_try_is_untouched(make, expect):
     t0 = make.turn("Compute it.\n", "print(6 * 7)", "ok", "42")
     t1 = make.turn("The answer is \\boxed{42}.")
     prompt, traj, stats = run(make, [t0, t1])
@@ -51,7 +36,7 @@ def test_success_at_first_try_is_untouched(make):
     assert (stats.first_attempt_calls, stats.rollbacks_triggered, stats.final_calls) == (1, 0, 1)
 
 
-def test_shallow_keeps_original_reasoning_tokens(make):
+def test_shallow_keeps_original_reasoning_tokens(make, expect):
     t0 = make.turn("Average the list.\n", AVG_NAME, "error", "NameError: name 'w' is not defined", "NameError")
     t1 = make.turn("Typo: w should be v.\n", AVG_OK, "ok", "2.0")
     t2 = make.turn("The mean is \\boxed{2}.")
@@ -67,7 +52,7 @@ def test_shallow_keeps_original_reasoning_tokens(make):
     assert stats.tokens_removed == len(removed) == traj.turns[0].splices[0].tokens_removed
 
 
-def test_deep_takes_the_corrections_reasoning(make):
+def test_deep_takes_the_corrections_reasoning(make, expect):
     t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError: division by zero", "ZeroDivisionError")
     t1 = make.turn("Different approach: sum directly.\n", SUM10, "ok", "45")
     prompt, traj, stats = run(make, [t0, t1])
@@ -76,7 +61,7 @@ def test_deep_takes_the_corrections_reasoning(make):
     assert (stats.splices_shallow, stats.splices_deep) == (0, 1)
 
 
-def test_several_retries_at_one_turn_chain_shallow_splices(make):
+def test_several_retries_at_one_turn_chain_shallow_splices(make, expect):
     t0 = make.turn("Average.\n", AVG_NAME, "error", "NameError: name 'w' is not defined", "NameError")
     t1 = make.turn("Fix the name.\n", AVG_SYNTAX, "error", "SyntaxError: '(' was never closed", "SyntaxError")
     t2 = make.turn("Close the parenthesis.\n", AVG_OK, "ok", "2.0")
@@ -89,7 +74,7 @@ def test_several_retries_at_one_turn_chain_shallow_splices(make):
     assert stats.tokens_removed == t0.num_tokens + t1.num_tokens + t2.num_tokens - traj.turns[0].num_tokens
 
 
-def test_deep_then_shallow_keeps_the_deep_reasoning(make):
+def test_deep_then_shallow_keeps_the_deep_reasoning(make, expect):
     t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError: division by zero", "ZeroDivisionError")
     t1 = make.turn("Sum instead.\n", SUM10_SYNTAX, "error", "SyntaxError: '(' was never closed", "SyntaxError")
     t2 = make.turn("Close it.\n", SUM10, "ok", "45")
@@ -98,7 +83,7 @@ def test_deep_then_shallow_keeps_the_deep_reasoning(make):
                   (t2.observation, OBS)])
 
 
-def test_failures_at_two_turns(make):
+def test_failures_at_two_turns(make, expect):
     t0 = make.turn("Average.\n", AVG_NAME, "error", "NameError: name 'w' is not defined", "NameError")
     t1 = make.turn("Typo.\n", AVG_OK, "ok", "2.0")
     t2 = make.turn("Now divide.\n", DIV0, "error", "ZeroDivisionError: division by zero", "ZeroDivisionError")
@@ -112,7 +97,7 @@ def test_failures_at_two_turns(make):
     assert (stats.first_attempt_calls, stats.first_attempt_failures, stats.final_calls, stats.final_failures) == (2, 2, 2, 0)
 
 
-def test_exhaustion_after_k_keeps_the_last_failure_and_goes_on(make):
+def test_exhaustion_after_k_keeps_the_last_failure_and_goes_on(make, expect):
     err = ("error", "ModuleNotFoundError: No module named 'numpy'", "ModuleNotFoundError")
     t0 = make.turn("Use numpy.\n", "import numpy", *err)
     t1 = make.turn("Again.\n", "import numpy as np", *err)
@@ -147,7 +132,7 @@ def test_infrastructure_failure_never_triggers(make):
     assert (stats.infra_failures, stats.rollbacks_triggered, stats.first_attempt_failures) == (1, 0, 0)
 
 
-def test_malformed_call_triggers(make):
+def test_malformed_call_triggers(make, expect):
     raw = '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "print(sum(range(10)))"}\n</tool_call>'
     t0 = make.turn("Sum.\n", raw_call=raw, status="malformed", output="Error: malformed tool call", error_type=None)
     assert t0.code == SUM10  # salvaged from the broken JSON, so the retry compares as shallow
@@ -166,7 +151,7 @@ def test_retry_without_a_call_abandons_and_keeps_the_failure(make):
     assert (stats.rollbacks_abandoned, stats.lookahead_calls, stats.final_failures) == (1, 0, 1)
 
 
-def test_infrastructure_failure_during_lookahead_interrupts(make):
+def test_infrastructure_failure_during_lookahead_interrupts(make, expect):
     t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError", "ZeroDivisionError")
     t1 = make.turn("Sum.\n", SUM10, "infra_error", "Sandbox unavailable")
     prompt, traj, stats = run(make, [t0, t1])

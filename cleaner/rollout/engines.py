@@ -1,0 +1,175 @@
+"""Generation engines: token ids in, sampled token ids and their log-probs out.
+
+Every engine offers `generate(requests, sampling)` (a batch, for the batched driver) and `agenerate(request,
+sampling)` (one request, for the async driver). Sampling is seeded per request (`GenRequest.seed`), so a
+trajectory samples the same tokens whether it runs alone or in a batch, up to floating-point differences that
+padding introduces (last-digit changes of the logits; a sampled token flips only when they cross a sampling
+boundary).
+
+Log-probs are those of the temperature-scaled distribution before top-p / top-k filtering, the quantity the
+trainer recomputes (logits divided by the temperature, as verl does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import DynamicCache
+
+from cleaner.rollout.recompute import score
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 is greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    request_id: str  # the trajectory id: one per trajectory, so a server can route it to the same cache
+    context: tuple[int, ...]
+    max_new_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenOutput:
+    ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+
+
+class Engine(Protocol):
+    def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]: ...
+
+    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput: ...
+
+
+def sample_token(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> tuple[int, float]:
+    """Sample one token from a row of logits `[vocab]`; returns (token, its log-prob at the sampling temperature)."""
+    if sampling.temperature == 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        token = int(torch.argmax(logits))
+        return token, float(logp[token])
+    logp = torch.log_softmax(logits / sampling.temperature, dim=-1)
+    probs = logp.exp()
+    if sampling.top_k:
+        kth = torch.topk(probs, min(sampling.top_k, probs.numel())).values[-1]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+    if sampling.top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cum = torch.cumsum(sorted_probs, dim=-1) / sorted_probs.sum()
+        keep = cum - sorted_probs / sorted_probs.sum() < sampling.top_p  # the smallest prefix reaching top_p
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs * keep)
+    token = int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+    return token, float(logp[token])
+
+
+class TransformersEngine:
+    """Local generation with a transformers causal LM: left padding, one KV cache per batch, per-request seeds.
+    Each call prefills the whole context (no cache is kept across turns)."""
+
+    def __init__(self, model: Any, eos_id: int, pad_id: int):
+        self.model = model
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self._lock = threading.Lock()  # one forward at a time when the async driver runs requests in threads
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
+        with self._lock:
+            return self._generate(requests, sampling)
+
+    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput:
+        return (await asyncio.to_thread(self.generate, [request], sampling))[0]
+
+    def _generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
+        width = max(len(r.context) for r in requests)
+        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, r in enumerate(requests):
+            ids[row, width - len(r.context):] = torch.tensor(r.context)
+            mask[row, width - len(r.context):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+        out_ids: list[list[int]] = [[] for _ in requests]
+        out_lps: list[list[float]] = [[] for _ in requests]
+        active = [r.max_new_tokens > 0 for r in requests]
+        next_pos = positions[:, -1:] + 1
+        while any(active):
+            tokens = torch.full((len(requests), 1), self.pad_id, dtype=torch.long)
+            for row, r in enumerate(requests):
+                if not active[row]:
+                    continue
+                token, lp = sample_token(logits[row], sampling, generators[row])
+                out_ids[row].append(token)
+                out_lps[row].append(lp)
+                tokens[row, 0] = token
+                active[row] = token != self.eos_id and len(out_ids[row]) < r.max_new_tokens
+            if not any(active):
+                break
+            mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long)], dim=1)
+            logits = self.model(input_ids=tokens, attention_mask=mask, position_ids=next_pos, past_key_values=cache,
+                                use_cache=True).logits[:, -1].float()
+            next_pos = next_pos + 1
+        return [GenOutput(tuple(i), tuple(lp)) for i, lp in zip(out_ids, out_lps)]
+
+
+class ScriptedEngine:
+    """Fixed outputs per trajectory, to test the state machine alone. Each request pops the next text scripted for
+    its trajectory, encodes it and appends the stop token; an output longer than `max_new_tokens` is cut there
+    without the stop token, as a real engine would cut it. Log-probs are distinct (-0.001, -0.002, ...)."""
+
+    def __init__(self, tokenizer: Any, scripts: dict[str, list[str]], eos_token: str = "<|im_end|>"):
+        self.tokenizer = tokenizer
+        self.scripts = {k: list(v) for k, v in scripts.items()}
+        self.eos_id = tokenizer.convert_tokens_to_ids(eos_token)
+        self.requests: list[GenRequest] = []
+        self.outputs: list[GenOutput] = []
+        self._lp = itertools.count(1)
+
+    def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
+        return [self._one(r) for r in requests]
+
+    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput:
+        return self._one(request)
+
+    def _one(self, request: GenRequest) -> GenOutput:
+        self.requests.append(request)
+        text = self.scripts[request.request_id].pop(0)
+        ids = tuple((self.tokenizer.encode(text, add_special_tokens=False) + [self.eos_id])[: request.max_new_tokens])
+        self.outputs.append(GenOutput(ids, self._logprobs(request, ids)))
+        return self.outputs[-1]
+
+    def _logprobs(self, request: GenRequest, ids: tuple[int, ...]) -> tuple[float, ...]:
+        return tuple(-next(self._lp) / 1000 for _ in ids)
+
+
+class ForcedEngine(ScriptedEngine):
+    """Scripted outputs carrying the log-probs `model` gives them in each request's context, as if it had sampled
+    them: real log-probs for chosen tool-use paths (errors, fixes) that a small random model would never sample."""
+
+    def __init__(self, model: Any, tokenizer: Any, scripts: dict[str, list[str]], temperature: float = 1.0):
+        super().__init__(tokenizer, scripts)
+        self.model = model
+        self.temperature = temperature
+
+    def _logprobs(self, request: GenRequest, ids: tuple[int, ...]) -> tuple[float, ...]:
+        return tuple(score(self.model, request.context, ids, self.temperature))

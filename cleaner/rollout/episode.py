@@ -1,0 +1,204 @@
+"""One trajectory's multi-turn rollout with online SAAR, as a sans-IO state machine.
+
+The episode owns the token buffer (committed turns as spans, so ids, mask and log-probs stay aligned), the
+lookahead state and the counters. It does no I/O: a driver reads `episode.action` and answers it.
+
+    Generate(context, max_new_tokens, seed) -> episode.on_generated(ids, logprobs, seconds)
+    Execute(code)                           -> episode.on_tool_result(result, seconds)
+    Done(reason)                            -> episode.trajectory()
+
+The loop, top to bottom:
+1. Generate a turn after the committed history. A turn without a tool call (or cut by the token budget) ends the
+   episode. A malformed call is answered at once with its error (nothing is executed).
+2. Execute the call. On success, or on a failure when SAAR does not apply, commit the turn and go to 1.
+3. On a model error when SAAR applies, the turn goes *in place* (not committed) and the lookahead starts: generate
+   a retry after the history plus the turn in place and its error, execute it, and `saar.step` replaces the turn
+   in place by the retry. Repeat up to K times; then commit what is in place and go to 1.
+
+Limits. `max_turns` counts the assistant turns of the final trajectory and `max_response_tokens` its tokens after
+the prompt (sampled and rendered); the final trajectory never exceeds either. Retries replace the turn in place, so
+by default (`retries_count_against_limits = False`, as in the authors' code) the tokens and turns they discard do
+not count; a retry may use the budget left after the history and the turn in place, so whatever the event's
+outcome the final trajectory fits. With `True`, every generation counts as a turn and every discarded token counts
+against the budget. A limit reached during a lookahead ends it as `cut`: the failure stays.
+
+Interpreter state. The driver runs every call of an episode in one sandbox session whose state is the replay of
+its successful cells. A failed cell leaves no trace, so a retry runs in the state of the purified history, and
+after a recovery the state is exactly that of the purified trajectory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cleaner import chat, saar
+from cleaner.trajectory import Span, ToolResult, Trajectory, Turn
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Limits and formats of one rollout. Paper defaults from its Table 5."""
+
+    max_turns: int = 16  # assistant turns in the final trajectory ("16 turns")
+    max_response_tokens: int = 20480  # tokens after the prompt in the final trajectory ("max response 20480")
+    max_tokens_per_turn: int | None = None  # cap on one generation; None: only the budget caps it
+    max_tool_response_chars: int = 256  # tool output shown to the model, middle-truncated ("256 chars")
+    retries_count_against_limits: bool = False  # lookahead retries count as turns and their tokens as budget
+    format: str = "hermes"  # tool-call format, a key of cleaner.chat.FORMATS
+    saar: saar.SaarConfig = field(default_factory=saar.SaarConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 1:
+            raise ValueError(f"rollout.max_turns must be >= 1, got {self.max_turns}")
+        if self.max_response_tokens < 1:
+            raise ValueError(f"rollout.max_response_tokens must be >= 1, got {self.max_response_tokens}")
+        if self.max_tokens_per_turn is not None and self.max_tokens_per_turn < 1:
+            raise ValueError(f"rollout.max_tokens_per_turn must be >= 1 or None, got {self.max_tokens_per_turn}")
+        if self.max_tool_response_chars < 1:
+            raise ValueError(f"rollout.max_tool_response_chars must be >= 1, got {self.max_tool_response_chars}")
+        chat.get_format(self.format)
+
+
+@dataclass(frozen=True)
+class Generate:
+    context: tuple[int, ...]  # the full context: prompt and history (and, in a lookahead, the turn in place)
+    max_new_tokens: int
+    seed: int  # for this generation only: derived from (run seed, trajectory id, generation index)
+    lookahead: bool
+
+
+@dataclass(frozen=True)
+class Execute:
+    code: str
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: str  # "answer" | "max_turns" | "length"
+
+
+@dataclass
+class Timing:
+    """Wall seconds this episode waited on each kind of work, and the tokens it sampled. In a batched driver a
+    batch's wall time counts for every episode in it."""
+
+    generate_s: float = 0.0  # generations outside lookahead
+    tool_s: float = 0.0  # tool calls outside lookahead
+    lookahead_s: float = 0.0  # generations and tool calls of SAAR retries
+    generated_tokens: int = 0  # all sampled tokens, retries included
+    retry_tokens: int = 0  # tokens sampled in lookahead retries
+
+
+class Episode:
+    def __init__(self, trajectory_id: str, prompt: Span, tokenizer: Any, cfg: RolloutConfig, seed: int = 0,
+                 saar_enabled: bool = True):
+        self.id = trajectory_id
+        self.prompt = prompt
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.seed = seed
+        self.fmt = chat.get_format(cfg.format)
+        applies = saar_enabled and saar.applies_to(cfg.saar, seed, trajectory_id)
+        self.stats = saar.SaarStats(saar_applied=applies)
+        self.timing = Timing()
+        self.committed: list[Turn] = []
+        self.in_place: Turn | None = None  # a failed turn under lookahead
+        self.pending: Turn | None = None  # a turn waiting for its tool result
+        self.retries = 0
+        self.generations = 0
+        self.action: Generate | Execute | Done = self._next()
+
+    # -- what the driver calls ---------------------------------------------------------------------------------
+
+    def on_generated(self, ids: list[int] | tuple[int, ...], logprobs: list[float] | tuple[float, ...] | None,
+                     seconds: float = 0.0) -> None:
+        assert isinstance(self.action, Generate), f"episode {self.id} expected no generation now"
+        lookahead = self.action.lookahead
+        self.generations += 1
+        self.timing.generated_tokens += len(ids)
+        if lookahead:
+            self.timing.lookahead_s += seconds
+            self.timing.retry_tokens += len(ids)
+        else:
+            self.timing.generate_s += seconds
+        split = chat.split_turn(self.tokenizer, ids, logprobs, self.fmt)
+        ended = len(split.stop) > 0
+        if split.parsed is None or not ended:
+            turn = Turn(split.reasoning, split.stop, split.call, None if split.parsed is None else split.parsed.code)
+            if self.in_place is not None:  # the retry made no call (or was cut): the failure stays, then this turn
+                self._end_lookahead(saar.Outcome.ABANDONED)
+            self.committed.append(turn)
+            self.action = Done("answer" if ended else "length")
+            return
+        self.pending = Turn(split.reasoning, split.stop, split.call, split.parsed.code)
+        if split.parsed.malformed:
+            self.on_tool_result(chat.malformed_result(split.parsed))
+        else:
+            self.action = Execute(split.parsed.code)
+
+    def on_tool_result(self, result: ToolResult, seconds: float = 0.0) -> None:
+        assert self.pending is not None, f"episode {self.id} has no call waiting for a result"
+        if self.in_place is not None:
+            self.timing.lookahead_s += seconds
+        else:
+            self.timing.tool_s += seconds
+        output = chat.truncate_middle(result.output, self.cfg.max_tool_response_chars)
+        turn = replace(self.pending, result=replace(result, output=output),
+                       observation=chat.observation_span(self.tokenizer, self.fmt, output))
+        self.pending = None
+        if self.in_place is None:
+            self.stats.count_call(turn, lookahead=False)
+            if self.stats.saar_applied and saar.triggers(turn.result):
+                self.stats.count_trigger(turn)
+                self.in_place, self.retries = turn, 0
+            else:
+                self.committed.append(turn)
+        else:
+            self.retries += 1
+            self.stats.count_call(turn, lookahead=True)
+            self.in_place, outcome = saar.step(self.in_place, turn, self.retries, self.cfg.saar)
+            if outcome is not None:
+                self._end_lookahead(outcome)
+        self.action = self._next()
+
+    def trajectory(self) -> Trajectory:
+        assert isinstance(self.action, Done), f"episode {self.id} is not done"
+        stats = copy.deepcopy(self.stats)
+        stats.count_final(self.committed)
+        meta = {"finish_reason": self.action.reason, "timing": vars(self.timing).copy()}
+        return Trajectory(self.id, self.prompt, tuple(self.committed), stats.to_dict(), meta)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _end_lookahead(self, outcome: saar.Outcome) -> None:
+        assert self.in_place is not None
+        self.stats.count_outcome(outcome)
+        self.committed.append(self.in_place)
+        self.in_place = None
+
+    def _next(self) -> Generate | Done:
+        """The next generation, or the end, from the limits (see the module docstring)."""
+        lookahead = self.in_place is not None
+        kept = self.committed + ([self.in_place] if lookahead else [])
+        splices = sum(len(t.splices) for t in kept)
+        turns = len(kept) + (splices if self.cfg.retries_count_against_limits else 0)
+        used = sum(t.num_tokens for t in kept)
+        if self.cfg.retries_count_against_limits:
+            used += sum(r.tokens_removed for t in kept for r in t.splices)
+        budget = self.cfg.max_response_tokens - used
+        if self.cfg.max_tokens_per_turn is not None:
+            budget = min(budget, self.cfg.max_tokens_per_turn)
+        turn_limit = turns >= self.cfg.max_turns and (not lookahead or self.cfg.retries_count_against_limits)
+        if turn_limit or budget <= 0:
+            if lookahead:
+                self._end_lookahead(saar.Outcome.CUT)
+            return Done("max_turns" if turn_limit else "length")
+        context = self.prompt.ids + tuple(i for t in kept for s in t.spans for i in s.ids)
+        return Generate(context, budget, self._generation_seed(), lookahead)
+
+    def _generation_seed(self) -> int:
+        digest = hashlib.sha256(f"{self.seed}\x00{self.id}\x00{self.generations}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") >> 1

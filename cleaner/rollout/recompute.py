@@ -1,0 +1,96 @@
+"""Log-probs of purified trajectories under the current policy, reusing the KV cache of the shared prompt.
+
+A spliced span was sampled in a lookahead context that held the error; in the purified trajectory it stands after
+different tokens, so its sampled log-probs are stale. `recompute` scores every response token of the final
+sequences: the prompt is run once per group of trajectories that share it (the G samples of one prompt), its KV
+cache is repeated for the group, and only the responses are run on top. `full_recompute` runs each whole sequence
+and is the reference. `logprob_gap` measures, per trajectory, how far the sampled log-probs were from the
+recomputed ones on spliced and on untouched tokens.
+
+Log-probs are taken at `temperature` (logits divided by it), as the engines report them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from cleaner.trajectory import Provenance, Trajectory
+
+SPLICED = (Provenance.SPLICED_SHALLOW, Provenance.SPLICED_DEEP)
+
+
+def _pad_right(rows: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits [B, T, V] predicting targets [B, T] -> log-probs [B, T]."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def score(model: Any, context: tuple[int, ...], continuation: tuple[int, ...], temperature: float = 1.0) -> list[float]:
+    """Log-probs of `continuation` tokens after `context`, one forward pass."""
+    ids = torch.tensor([context + continuation])
+    logits = model(input_ids=ids).logits[:, len(context) - 1 : -1]
+    return _token_logprobs(logits, ids[:, len(context):], temperature)[0].tolist()
+
+
+@torch.no_grad()
+def full_recompute(model: Any, trajectories: list[Trajectory], pad_id: int, temperature: float = 1.0) -> list[list[float]]:
+    """Reference: log-probs of each trajectory's response tokens (after the prompt), whole sequences in a batch."""
+    ids, mask = _pad_right([tuple(t.ids) for t in trajectories], pad_id)
+    logp = _token_logprobs(model(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:], temperature)
+    return [logp[i, len(t.prompt) - 1 : len(t.ids) - 1].tolist() for i, t in enumerate(trajectories)]
+
+
+@torch.no_grad()
+def recompute(model: Any, trajectories: list[Trajectory], pad_id: int, temperature: float = 1.0) -> list[list[float]]:
+    """Same result as `full_recompute`, running each distinct prompt once and its responses on its cache."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, t in enumerate(trajectories):
+        groups[t.prompt.ids].append(i)
+    out: list[list[float]] = [[] for _ in trajectories]
+    for prompt, members in groups.items():
+        cache = DynamicCache()
+        last = model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits[:, -1:]
+        cache.batch_repeat_interleave(len(members))
+        responses = [tuple(trajectories[i].ids[len(prompt):]) for i in members]
+        ids, mask = _pad_right(responses, pad_id)
+        full_mask = torch.cat([torch.ones((len(members), len(prompt)), dtype=torch.long), mask], dim=1)
+        positions = torch.arange(len(prompt), len(prompt) + ids.shape[1]).expand(len(members), -1)
+        logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True).logits
+        logits = torch.cat([last.expand(len(members), -1, -1), logits[:, :-1]], dim=1)  # predictions of ids
+        logp = _token_logprobs(logits, ids, temperature)
+        for row, i in enumerate(members):
+            out[i] = logp[row, : len(responses[row])].tolist()
+    return out
+
+
+def logprob_gap(trajectory: Trajectory, recomputed: list[float]) -> dict[str, float | int]:
+    """|sampled - recomputed| over the trajectory's sampled tokens, split into spliced and untouched ones."""
+    sampled = trajectory.logprobs
+    assert sampled is not None, f"trajectory {trajectory.id} has no sampled log-probs"
+    start = len(trajectory.prompt)
+    gaps: dict[str, list[float]] = {"spliced": [], "untouched": []}
+    for lp, new, p in zip(sampled[start:], recomputed, trajectory.provenance[start:]):
+        if p.trained:
+            gaps["spliced" if p in SPLICED else "untouched"].append(abs(lp - new))
+    out: dict[str, float | int] = {}
+    for kind, values in gaps.items():
+        out[f"{kind}_tokens"] = len(values)
+        out[f"{kind}_mean_abs_gap"] = sum(values) / len(values) if values else 0.0
+        out[f"{kind}_max_abs_gap"] = max(values, default=0.0)
+    return out

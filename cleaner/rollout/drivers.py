@@ -5,7 +5,7 @@
 - `run_async`: for server engines. One coroutine per episode; the server batches concurrent requests itself.
 
 Both give the same trajectories for the same seeds: sampling is seeded per generation by the episode, and tool
-results do not depend on timing.
+results do not depend on timing. Both are coroutines, so the sandbox pool they use lives in the same event loop.
 """
 
 from __future__ import annotations
@@ -68,29 +68,27 @@ async def _run_tool(tools: ToolRunner, e: Episode) -> tuple[ToolResult, float]:
     return result, time.perf_counter() - start
 
 
-def run_batched(engine: Engine, tools: ToolRunner, episodes: list[Episode], sampling: SamplingParams) -> list[Trajectory]:
-    async def main() -> None:
-        try:
-            while True:
-                generating = [e for e in episodes if isinstance(e.action, Generate)]
-                if generating:
-                    start = time.perf_counter()
-                    outputs = engine.generate([_request(e) for e in generating], sampling)
-                    seconds = time.perf_counter() - start
-                    for e, out in zip(generating, outputs):
-                        e.on_generated(out.ids, out.logprobs, seconds)
-                executing = [e for e in episodes if isinstance(e.action, Execute)]
-                if executing:
-                    results = await asyncio.gather(*(_run_tool(tools, e) for e in executing))
-                    for e, (result, seconds) in zip(executing, results):
-                        e.on_tool_result(result, seconds)
-                if not generating and not executing:
-                    return
-        finally:
-            await asyncio.gather(*(tools.close(e.id) for e in episodes))
-
-    asyncio.run(main())
-    return [e.trajectory() for e in episodes]
+async def run_batched(engine: Engine, tools: ToolRunner, episodes: list[Episode],
+                      sampling: SamplingParams) -> list[Trajectory]:
+    try:
+        while True:
+            generating = [e for e in episodes if isinstance(e.action, Generate)]
+            if generating:
+                start = time.perf_counter()
+                # in a worker thread: an engine may run its own event loop (the SGLang client does)
+                outputs = await asyncio.to_thread(engine.generate, [_request(e) for e in generating], sampling)
+                seconds = time.perf_counter() - start
+                for e, out in zip(generating, outputs):
+                    e.on_generated(out.ids, out.logprobs, seconds)
+            executing = [e for e in episodes if isinstance(e.action, Execute)]
+            if executing:
+                results = await asyncio.gather(*(_run_tool(tools, e) for e in executing))
+                for e, (result, seconds) in zip(executing, results):
+                    e.on_tool_result(result, seconds)
+            if not generating and not executing:
+                return [e.trajectory() for e in episodes]
+    finally:
+        await asyncio.gather(*(tools.close(e.id) for e in episodes))
 
 
 async def run_async(engine: Engine, tools: ToolRunner, episodes: list[Episode], sampling: SamplingParams) -> list[Trajectory]:

@@ -13,11 +13,13 @@ trainer recomputes (logits divided by the temperature, as verl does).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 import torch
 from transformers import DynamicCache
 
@@ -173,3 +175,66 @@ class ForcedEngine(ScriptedEngine):
 
     def _logprobs(self, request: GenRequest, ids: tuple[int, ...]) -> tuple[float, ...]:
         return tuple(score(self.model, request.context, ids, self.temperature))
+
+
+class SGLangEngine:
+    """Client of SGLang servers' native `/generate` endpoint, tokens in and tokens out; it needs no `import sglang`.
+
+    Each request carries the exact token ids of the context, so the server's radix cache reuses every prefix it has
+    seen (the prompt across the G samples, the history across turns). A trajectory always goes to the same server
+    (chosen by a stable hash of its id), so its prefix is cached where its next turn lands. Requests ask for the
+    log-prob of each sampled token (`return_logprob`) and pass the per-generation seed (`sampling_seed`).
+    """
+
+    def __init__(self, urls: list[str], stop_token_ids: list[int], timeout_s: float = 600.0):
+        if not urls:
+            raise ValueError("SGLangEngine needs at least one server URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.stop_token_ids = stop_token_ids
+        self.timeout_s = timeout_s
+        self._clients: dict[int, httpx.AsyncClient] = {}
+
+    def server_for(self, request_id: str) -> str:
+        digest = hashlib.sha256(request_id.encode()).digest()
+        return self.urls[int.from_bytes(digest[:8], "big") % len(self.urls)]
+
+    def payload(self, request: GenRequest, sampling: SamplingParams) -> dict[str, Any]:
+        return {
+            "rid": f"{request.request_id}#{request.seed:x}",  # unique per generation; SGLang refuses duplicates
+            "input_ids": list(request.context),
+            "sampling_params": {
+                "max_new_tokens": request.max_new_tokens,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": sampling.top_k or -1,
+                "stop_token_ids": self.stop_token_ids,
+                "sampling_seed": request.seed,
+                "skip_special_tokens": False,
+                "no_stop_trim": True,  # keep the stop token: it is part of the sampled turn
+            },
+            "return_logprob": True,
+        }
+
+    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput:
+        url = self.server_for(request.request_id)
+        response = await self._client().post(f"{url}/generate", json=self.payload(request, sampling))
+        response.raise_for_status()
+        body = response.json()
+        ids = [int(i) for i in body["output_ids"]]
+        logprobs = [float(lp) for lp, _, _ in body["meta_info"]["output_token_logprobs"]]
+        if len(logprobs) != len(ids):
+            raise RuntimeError(f"SGLang at {url} returned {len(ids)} tokens but {len(logprobs)} log-probs for "
+                               f"request {request.request_id}")
+        return GenOutput(tuple(ids), tuple(logprobs))
+
+    def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
+        async def all_of_them() -> list[GenOutput]:
+            return list(await asyncio.gather(*(self.agenerate(r, sampling) for r in requests)))
+
+        return asyncio.run(all_of_them())
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = id(asyncio.get_running_loop())  # a client belongs to the event loop it was made in
+        if loop not in self._clients:
+            self._clients[loop] = httpx.AsyncClient(timeout=self.timeout_s)
+        return self._clients[loop]

@@ -39,7 +39,7 @@ def rollout(tok, script, cfg=RolloutConfig(), tools=TOOLS):
     engine = ScriptedEngine(tok, {"q/0": list(script)})
     runner = ScriptedTools(tools)
     [episode] = make_episodes(tok, [("q", MESSAGES)], 1, cfg, seed=0)
-    [traj] = run_batched(engine, runner, [episode], SamplingParams())
+    [traj] = asyncio.run(run_batched(engine, runner, [episode], SamplingParams()))
     turns = [chat.split_turn(tok, o.ids, o.logprobs, HERMES) for o in engine.outputs]
     obs = {code: chat.observation_span(tok, HERMES, r.output) for code, r in tools.items()}
     return traj, turns, obs, engine, runner
@@ -151,8 +151,8 @@ def test_batched_and_async_drivers_agree(tok):
     scripts = {"q/0": [say("Mean.\n", NAME_ERR), say("Typo.\n", FIXED), "\\boxed{2}"],
                "q/1": [say("Divide.\n", DIV0), say("Sum.\n", OTHER), "\\boxed{45}"]}
     cfg = RolloutConfig()
-    batched = run_batched(ScriptedEngine(tok, scripts), ScriptedTools(TOOLS), make_episodes(tok, [("q", MESSAGES)], 2, cfg, 0),
-                          SamplingParams())
+    batched = asyncio.run(run_batched(ScriptedEngine(tok, scripts), ScriptedTools(TOOLS), make_episodes(tok, [("q", MESSAGES)], 2, cfg, 0),
+                          SamplingParams()))
     engine = ScriptedEngine(tok, scripts)
     concurrent = asyncio.run(run_async(engine, ScriptedTools(TOOLS), make_episodes(tok, [("q", MESSAGES)], 2, cfg, 0),
                                        SamplingParams()))
@@ -170,7 +170,7 @@ def test_config_errors_name_the_field():
 def test_saar_off_commits_failures(tok, expect):
     engine = ScriptedEngine(tok, {"q/0": [say("Divide.\n", DIV0), say("Sum.\n", OTHER), "\\boxed{45}"]})
     [episode] = make_episodes(tok, [("q", MESSAGES)], 1, RolloutConfig(), seed=0, saar_enabled=False)
-    [traj] = run_batched(engine, ScriptedTools(TOOLS), [episode], SamplingParams())
+    [traj] = asyncio.run(run_batched(engine, ScriptedTools(TOOLS), [episode], SamplingParams()))
     t = [chat.split_turn(tok, o.ids, o.logprobs, HERMES) for o in engine.outputs]
     o = {c: chat.observation_span(tok, HERMES, r.output) for c, r in TOOLS.items()}
     expect(traj, [(traj.prompt, PROMPT), (t[0].reasoning, ORIG), (t[0].call, ORIG), (t[0].stop, ORIG), (o[DIV0], OBS),

@@ -35,14 +35,14 @@ def engine(model, tok):
 def test_batched_and_async_drivers_give_identical_trajectories(tok, engine):
     cfg = RolloutConfig(max_response_tokens=24)
     sampling = SamplingParams(temperature=1.0, top_p=0.9)
-    batched = run_batched(engine, ScriptedTools({}), make_episodes(tok, PROMPTS, 3, cfg, seed=5), sampling)
+    batched = asyncio.run(run_batched(engine, ScriptedTools({}), make_episodes(tok, PROMPTS, 3, cfg, seed=5), sampling))
     concurrent = asyncio.run(run_async(engine, ScriptedTools({}), make_episodes(tok, PROMPTS, 3, cfg, seed=5), sampling))
     assert [t.id for t in batched] == [t.id for t in concurrent] == [f"p{i}/{k}" for i in (0, 1) for k in range(3)]
     for a, b in zip(batched, concurrent):
         assert a.ids == b.ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=TOL)
     assert len({tuple(t.ids) for t in batched}) == 6  # different seeds per sample: the samples differ
-    other = run_batched(engine, ScriptedTools({}), make_episodes(tok, PROMPTS, 3, cfg, seed=6), sampling)
+    other = asyncio.run(run_batched(engine, ScriptedTools({}), make_episodes(tok, PROMPTS, 3, cfg, seed=6), sampling))
     assert [t.ids for t in other] != [t.ids for t in batched]
 
 
@@ -81,8 +81,8 @@ def test_recompute_with_prefix_reuse_equals_full_and_finds_the_stale_splices(tok
                "p0/2": [say("Mean.\n", fixed), "\\boxed{2}"],  # no splice
                "p1/0": [say("Sum.\n", "print(45)"), "\\boxed{45}"]}
     engine = ForcedEngine(model, tok, scripts)
-    trajs = run_batched(engine, tools, make_episodes(tok, PROMPTS[:1], 3, RolloutConfig(), 0)
-                        + make_episodes(tok, PROMPTS[1:], 1, RolloutConfig(), 0), SamplingParams())
+    trajs = asyncio.run(run_batched(engine, tools, make_episodes(tok, PROMPTS[:1], 3, RolloutConfig(), 0)
+                        + make_episodes(tok, PROMPTS[1:], 1, RolloutConfig(), 0), SamplingParams()))
     assert [t.stats["splices_shallow"] + 2 * t.stats["splices_deep"] for t in trajs] == [1, 2, 0, 0]
     reused, full = recompute(model, trajs, tok.pad_token_id), full_recompute(model, trajs, tok.pad_token_id)
     for t, a, b in zip(trajs, reused, full):

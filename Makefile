@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-slow bench lock
+.PHONY: run purify sft test test-slow bench lock
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv .venv
@@ -10,7 +10,13 @@ $(STAMP):
 	rm -f .venv/.installed-* && touch $@
 
 run: $(STAMP)
+	$(PY) -m cleaner.lab.experiment --preset lab --out results/lab
+
+purify: $(STAMP)
 	$(PY) -m cleaner.purify cleaner/examples/tool_errors.jsonl results/purify/tool_errors.purified.jsonl --tokenizer lab
+
+sft: $(STAMP)
+	$(PY) -m cleaner.lab.sft --out results/lab/sft
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -161,13 +161,25 @@ def prompt_span(tokenizer: Any, messages: list[dict[str, Any]]) -> Span:
 
 
 def truncate_middle(text: str, max_chars: int) -> str:
-    """Keep the head and the tail of a long tool output (the paper shows the model 256 characters) and say how much
-    was cut; tracebacks end with the line that matters, outputs often start with it."""
+    """`text` cut to at most `max_chars` characters by removing its middle: head, a marker naming how many
+    characters were cut, tail. Head and tail split what is left evenly (the head gets the odd one). The paper shows
+    the model 256 characters; the middle goes because outputs start, and tracebacks end, with what matters."""
+    if max_chars < 0:
+        raise ValueError(f"max_chars must be >= 0, got {max_chars}")
     if len(text) <= max_chars:
         return text
-    head = max_chars // 2
-    tail = max_chars - head
-    return f"{text[:head]}\n...[{len(text) - max_chars} characters cut]...\n{text[len(text) - tail:]}"
+    cut = len(text) - max_chars
+    while True:  # the marker's length depends on the count it shows, which grows with it; settle it
+        marker = f"\n...[{cut} chars cut]...\n"
+        keep = max_chars - len(marker)
+        if keep < 2:
+            return text[:max_chars]
+        if len(text) - keep == cut:
+            break
+        cut = len(text) - keep
+    tail = keep // 2
+    head = keep - tail
+    return text[:head] + marker + text[len(text) - tail:]
 
 
 def malformed_result(call: ParsedCall) -> ToolResult:

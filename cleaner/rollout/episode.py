@@ -20,7 +20,8 @@ the prompt (sampled and rendered); the final trajectory never exceeds either. Re
 by default (`retries_count_against_limits = False`, as in the authors' code) the tokens and turns they discard do
 not count; a retry may use the budget left after the history and the turn in place, so whatever the event's
 outcome the final trajectory fits. With `True`, every generation counts as a turn and every discarded token counts
-against the budget. A limit reached during a lookahead ends it as `cut`: the failure stays.
+against the budget. A limit reached during a lookahead ends it as `cut`: the failure stays. A tool output that
+does not fit in what is left of the budget is cut to fit, and the episode ends (`length`).
 
 Interpreter state. The driver runs every call of an episode in one sandbox session whose state is the replay of
 its successful cells. A failed cell leaves no trace, so a retry runs in the state of the purified history, and
@@ -183,6 +184,18 @@ class Episode:
         """The next generation, or the end, from the limits (see the module docstring)."""
         lookahead = self.in_place is not None
         kept = self.committed + ([self.in_place] if lookahead else [])
+        over = sum(t.num_tokens for t in kept) - self.cfg.max_response_tokens
+        if over > 0:  # the last tool output did not fit: keep what fits of it, and stop
+            last = kept[-1]
+            assert last.observation is not None and over <= len(last.observation), "sampled tokens exceed the budget"
+            ids = last.observation.ids[: len(last.observation) - over]
+            cut = replace(last, observation=replace(last.observation, ids=ids, text=chat.decode(self.tokenizer, ids)))
+            if lookahead:
+                self.in_place = cut
+                self._end_lookahead(saar.Outcome.CUT)
+            else:
+                self.committed[-1] = cut
+            return Done("length")
         splices = sum(len(t.splices) for t in kept)
         turns = len(kept) + (splices if self.cfg.retries_count_against_limits else 0)
         used = sum(t.num_tokens for t in kept)

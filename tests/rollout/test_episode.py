@@ -181,12 +181,23 @@ def test_saar_off_commits_failures(tok, expect):
 
 def test_tool_output_is_truncated_in_the_middle(tok):
     long = ToolResult("ok", "A" * 300 + "END")
-    traj, *_ = rollout(tok, [say("Go.\n", OTHER), "\\boxed{1}"], RolloutConfig(max_tool_response_chars=20),
+    traj, *_ = rollout(tok, [say("Go.\n", OTHER), "\\boxed{1}"], RolloutConfig(max_tool_response_chars=60),
                        {OTHER: long})
-    assert traj.turns[0].result.output == "A" * 10 + "\n...[283 characters cut]...\n" + "AAAAAAAEND"
+    # 60 = 19 head + 23 marker + 18 tail; 303 - 37 kept = 266 cut
+    assert traj.turns[0].result.output == "A" * 19 + "\n...[266 chars cut]...\n" + "A" * 15 + "END"
 
 
 def test_episode_refuses_an_out_of_order_answer(tok):
     e = Episode("x", chat.prompt_span(tok, MESSAGES), tok, RolloutConfig())
     with pytest.raises(AssertionError, match="no call waiting"):
         e.on_tool_result(ToolResult("ok", "1"))
+
+
+def test_a_tool_output_that_does_not_fit_is_cut_and_the_episode_ends(tok, expect):
+    first = len(tok.encode(say("Mean.\n", FIXED), add_special_tokens=False)) + 1
+    traj, t, obs, engine, _ = rollout(tok, [say("Mean.\n", FIXED), "\\boxed{2}"],
+                                      RolloutConfig(max_response_tokens=first + 4))
+    kept = obs[FIXED].__class__(OBS, obs[FIXED].ids[:4], chat.decode(tok, obs[FIXED].ids[:4]))
+    expect(traj, [(traj.prompt, PROMPT), (t[0].reasoning, ORIG), (t[0].call, ORIG), (t[0].stop, ORIG), (kept, OBS)])
+    assert len(traj.ids) - len(traj.prompt) == first + 4 and len(engine.requests) == 1
+    assert traj.meta["finish_reason"] == "length" and traj.turns[0].result.output == "2.0"

@@ -1,0 +1,84 @@
+"""Settings of the sandbox: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKENDS = ("auto", "bwrap", "rlimit", "remote")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits and backend of the Python executor. Every limit is enforced from outside the model's code: by the
+    supervisor process (wall clock, output size, clean-up) or by the kernel (rlimits, namespaces)."""
+
+    # wall-clock limit per cell, then all its processes are SIGKILLed ("4 s per execution" in the paper)
+    timeout_s: float = 4.0
+    # CPU-time limit per process of a cell (RLIMIT_CPU, rounded up to whole seconds)
+    cpu_time_s: float = 4.0
+    # address-space limit per process (RLIMIT_AS); 2048 as DemyAgent's tool_memory_mb
+    memory_mb: int = 2048
+    # stdout + stderr bytes a cell may write; beyond it the cell is stopped with status `output_limit`
+    max_output_bytes: int = 1 << 20
+    # characters of output shown to the model, cut in the middle ("truncated to 256 chars" in the paper)
+    max_output_chars: int = 256
+    # RLIMIT_NPROC: processes and threads a cell may have, itself included (exact only with a uid per cell)
+    max_processes: int = 64
+    # RLIMIT_NOFILE per process
+    max_open_files: int = 256
+    # RLIMIT_FSIZE: the largest file a cell may write
+    max_file_bytes: int = 16 << 20
+    # bwrap: size of the sandbox's private /tmp, which holds the scratch directories of one worker
+    max_scratch_mb: int = 256
+    # "auto" (bwrap if it works, else rlimit with a warning) | "bwrap" | "rlimit" | "remote"
+    backend: str = "auto"
+    # refuse (raise SandboxUnavailable) rather than run without namespace isolation
+    strict: bool = False
+    # cells that run at the same time, one sandbox each; None: os.cpu_count()
+    workers: int | None = None
+    # the bubblewrap executable: a name looked up on PATH, or a path
+    bwrap_path: str = "bwrap"
+    # extra import paths for model code (say a site-packages with sympy), mounted read-only; default: stdlib only
+    python_paths: tuple[str, ...] = ()
+    # backend "remote": base URL of a SandboxFusion server
+    remote_url: str | None = None
+    # backend "remote": HTTP time-out added to timeout_s for one request
+    remote_request_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "python_paths", tuple(self.python_paths))
+        positive = {
+            "timeout_s": self.timeout_s,
+            "cpu_time_s": self.cpu_time_s,
+            "memory_mb": self.memory_mb,
+            "max_output_bytes": self.max_output_bytes,
+            "max_output_chars": self.max_output_chars,
+            "max_processes": self.max_processes,
+            "max_open_files": self.max_open_files,
+            "max_file_bytes": self.max_file_bytes,
+            "max_scratch_mb": self.max_scratch_mb,
+            "remote_request_timeout_s": self.remote_request_timeout_s,
+        }
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"sandbox.{name} must be a positive number, got {value!r}")
+        if self.memory_mb < 64:
+            raise ValueError(f"sandbox.memory_mb must be at least 64 (the interpreter itself needs it), "
+                             f"got {self.memory_mb}")
+        if self.max_open_files < 16:
+            raise ValueError(f"sandbox.max_open_files must be at least 16, got {self.max_open_files}")
+        if self.max_processes < 2:
+            raise ValueError(f"sandbox.max_processes must be at least 2 (a cell and its holder), "
+                             f"got {self.max_processes}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown sandbox.backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        if self.strict and self.backend == "rlimit":
+            raise ValueError("sandbox.strict=True refuses to run without namespace isolation, but "
+                             "sandbox.backend='rlimit' has none; use backend 'auto' or 'bwrap'")
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
+            raise ValueError(f"sandbox.workers must be >= 1 or None, got {self.workers!r}")
+        if self.backend == "remote" and not self.remote_url:
+            raise ValueError("sandbox.backend='remote' needs sandbox.remote_url (a SandboxFusion server)")
+        for path in self.python_paths:
+            if not path.startswith("/"):
+                raise ValueError(f"sandbox.python_paths must be absolute paths, got {path!r}")

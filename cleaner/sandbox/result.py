@@ -1,0 +1,60 @@
+"""What one executed cell returns, and the text the model sees of it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cleaner.chat import truncate_middle
+from cleaner.trajectory import ToolResult
+
+# The sandbox's statuses: the tool statuses of cleaner.trajectory.STATUSES except `malformed` (nothing was run).
+# `infra_error` means the sandbox failed; every other status is an outcome of the model's code.
+SANDBOX_STATUSES = ("ok", "error", "timeout", "memory_limit", "output_limit", "infra_error")
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """One executed cell. `stdout` is the head of what the cell printed (up to max_output_bytes), `stderr` the
+    tail of its error stream, ending with the traceback or the sandbox's note (time-out, output limit, ...).
+    `error_type` is the exception class name for status `error` (`NameError`, `SyntaxError`, `SystemExit`, a
+    signal name such as `SIGSEGV`), else None. `duration_s` is the cell's wall time in the sandbox, without
+    queueing. `backend` says which backend ran it ("bwrap", "rlimit" or "remote")."""
+
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    error_type: str | None = None
+    duration_s: float = 0.0
+    backend: str = ""
+    max_output_chars: int = 256  # the default shown to the model, from SandboxConfig.max_output_chars
+
+    def __post_init__(self) -> None:
+        if self.status not in SANDBOX_STATUSES:
+            raise ValueError(f"unknown sandbox status {self.status!r}; valid: {', '.join(SANDBOX_STATUSES)}")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def output(self) -> str:
+        """stdout, then stderr, as one text (untruncated)."""
+        if self.stdout and self.stderr and not self.stdout.endswith("\n"):
+            return self.stdout + "\n" + self.stderr
+        return self.stdout + self.stderr
+
+    def to_tool_result(self, max_chars: int | None = None) -> ToolResult:
+        """The observation for the model: stdout then the stderr tail, cut in the middle to `max_chars`
+        characters (default: this result's max_output_chars)."""
+        limit = self.max_output_chars if max_chars is None else max_chars
+        return ToolResult(self.status, truncate_middle(self.output, limit), self.error_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def infra_error(message: str, backend: str = "", max_output_chars: int = 256) -> ExecutionResult:
+    """A result for a call the sandbox could not run (could not start, died, pool closed)."""
+    return ExecutionResult("infra_error", stderr=f"SandboxError: {message}\n", backend=backend,
+                           max_output_chars=max_output_chars)

@@ -1,0 +1,188 @@
+"""Throughput and latency of the sandbox pool against a process per call, measured in the same run.
+
+Methods:
+- pool: SandboxPool (bwrap where available), os.cpu_count() workers, one fork per call.
+- subprocess: `subprocess.run([python, "-I", "-S", "-c", code])` per call (no isolation at all).
+- bwrap_per_call: the pool's own bubblewrap command line, a new sandbox per call (equal isolation).
+Codes: `print(1)`, and a cell that burns 50 ms of CPU time (a busy loop on time.process_time(), not a sleep, so
+the machine's cores bound every method alike). Concurrency: 1, 8, 64 calls in flight; latency is measured from
+issuing a call to its result, so it includes waiting for a free worker.
+Sessions: a cell after N = 10 successful cells vs a fresh session's first cell vs a one-off call, and the cost of
+rebuilding the same state by replaying the 10 cells (what a stateless executor has to do).
+
+Run: .venv/bin/python -m pytest -o addopts="--import-mode=importlib -p no:cacheprovider" \\
+         tests/benchmarks/test_sandbox_throughput.py --benchmark-only
+The summary table is printed at the end; each test's numbers are also in its benchmark `extra_info`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import time
+
+import pytest
+
+from cleaner.sandbox import SandboxConfig, SandboxPool
+from cleaner.sandbox.backends import SANDBOX_ENV, plan, real_python
+from cleaner.sandbox.remote import replay_program
+
+CONFIG = SandboxConfig(timeout_s=10.0, cpu_time_s=10.0)
+CODES = {
+    "print(1)": "print(1)",
+    "50ms CPU": "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.05:\n    pass",
+}
+CALLS = {"print(1)": 200, "50ms CPU": 60}
+CONCURRENCY = (1, 8, 64)
+SESSION_CELL = "y = sum(range(1000))"
+HISTORY = [f"x{i} = sum(range(300_000))" for i in range(10)]  # each prior cell does ~5-10 ms of work
+SUMMARY: dict[tuple[str, str, int], dict[str, float]] = {}
+SESSION_SUMMARY: dict[str, float] = {}
+HAVE_BWRAP = shutil.which("bwrap") is not None
+
+
+def stats(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+    ordered = sorted(latencies_s)
+    return {
+        "calls_per_s": len(ordered) / wall_s,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+    }
+
+
+async def measure(call, n: int, concurrency: int) -> dict[str, float]:
+    """n calls with `concurrency` in flight; latency from issue to result."""
+    slots = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one() -> None:
+        async with slots:
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return stats(latencies, time.perf_counter() - t0)
+
+
+async def run_pool(code: str, n: int, concurrency: int) -> dict[str, float]:
+    async with SandboxPool(CONFIG) as pool:
+        for _ in range(4):
+            assert (await pool.run(code)).status == "ok"
+
+        async def call() -> None:
+            result = await pool.run(code)
+            assert result.status == "ok", result
+
+        out = await measure(call, n, concurrency)
+        out["backend"] = pool.backend  # type: ignore[assignment]
+        return out
+
+
+async def run_processes(prefix: list[str], code: str, n: int, concurrency: int) -> dict[str, float]:
+    argv = [*prefix, real_python(), "-I", "-S", "-c", code]
+
+    async def call() -> None:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE, env=SANDBOX_ENV)
+        _out, err = await proc.communicate()
+        assert proc.returncode == 0, err
+
+    await call()
+    return await measure(call, n, concurrency)
+
+
+def methods() -> list[str]:
+    return ["pool", "subprocess"] + (["bwrap_per_call"] if HAVE_BWRAP else [])
+
+
+# The three methods run back to back for each scenario, so that a change in the machine's load between scenarios
+# does not skew their ratios.
+SCENARIOS = [(code_name, concurrency, method) for code_name in CODES for concurrency in CONCURRENCY
+             for method in ("pool", "subprocess", "bwrap_per_call")]
+
+
+@pytest.mark.parametrize(("code_name", "concurrency", "method"), SCENARIOS)
+def test_throughput(benchmark, code_name: str, concurrency: int, method: str) -> None:
+    if method == "bwrap_per_call" and not HAVE_BWRAP:
+        pytest.skip("bubblewrap is not installed")
+    code, n = CODES[code_name], CALLS[code_name]
+    if method == "pool":
+        target = lambda: asyncio.run(run_pool(code, n, concurrency))  # noqa: E731
+    else:
+        prefix = list(plan(CONFIG).prefix) if method == "bwrap_per_call" else []
+        target = lambda: asyncio.run(run_processes(prefix, code, n, concurrency))  # noqa: E731
+    result = benchmark.pedantic(target, rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    SUMMARY[(method, code_name, concurrency)] = result
+
+
+async def session_costs(repeats: int) -> dict[str, float]:
+    async with SandboxPool(CONFIG) as pool:
+        one_off, fresh, after_history = [], [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            assert (await pool.run(SESSION_CELL)).ok
+            one_off.append(time.perf_counter() - t0)
+            async with pool.session() as session:
+                t0 = time.perf_counter()
+                assert (await session.run(SESSION_CELL)).ok
+                fresh.append(time.perf_counter() - t0)
+            async with pool.session() as session:
+                for cell in HISTORY:
+                    assert (await session.run(cell)).ok
+                t0 = time.perf_counter()
+                assert (await session.run(SESSION_CELL)).ok
+                after_history.append(time.perf_counter() - t0)
+        replay = []
+        program = replay_program(HISTORY, SESSION_CELL)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            assert (await pool.run(program)).ok
+            replay.append(time.perf_counter() - t0)
+    median_ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
+    return {
+        "one_off_ms": median_ms(one_off),
+        "fresh_session_first_cell_ms": median_ms(fresh),
+        "cell_after_10_cells_ms": median_ms(after_history),
+        "replaying_10_cells_then_cell_ms": median_ms(replay),
+    }
+
+
+def test_session_replay_cost(benchmark) -> None:
+    result = benchmark.pedantic(lambda: asyncio.run(session_costs(30)), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    SESSION_SUMMARY.update(result)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_summary(request):
+    yield
+    if not SUMMARY and not SESSION_SUMMARY:
+        return
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        write_summary(request.config.pluginmanager.get_plugin("terminalreporter").write_line)
+
+
+def write_summary(write) -> None:
+    write("")
+    write(f"sandbox throughput ({os.cpu_count()} CPUs; pool backend: "
+          f"{next((r['backend'] for k, r in SUMMARY.items() if k[0] == 'pool'), '?')})")
+    write("| code | concurrency | method | calls/s | p50 ms | p99 ms | pool speed-up |")
+    write("|---|---|---|---|---|---|---|")
+    for code_name in CODES:
+        for concurrency in CONCURRENCY:
+            pool = SUMMARY.get(("pool", code_name, concurrency))
+            for method in methods():
+                r = SUMMARY.get((method, code_name, concurrency))
+                if r is None:
+                    continue
+                ratio = "" if method == "pool" or pool is None else f"{pool['calls_per_s'] / r['calls_per_s']:.1f}x"
+                write(f"| {code_name} | {concurrency} | {method} | {r['calls_per_s']:.0f} | {r['p50_ms']:.1f} | "
+                      f"{r['p99_ms']:.1f} | {ratio} |")
+    if SESSION_SUMMARY:
+        write("session cost (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in SESSION_SUMMARY.items()))

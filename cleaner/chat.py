@@ -25,6 +25,7 @@ from functools import lru_cache
 from itertools import accumulate
 from typing import Any, Callable
 
+from cleaner.registry import Registry
 from cleaner.trajectory import Provenance, Span, ToolResult
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -59,18 +60,8 @@ class ChatFormat:
         return f"\n{IM_START}user\n{self.tool_response(output)}{IM_END}\n{IM_START}assistant\n"
 
 
-FORMATS: dict[str, ChatFormat] = {}
-
-
-def register_format(fmt: ChatFormat) -> ChatFormat:
-    FORMATS[fmt.name] = fmt
-    return fmt
-
-
-def get_format(name: str) -> ChatFormat:
-    if name not in FORMATS:
-        raise ValueError(f"unknown chat format {name!r}; valid: {', '.join(sorted(FORMATS))}")
-    return FORMATS[name]
+FORMATS = Registry("chat format")
+get_format = FORMATS.__getitem__
 
 
 _HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
@@ -139,8 +130,8 @@ def parse_markdown(text: str) -> ParsedCall | None:
     return ParsedCall(m.start(), text[m.end() : end])
 
 
-register_format(ChatFormat("hermes", parse_hermes, lambda out: f"<tool_response>\n{out}\n</tool_response>"))
-register_format(ChatFormat("markdown", parse_markdown, lambda out: f"```output\n{out}\n```"))
+FORMATS.register("hermes")(ChatFormat("hermes", parse_hermes, lambda out: f"<tool_response>\n{out}\n</tool_response>"))
+FORMATS.register("markdown")(ChatFormat("markdown", parse_markdown, lambda out: f"```output\n{out}\n```"))
 
 
 def hermes_call_text(code: str) -> str:

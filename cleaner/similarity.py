@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from cleaner.registry import Registry
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -28,21 +30,9 @@ class Attempt:
 
 
 Similarity = Callable[[Attempt, Attempt], float]
-SIMILARITIES: dict[str, Similarity] = {}
-
-
-def register(name: str) -> Callable[[Similarity], Similarity]:
-    def deco(fn: Similarity) -> Similarity:
-        SIMILARITIES[name] = fn
-        return fn
-
-    return deco
-
-
-def get(name: str) -> Similarity:
-    if name not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {name!r}; valid: {', '.join(sorted(SIMILARITIES))}")
-    return SIMILARITIES[name]
+SIMILARITIES = Registry("similarity")
+register = SIMILARITIES.register
+get = SIMILARITIES.__getitem__
 
 
 def _ratio(a, b) -> float:

@@ -18,6 +18,9 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from cleaner import chat
+from cleaner.lab import sft_data, tasks
+
 SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -65,7 +68,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedT
 
 
 def seed_corpus(num_lines: int = 6000, seed: int = 0) -> list[str]:
-    """Text in the shapes the lab sees: reasoning sentences, Python code, tracebacks, tool calls and answers."""
+    """Text in the shapes the lab sees: reasoning sentences, Python code, tracebacks, tool calls, and the lab's own
+    task questions, programs and answers."""
     rng = random.Random(seed)
     names = ["n", "x", "y", "total", "result", "count", "a", "b", "m", "digits", "value", "ans", "i", "k"]
     funcs = ["sum", "range", "print", "pow", "len", "str", "int", "abs", "max", "min", "math.lcm", "math.gcd"]
@@ -101,6 +105,10 @@ def seed_corpus(num_lines: int = 6000, seed: int = 0) -> list[str]:
         else:
             lines.append(f"def {v}_{f.split('.')[-1]}({v}):\n    if {v} % {num % 97 + 2} == 0:\n        return {v}\n"
                          f"    return {v} // 2  # {rng.choice(words)}")
+    for problem in tasks.problems("train", num_lines // 6, seed=seed + 1000):
+        lines += [sft_data.SYSTEM_PROMPT, problem.question, rng.choice(sft_data.REASONING),
+                  chat.hermes_call_text(problem.code), rng.choice(list(sft_data.FIX_REASONING.values())),
+                  f"The answer is \\boxed{{{problem.answer}}}."]
     return lines
 
 

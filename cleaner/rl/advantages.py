@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from cleaner.registry import Registry
+
 from cleaner.rl.groups import GroupIds, group_index
 
 
@@ -40,23 +42,9 @@ class AdvantageConfig:
 
 
 AdvantageFn = Callable[[torch.Tensor, GroupIds, torch.Tensor, AdvantageConfig], torch.Tensor]
-ADVANTAGES: dict[str, AdvantageFn] = {}
-
-
-def register(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGES:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGES[name] = fn
-        return fn
-
-    return deco
-
-
-def get(name: str) -> AdvantageFn:
-    if name not in ADVANTAGES:
-        raise ValueError(f"unknown advantage estimator {name!r}; valid: {', '.join(sorted(ADVANTAGES))}")
-    return ADVANTAGES[name]
+ADVANTAGES = Registry("advantage estimator")
+register = ADVANTAGES.register
+get = ADVANTAGES.__getitem__
 
 
 def compute_advantages(rewards: torch.Tensor, group_ids: GroupIds, response_mask: torch.Tensor,

@@ -25,9 +25,11 @@ as verl's `masked_sum`; mask values multiply the loss (a 0/1 mask is the intende
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
+
+from cleaner.registry import Registry
 
 Count = int | torch.Tensor
 
@@ -38,23 +40,9 @@ class AggregationFn(Protocol):
                  loss_scale_factor: float | None = None) -> torch.Tensor: ...
 
 
-AGGREGATIONS: dict[str, AggregationFn] = {}
-
-
-def register(name: str) -> Callable[[AggregationFn], AggregationFn]:
-    def deco(fn: AggregationFn) -> AggregationFn:
-        if name in AGGREGATIONS:
-            raise ValueError(f"loss aggregation {name!r} is already registered")
-        AGGREGATIONS[name] = fn
-        return fn
-
-    return deco
-
-
-def get(name: str) -> AggregationFn:
-    if name not in AGGREGATIONS:
-        raise ValueError(f"unknown loss_agg_mode {name!r}; valid: {', '.join(sorted(AGGREGATIONS))}")
-    return AGGREGATIONS[name]
+AGGREGATIONS = Registry("loss_agg_mode")
+register = AGGREGATIONS.register
+get = AGGREGATIONS.__getitem__
 
 
 def aggregate(loss_per_token: torch.Tensor, response_mask: torch.Tensor, loss_agg_mode: str, *,

@@ -30,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from cleaner.registry import Registry
+
 from cleaner.rl import aggregation
 
 LOG_RATIO_CLAMP = 20.0  # |log_prob - old_log_prob| is clamped to this before exp, as verl, to keep r finite
@@ -63,23 +65,9 @@ class PolicyLossConfig:
 Metrics = dict[str, float]
 PolicyLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, PolicyLossConfig],
                         tuple[torch.Tensor, Metrics]]
-POLICY_LOSSES: dict[str, PolicyLossFn] = {}
-
-
-def register(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    def deco(fn: PolicyLossFn) -> PolicyLossFn:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return deco
-
-
-def get(name: str) -> PolicyLossFn:
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; valid: {', '.join(sorted(POLICY_LOSSES))}")
-    return POLICY_LOSSES[name]
+POLICY_LOSSES = Registry("policy loss")
+register = POLICY_LOSSES.register
+get = POLICY_LOSSES.__getitem__
 
 
 def _masked_mean(values: torch.Tensor, response_mask: torch.Tensor) -> float:

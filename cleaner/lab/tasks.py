@@ -1,0 +1,133 @@
+"""The lab's task family: integer-answer problems that need a computation, each with a reference program.
+
+Six procedural templates. Their programs only copy numbers from the question, so a model that learns the format
+can solve them by calling the tool; doing them in the head is out of reach for a few-million-parameter model:
+- `sum_squares`: 1^2 + ... + n^2
+- `count_divisible`: how many integers in [1, N] are divisible by a or by b
+- `modpow`: a^b mod m
+- `digit_product`: the product of the digits of N
+- `power_digit_sum`: the digit sum of a^b
+- `lcm`: the least common multiple of two or three numbers
+
+Train and test are disjoint by construction: a problem belongs to the test split when a hash of its question falls
+in the test bucket (10%), so no question appears in both, whatever the seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cleaner.registry import Registry
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    template: str
+    question: str
+    answer: int
+    # the reference solution, as lines of code: `setup` assigns the question's numbers, `compute` the answer
+    setup: tuple[str, ...]
+    compute: tuple[str, ...]
+    result: str  # the variable printed at the end
+
+    @property
+    def code(self) -> str:
+        return "\n".join(self.setup + self.compute + (f"print({self.result})",))
+
+
+Template = Callable[[random.Random], tuple[str, tuple[str, ...], tuple[str, ...], str]]
+TEMPLATES = Registry("task template")
+template = TEMPLATES.register
+
+
+@template("sum_squares")
+def _sum_squares(rng: random.Random):
+    n = rng.randint(20, 999)
+    return (f"What is the sum of the squares of the integers from 1 to {n}?",
+            (f"n = {n}",), ("total = sum(i * i for i in range(1, n + 1))",), "total")
+
+
+@template("count_divisible")
+def _count_divisible(rng: random.Random):
+    limit, a, b = rng.randint(100, 99999), rng.randint(2, 19), rng.randint(2, 19)
+    return (f"How many integers from 1 to {limit} are divisible by {a} or by {b}?",
+            (f"limit = {limit}", f"a = {a}", f"b = {b}"),
+            ("count = sum(1 for k in range(1, limit + 1) if k % a == 0 or k % b == 0)",), "count")
+
+
+@template("modpow")
+def _modpow(rng: random.Random):
+    base, exp, mod = rng.randint(2, 999), rng.randint(10, 9999), rng.randint(7, 9973)
+    return (f"What is the remainder when {base}^{exp} is divided by {mod}?",
+            (f"base = {base}", f"exp = {exp}", f"mod = {mod}"), ("result = pow(base, exp, mod)",), "result")
+
+
+@template("digit_product")
+def _digit_product(rng: random.Random):
+    number = rng.randint(10**5, 10**9)
+    return (f"What is the product of the digits of {number}?", (f"number = {number}",),
+            ("product = 1", "for d in str(number):", "    product *= int(d)"), "product")
+
+
+@template("power_digit_sum")
+def _power_digit_sum(rng: random.Random):
+    base, exp = rng.randint(2, 99), rng.randint(10, 199)
+    return (f"What is the sum of the digits of {base}^{exp}?", (f"base = {base}", f"exp = {exp}"),
+            ("digits = sum(int(d) for d in str(base ** exp))",), "digits")
+
+
+@template("lcm")
+def _lcm(rng: random.Random):
+    nums = [rng.randint(2, 999) for _ in range(rng.choice((2, 3)))]
+    return (f"What is the least common multiple of {', '.join(map(str, nums))}?",
+            ("import math", f"nums = [{', '.join(map(str, nums))}]"), ("result = math.lcm(*nums)",), "result")
+
+
+def _solve(setup: tuple[str, ...], compute: tuple[str, ...], result: str) -> int:
+    scope: dict[str, object] = {}
+    exec("\n".join(setup + compute), scope)  # our own reference programs, never model output
+    value = scope[result]
+    assert isinstance(value, int)
+    return value
+
+
+def in_test_split(question: str) -> bool:
+    return hashlib.sha256(question.encode()).digest()[0] < 26  # 26 / 256 = 10.2% of questions
+
+
+def problems(split: str, count: int, seed: int = 0, templates: tuple[str, ...] | None = None) -> list[Problem]:
+    """`count` problems of `split` ("train" or "test"), cycling through the templates; the same arguments give
+    the same problems."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    names = templates or tuple(TEMPLATES)
+    for name in names:
+        TEMPLATES[name]  # an unknown name fails here, listing the valid ones
+    return [p for _, p in zip(range(count), _stream(split, seed, names))]
+
+
+def _stream(split: str, seed: int, names: tuple[str, ...]) -> Iterator[Problem]:
+    rng = random.Random(f"{split}/{seed}")
+    k = 0
+    while True:
+        name = names[k % len(names)]
+        question, setup, compute, result = TEMPLATES[name](rng)
+        if in_test_split(question) == (split == "test"):
+            yield Problem(f"{split}-{seed}-{k}", name, question, _solve(setup, compute, result), setup, compute, result)
+            k += 1
+
+
+def check_answer(text: str, answer: int) -> bool:
+    """True when the last `\\boxed{...}` in `text` holds exactly `answer` (an integer; commas allowed)."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return False
+    end = text.find("}", start)
+    if end < 0:
+        return False
+    value = text[start + len("\\boxed{") : end].replace(",", "").strip()
+    return value.lstrip("-").isdigit() and int(value) == answer

@@ -1,0 +1,243 @@
+"""The single-process GRPO/DAPO trainer of the lab, with SAAR as a switch. One function, `train`, read top to
+bottom: rollout, rewards, advantages, old log-probs, mini-batch updates, metrics, evaluation, checkpoint.
+
+Baseline and CLEANER differ only in `TrainConfig.rollout.saar` (enabled or not, and its gamma, K, p).
+
+Old log-probs are recomputed under the policy before the updates, on the final purified sequences, with the
+prompt's KV cache shared by its group (`cleaner.rollout.recompute`). Spliced tokens were sampled in a lookahead
+context that held the error; recomputing gives them the log-probs of the context they now stand in, so the PPO
+ratio starts at 1 for them as for every other token. The gap between sampled and recomputed log-probs is logged
+separately for spliced and untouched tokens.
+
+A run folder holds `metrics.jsonl` (one line per step), `checkpoint/` (model, optimizer, step; written after each
+step, atomically) and `summary.json`. Rerunning the same folder resumes after the last finished step; lines of a
+step that did not finish are dropped, so no step is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cleaner.lab import tasks
+from cleaner.lab.evaluate import correctness, metrics, rollout
+from cleaner.lab.sft import idle_threads
+from cleaner.rl.advantages import AdvantageConfig, compute_advantages
+from cleaner.rl.dapo import groups_with_signal, shaped_rewards
+from cleaner.rl.losses import PolicyLossConfig, policy_loss
+from cleaner.rollout.engines import SamplingParams
+from cleaner.rollout.episode import RolloutConfig
+from cleaner.rollout.recompute import logprob_gap, recompute
+from cleaner.saar import SaarConfig
+from cleaner.sandbox import SandboxConfig, SandboxPool
+from cleaner.trajectory import Trajectory, write_lines_atomic
+
+
+def _lab_rollout() -> RolloutConfig:
+    return RolloutConfig(max_turns=4, max_response_tokens=320, max_tool_response_chars=256, saar=SaarConfig())
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One RL run of the lab. Paper values are quoted where the lab keeps them; sizes are scaled to two cores."""
+
+    steps: int = 16
+    prompts_per_step: int = 8  # paper: 128
+    group_size: int = 8  # rollouts per prompt (paper: 16)
+    lr: float = 1e-4  # paper: 2e-6 for 4B; a 3.6 M model from scratch needs far more (5e-5 moved nothing)
+    mini_batches: int = 2  # optimizer updates per step (paper: 128 / 32 = 4)
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0  # training rollouts ("temperature 1.0, top_p 1.0")
+    top_p: float = 1.0
+    rollout: RolloutConfig = field(default_factory=_lab_rollout)  # limits, format and SAAR (on: CLEANER)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)  # GRPO
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)  # clip 0.2 / 0.28, dual clip 10, token-mean
+    overlong_buffer_tokens: int = 64  # DAPO soft overlong punishment (paper: 4096 of 20480)
+    overlong_penalty_factor: float = 1.0
+    dynamic_sampling: bool = False  # DAPO: train only on groups whose rewards differ (no refill here)
+    eval_every: int = 0  # steps between held-out evaluations; 0: only at the end
+    eval_problems: int = 200
+    eval_samples: int = 1  # samples per held-out problem
+    seed: int = 0
+
+    def hash(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def _batch(trajs: list[Trajectory], recomputed: list[list[float]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors in target space: position j predicts token j + 1.
+    ids [B, L]; targets, mask, old_log_prob [B, L - 1]."""
+    width = max(len(t.ids) for t in trajs)
+    ids = torch.full((len(trajs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(trajs), width))
+    old = torch.zeros((len(trajs), width))
+    for b, (t, lp) in enumerate(zip(trajs, recomputed)):
+        n, p = len(t.ids), len(t.prompt)
+        ids[b, :n] = torch.tensor(t.ids)
+        mask[b, :n] = torch.tensor(t.loss_mask, dtype=torch.float)
+        old[b, p:n] = torch.tensor(lp)
+    return {"ids": ids, "attention": (torch.arange(width) < torch.tensor([len(t.ids) for t in trajs])[:, None]).long(),
+            "targets": ids[:, 1:], "mask": mask[:, 1:], "old_log_prob": old[:, 1:]}
+
+
+def _log_probs(model: Any, ids: torch.Tensor, attention: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, L - 1]
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_checkpoint(run_dir: Path, model: Any, tokenizer: Any, opt: torch.optim.Optimizer, step: int) -> None:
+    tmp = run_dir / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    final = run_dir / "checkpoint"
+    old = run_dir / "checkpoint.old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: SandboxPool, saar_enabled: bool = False,
+                   split: str = "test") -> dict[str, Any]:
+    """Held-out pass@1 at the training temperature, SAAR off at test time unless asked."""
+    problems = tasks.problems(split, cfg.eval_problems, seed=cfg.seed)
+    sampling = SamplingParams(cfg.temperature, cfg.top_p)
+    start = time.perf_counter()
+    trajs = await rollout(model, tokenizer, problems, cfg.eval_samples, cfg.rollout, sampling,
+                          _seed(cfg.seed, "eval"), saar_enabled, pool)
+    out = metrics(trajs, correctness(trajs, problems))
+    out["wall_s"] = time.perf_counter() - start
+    return out
+
+
+async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists() and json.loads(summary_path.read_text())["config_hash"] == cfg.hash():
+        log(f"run {run_dir} is finished; reusing its summary")
+        return json.loads(summary_path.read_text())
+    torch.set_num_threads(idle_threads())
+    transformers.utils.logging.disable_progress_bar()
+    resume = (run_dir / "checkpoint" / "state.json").exists()
+    source = run_dir / "checkpoint" if resume else init_dir
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    start_step = 0
+    if resume:
+        opt.load_state_dict(torch.load(source / "optimizer.pt"))
+        start_step = json.loads((source / "state.json").read_text())["step"]
+    metrics_path = run_dir / "metrics.jsonl"
+    kept = [ln for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+            if json.loads(ln)["step"] <= start_step]  # drop lines of a step that did not finish
+    write_lines_atomic(metrics_path, iter(kept))
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
+    sampling = SamplingParams(cfg.temperature, cfg.top_p)
+    saar_enabled = cfg.rollout.saar.enabled
+    wall_start = time.perf_counter()
+    async with SandboxPool(SandboxConfig(timeout_s=4)) as pool:
+        for step in range(start_step, cfg.steps):
+            t0 = time.perf_counter()
+            # 1. rollout: G samples of each of this step's problems, SAAR as configured
+            problems = tasks.problems("train", cfg.prompts_per_step, seed=_seed(cfg.seed, "step", step))
+            model.eval()
+            trajs = await rollout(model, tokenizer, problems, cfg.group_size, cfg.rollout, sampling,
+                                  _seed(cfg.seed, "rollout", step), saar_enabled, pool)
+            t_rollout = time.perf_counter() - t0
+            # 2. rewards: +1 / -1 outcome, plus DAPO's overlong penalty
+            correct = correctness(trajs, problems)
+            lengths = torch.tensor([len(t.ids) - len(t.prompt) for t in trajs])
+            rewards = shaped_rewards(torch.tensor(correct), lengths, cfg.rollout.max_response_tokens,
+                                     cfg.overlong_buffer_tokens, cfg.overlong_penalty_factor)
+            groups = [t.id.rsplit("/", 1)[0] for t in trajs]
+            keep = groups_with_signal(rewards, groups) if cfg.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
+            # 3. old log-probs under the current policy, on the purified sequences (prompt cache shared per group)
+            t1 = time.perf_counter()
+            recomputed = recompute(model, trajs, tokenizer.pad_token_id, cfg.temperature)
+            gaps = [logprob_gap(t, r) for t, r in zip(trajs, recomputed)]
+            batch = _batch(trajs, recomputed, tokenizer.pad_token_id)
+            # 4. advantages, group-normalised (tokens after the prompt; zero where the mask is 0)
+            advantages = compute_advantages(rewards, groups, batch["mask"], cfg.advantage)
+            t_recompute = time.perf_counter() - t1
+            # 5. mini-batch updates
+            t2 = time.perf_counter()
+            model.train()
+            rng = random.Random(_seed(cfg.seed, "minibatch", step))
+            order = [i for i in rng.sample(range(len(trajs)), len(trajs)) if keep[i]]
+            update_metrics: list[dict[str, float]] = []
+            for k in range(cfg.mini_batches):
+                mb = torch.tensor(order[k::cfg.mini_batches], dtype=torch.long)
+                if len(mb) == 0:
+                    continue
+                log_prob = _log_probs(model, batch["ids"][mb], batch["attention"][mb], cfg.temperature)
+                loss, m = policy_loss(log_prob, batch["old_log_prob"][mb], advantages[mb], batch["mask"][mb], cfg.loss)
+                opt.zero_grad()
+                loss.backward()
+                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                m["loss"] = loss.item()
+                opt.step()
+                update_metrics.append(m)
+            t_update = time.perf_counter() - t2
+            # 6. metrics
+            row: dict[str, Any] = {"step": step + 1, "reward": float(rewards.mean()), **metrics(trajs, correct)}
+            for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "grad_norm", "loss"):
+                row[key] = sum(m[key] for m in update_metrics) / max(1, len(update_metrics))
+            spliced = sum(g["spliced_tokens"] for g in gaps)
+            row["logprob_gap_spliced"] = sum(g["spliced_mean_abs_gap"] * g["spliced_tokens"] for g in gaps) / max(1, spliced)
+            row["logprob_gap_untouched_max"] = max(g["untouched_max_abs_gap"] for g in gaps)
+            row["spliced_tokens"] = spliced
+            row["groups_trained"] = len({groups[i] for i in order})
+            row["groups_with_signal"] = len({g for g, k in zip(groups, groups_with_signal(rewards, groups)) if k})
+            timing = [t.meta["timing"] for t in trajs]
+            busy = sum(x["generate_s"] + x["tool_s"] + x["lookahead_s"] for x in timing)
+            row["lookahead_time_share"] = sum(x["lookahead_s"] for x in timing) / max(busy, 1e-9)
+            row.update(rollout_s=t_rollout, recompute_s=t_recompute, update_s=t_update, step_s=time.perf_counter() - t0)
+            # 7. held-out evaluation
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                model.eval()
+                row["eval"] = await evaluate(model, tokenizer, cfg, pool)
+            # 8. the metrics line, then the checkpoint: killed in between, the step reruns and its line is replaced
+            _append_line(metrics_path, row)
+            _save_checkpoint(run_dir, model, tokenizer, opt, step + 1)
+            log(f"step {step + 1}/{cfg.steps}  reward {row['reward']:+.2f}  acc {row['accuracy']:.2f}  "
+                f"tool failures/traj {row['final_failures_per_traj']:.2f} (first attempt "
+                f"{row['first_attempt_failures_per_traj']:.2f})  rollbacks {row['rollbacks_triggered_per_traj']:.2f}  "
+                f"{row['step_s']:.1f} s")
+        model.eval()
+        final = await evaluate(model, tokenizer, cfg, pool)
+    summary = {"config_hash": cfg.hash(), "steps": cfg.steps, "eval": final,
+               "wall_s_this_invocation": time.perf_counter() - wall_start}
+    write_lines_atomic(run_dir / "summary.json", iter([json.dumps(summary, indent=1)]))
+    return summary
+
+
+def train_sync(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    return asyncio.run(train(cfg, init_dir, run_dir, log))

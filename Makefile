@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run purify sft test test-slow bench lock
+.PHONY: run purify sft test bench lock
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv .venv
@@ -20,9 +20,6 @@ sft: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) -m pytest -q tests/benchmarks -o addopts="--import-mode=importlib -p no:cacheprovider" --benchmark-only --benchmark-columns=min,median,max,rounds --benchmark-sort=name

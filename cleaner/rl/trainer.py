@@ -146,6 +146,8 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
         return json.loads(summary_path.read_text())
     torch.set_num_threads(idle_threads())
     transformers.utils.logging.disable_progress_bar()
+    if not (run_dir / "checkpoint").exists() and (run_dir / "checkpoint.old").exists():
+        (run_dir / "checkpoint.old").rename(run_dir / "checkpoint")  # killed between the two renames of a save
     resume = (run_dir / "checkpoint" / "state.json").exists()
     source = run_dir / "checkpoint" if resume else init_dir
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)

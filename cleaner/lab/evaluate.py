@@ -8,9 +8,9 @@ from typing import Any
 from cleaner import chat
 from cleaner.lab.sft_data import SYSTEM_PROMPT
 from cleaner.lab.tasks import Problem, check_answer
-from cleaner.rollout.drivers import run_batched
+from cleaner.rollout.drivers import make_episodes, run_batched
 from cleaner.rollout.engines import SamplingParams, TransformersEngine
-from cleaner.rollout.episode import Episode, RolloutConfig
+from cleaner.rollout.episode import RolloutConfig
 from cleaner.rollout.tools import SandboxTools
 from cleaner.saar import SaarStats
 from cleaner.sandbox import SandboxPool
@@ -27,10 +27,8 @@ async def rollout(model: Any, tokenizer: Any, problems: list[Problem], group_siz
     """`group_size` trajectories per problem (ids `<problem id>/<k>`), run by the batched driver in chunks of
     `batch_trajectories` with one sandbox session per trajectory."""
     engine = TransformersEngine(model, tokenizer.convert_tokens_to_ids(chat.IM_END), tokenizer.pad_token_id)
-    episodes = []
-    for p in problems:
-        prompt = chat.prompt_span(tokenizer, prompt_messages(p))
-        episodes += [Episode(f"{p.id}/{k}", prompt, tokenizer, cfg, seed, saar_enabled) for k in range(group_size)]
+    episodes = make_episodes(tokenizer, [(p.id, prompt_messages(p)) for p in problems], group_size, cfg, seed,
+                             saar_enabled)
     out: list[Trajectory] = []
     for start in range(0, len(episodes), batch_trajectories):
         out += await run_batched(engine, SandboxTools(pool), episodes[start : start + batch_trajectories], sampling)

@@ -180,7 +180,8 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             rewards = shaped_rewards(torch.tensor(correct), lengths, cfg.rollout.max_response_tokens,
                                      cfg.overlong_buffer_tokens, cfg.overlong_penalty_factor)
             groups = [t.id.rsplit("/", 1)[0] for t in trajs]
-            keep = groups_with_signal(rewards, groups) if cfg.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
+            signal = groups_with_signal(rewards, groups)  # [B]: the trajectory's group has rewards that differ
+            keep = signal if cfg.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
             # 3. old log-probs under the current policy, on the purified sequences (prompt cache shared per group)
             t1 = time.perf_counter()
             recomputed = recompute(model, trajs, tokenizer.pad_token_id, cfg.temperature)
@@ -217,7 +218,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             row["logprob_gap_untouched_max"] = max(g["untouched_max_abs_gap"] for g in gaps)
             row["spliced_tokens"] = spliced
             row["groups_trained"] = len({groups[i] for i in order})
-            row["groups_with_signal"] = len({g for g, k in zip(groups, groups_with_signal(rewards, groups)) if k})
+            row["groups_with_signal"] = len({g for g, s in zip(groups, signal) if s})
             timing = [t.meta["timing"] for t in trajs]
             busy = sum(x["generate_s"] + x["tool_s"] + x["lookahead_s"] for x in timing)
             row["lookahead_time_share"] = sum(x["lookahead_s"] for x in timing) / max(busy, 1e-9)

@@ -3,9 +3,9 @@ the same SFT checkpoint with the same seeds, then a table and curves.
 
     python -m cleaner.lab.experiment [--preset lab|lab_full] [--out results/lab]
 
-Each RL run lives in `results/runs/<config hash>/` (not committed): same config, same folder, so a rerun skips
-finished runs and resumes interrupted ones. The committed results are `<out>/summary.json`, `<out>/table.md` and
-`<out>/curves.png`. Methods differ only in the SAAR settings.
+Each RL run lives in `results/runs/<hash of config and SFT checkpoint>/` (not committed): same config, same
+folder, so a rerun skips finished runs and resumes interrupted ones. The committed results are
+`<out>/summary.json`, `<out>/table.md` and `<out>/curves.png`. Methods differ only in the SAAR settings.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cleaner.lab.evaluate import mean_stderr
 from cleaner.lab.sft import SftConfig
 from cleaner.lab.sft import train as train_sft
-from cleaner.rl.trainer import TrainConfig, evaluate, train_sync
+from cleaner.rl.trainer import TrainConfig, evaluate, run_name, train_sync
 from cleaner.saar import SaarConfig
-from cleaner.sandbox import SandboxConfig, SandboxPool
+from cleaner.sandbox import SandboxPool
 from cleaner.trajectory import write_lines_atomic
 
 METHODS: dict[str, SaarConfig] = {
@@ -73,7 +73,7 @@ def _sft_eval(sft_dir: Path, cfg: TrainConfig, out: Path) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(sft_dir, local_files_only=True).eval()
 
     async def run() -> dict[str, Any]:
-        async with SandboxPool(SandboxConfig(timeout_s=4)) as pool:
+        async with SandboxPool(cfg.sandbox) as pool:
             return await evaluate(model, tok, cfg, pool)
 
     result = asyncio.run(run())
@@ -95,7 +95,7 @@ def run(preset_name: str, out: Path, runs_root: Path = Path("results/runs"), log
         runs = []
         for seed in preset.seeds:
             cfg = train_config(preset, saar, seed)
-            run_dir = runs_root / cfg.hash()
+            run_dir = runs_root / run_name(cfg, sft_dir)
             log(f"== {name}, seed {seed}: {run_dir}")
             t0 = time.perf_counter()
             summary = train_sync(cfg, sft_dir, run_dir, log=log)

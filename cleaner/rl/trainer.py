@@ -58,16 +58,19 @@ class TrainConfig:
     prompts_per_step: int = 8  # paper: 128
     group_size: int = 8  # rollouts per prompt (paper: 16)
     lr: float = 1e-4  # paper: 2e-6 for 4B; a 3.6 M model from scratch needs far more (5e-5 moved nothing)
+    lr_warmup_steps: int = 0  # linear warm-up to `lr` over these steps, then constant ("lr_warmup_steps: 20")
     mini_batches: int = 2  # optimizer updates per step (paper: 128 / 32 = 4)
     max_grad_norm: float = 1.0
     temperature: float = 1.0  # training rollouts ("temperature 1.0, top_p 1.0")
     top_p: float = 1.0
+    eval_top_p: float = 1.0  # held-out sampling at `temperature` (paper: 0.6; the lab keeps 1.0, as its pilot)
     rollout: RolloutConfig = field(default_factory=_lab_rollout)  # limits, format and SAAR (on: CLEANER)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)  # GRPO
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)  # clip 0.2 / 0.28, dual clip 10, token-mean
     overlong_buffer_tokens: int = 64  # DAPO soft overlong punishment (paper: 4096 of 20480)
     overlong_penalty_factor: float = 1.0
     dynamic_sampling: bool = False  # DAPO: train only on groups whose rewards differ (no refill here)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # the tool's limits ("4 s per execution")
     eval_every: int = 0  # steps between held-out evaluations; 0: only at the end
     eval_problems: int = 200
     eval_samples: int = 1  # samples per held-out problem
@@ -76,6 +79,12 @@ class TrainConfig:
     def hash(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_name(cfg: TrainConfig, init_dir: Path) -> str:
+    """The folder name of a run: a hash of its config and of its initial checkpoint's folder name (for the lab's
+    SFT checkpoints, their config hash), so a new SFT checkpoint never reuses the runs of an old one."""
+    return hashlib.sha256(f"{cfg.hash()}/{init_dir.name}".encode()).hexdigest()[:12]
 
 
 def _seed(*parts: object) -> int:
@@ -129,7 +138,7 @@ async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: SandboxPo
                    split: str = "test") -> dict[str, Any]:
     """Held-out pass@1 at the training temperature, SAAR off at test time unless asked."""
     problems = tasks.problems(split, cfg.eval_problems, seed=cfg.seed)
-    sampling = SamplingParams(cfg.temperature, cfg.top_p)
+    sampling = SamplingParams(cfg.temperature, cfg.eval_top_p)
     start = time.perf_counter()
     trajs = await rollout(model, tokenizer, problems, cfg.eval_samples, cfg.rollout, sampling,
                           _seed(cfg.seed, "eval"), saar_enabled, pool)
@@ -141,7 +150,7 @@ async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: SandboxPo
 async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
-    if summary_path.exists() and json.loads(summary_path.read_text())["config_hash"] == cfg.hash():
+    if summary_path.exists() and json.loads(summary_path.read_text())["run"] == run_name(cfg, init_dir):
         log(f"run {run_dir} is finished; reusing its summary")
         return json.loads(summary_path.read_text())
     torch.set_num_threads(idle_threads())
@@ -165,7 +174,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
     sampling = SamplingParams(cfg.temperature, cfg.top_p)
     saar_enabled = cfg.rollout.saar.enabled
     wall_start = time.perf_counter()
-    async with SandboxPool(SandboxConfig(timeout_s=4)) as pool:
+    async with SandboxPool(cfg.sandbox) as pool:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             # 1. rollout: G samples of each of this step's problems, SAAR as configured
@@ -193,6 +202,8 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             # 5. mini-batch updates
             t2 = time.perf_counter()
             model.train()
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else cfg.lr
             rng = random.Random(_seed(cfg.seed, "minibatch", step))
             order = [i for i in rng.sample(range(len(trajs)), len(trajs)) if keep[i]]
             update_metrics: list[dict[str, float]] = []
@@ -236,8 +247,8 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
                 f"{row['step_s']:.1f} s")
         model.eval()
         final = await evaluate(model, tokenizer, cfg, pool)
-    summary = {"config_hash": cfg.hash(), "steps": cfg.steps, "eval": final,
-               "wall_s_this_invocation": time.perf_counter() - wall_start}
+    summary = {"run": run_name(cfg, init_dir), "config_hash": cfg.hash(), "init": init_dir.name, "steps": cfg.steps,
+               "eval": final, "wall_s_this_invocation": time.perf_counter() - wall_start}
     write_lines_atomic(run_dir / "summary.json", iter([json.dumps(summary, indent=1)]))
     return summary
 

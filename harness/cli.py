@@ -1,0 +1,65 @@
+"""What the entry points share: the schema registered before Hydra composes, overrides checked against the schema
+(Hydra's own message for an unknown key does not list the valid ones), and ConfigError printed as one line with
+exit status 2 instead of a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import typing
+from typing import Any, Callable
+
+from harness import schema
+from harness.records import REPO
+
+CONF = REPO / "harness" / "conf"
+
+
+def searchpath_override() -> str:
+    """Makes `sweeps/` the config group `sweeps` (`+sweeps=gamma`), wherever the command runs from."""
+    return f"hydra.searchpath=[file://{REPO}]"
+
+_KEY = re.compile(r"^[A-Za-z_][\w.]*$")
+_GROUPS = ("model", "algo", "saar", "data", "engine", "sandbox", "cluster", "launcher", "preset")
+
+
+def unknown_key(key: str) -> str | None:
+    """Why the dotted `key` is not in the run schema, naming the valid keys at that level; None if it is."""
+    cls: Any = schema.RunSchema
+    path: list[str] = []
+    for part in key.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return None  # inside a dict field (data.eval_paths.<name>, search.space.<key>): any key is valid
+        fields = typing.get_type_hints(cls)
+        if part not in fields:
+            where = ".".join(path) or "the config"
+            return f"unknown key {key!r}: {where} has no {part!r}; valid keys: {', '.join(fields)}"
+        cls = fields[part]
+        cls = next((a for a in typing.get_args(cls) if a is not type(None)), cls)  # Optional[X] -> X
+        path.append(part)
+    return None
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Exit with status 2 and one message if a `key=value` argument names a key the schema lacks. Group choices
+    (`model=qwen3_4b`) and Hydra's own keys are left to Hydra, which lists the valid options itself."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        if key.startswith(("hydra.", "+", "~")) or not _KEY.match(key) or "." not in key and key in _GROUPS:
+            continue
+        problem = unknown_key(key)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
+def guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`, with a ConfigError turned into `error: <message>` and exit status 2."""
+    try:
+        return fn(*args)
+    except schema.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

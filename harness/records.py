@@ -1,0 +1,143 @@
+"""Run records: one folder per run, `<runs_root>/<config hash>/`, holding
+
+- `config.yaml`: the resolved config (all of it, the unhashed keys too);
+- `env.json`: git commit and whether the tree was dirty, package versions, seed, hardware, and one entry per
+  invocation with its wall time (a resumed run has several);
+- `metrics.jsonl` and `summary.json`: written by the job (for the lab, `cleaner.rl.trainer`).
+
+The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity); the
+launcher lives under `hydra`, which is not part of the config, so a run launched locally or on SLURM is the same
+run. Same config, same folder: a folder with `summary.json` is finished and skipped; any other is resumed by the
+job from its last checkpoint. Every file is replaced atomically (written beside, then renamed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from cleaner.trajectory import write_lines_atomic
+from harness.schema import NOT_HASHED, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "transformers", "tokenizers", "verl", "math-verify", "hydra-core", "hydra-submitit-launcher",
+            "submitit", "optuna", "numpy", "cleaner-harness")
+
+
+def hashed_part(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus the keys that do not change results; with SAAR off, SAAR's unused parameters are
+    left out too, so every baseline of a gamma sweep is the same run."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    if not data["saar"]["enabled"]:
+        data["saar"] = {"enabled": False}
+    return {k: v for k, v in data.items() if k not in NOT_HASHED}
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """12 hex digits of the SHA-256 of the resolved config minus the keys that do not change results."""
+    return hashlib.sha256(json.dumps(hashed_part(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def git_state(repo: Path | None = None) -> dict[str, Any]:
+    """The checkout's commit and its uncommitted changes (tracked files only), or nulls outside a git checkout."""
+    repo = repo or REPO
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        return {"commit": git("rev-parse", "HEAD").strip(),
+                "dirty": git("status", "--porcelain", "--untracked-files=no").splitlines()}
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"commit": None, "dirty": []}
+
+
+def environment(seed: int) -> dict[str, Any]:
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "git": git_state(),
+        "packages": versions,
+        "python": platform.python_version(),
+        "seed": seed,
+        "hardware": {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+                     "processor": platform.processor() or None,
+                     "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_lines_atomic(path, iter([json.dumps(data, indent=1, default=str)]))
+
+
+class Terminated(SystemExit):
+    """SIGTERM inside a run (`scancel`, `kill`): leave, so a rerun resumes from the last checkpoint. submitit
+    ignores SIGTERM in its jobs (it waits for SLURM's timeout signal instead); a run record wants it to stop."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
+def run_record(cfg: DictConfig, job: Callable[[Path], dict[str, Any]], log: Callable[[str], None] = print
+               ) -> dict[str, Any]:
+    """Run `job(run_dir)` in the run's folder, unless the folder says the run is finished; returns the summary.
+    One process at a time holds a run's folder (an flock on `lock`): a second one waits, then finds it finished."""
+    run_dir = Path(cfg.runs_root) / config_hash(cfg)
+    git = git_state()
+    if cfg.strict and git["dirty"]:
+        raise ConfigError("strict=true needs a committed tree, but these files have uncommitted changes: "
+                          + ", ".join(line[3:] for line in git["dirty"]))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"run {run_dir} is running in another process; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _locked_run(cfg, run_dir, git, job, log)
+
+
+def _locked_run(cfg: DictConfig, run_dir: Path, git: dict[str, Any], job: Callable[[Path], dict[str, Any]],
+                log: Callable[[str], None]) -> dict[str, Any]:
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        log(f"run {run_dir} is finished; skipping it")
+        return json.loads(summary_path.read_text())
+    write_lines_atomic(run_dir / "config.yaml", iter([OmegaConf.to_yaml(cfg, resolve=True)]))
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.exists() else {**environment(cfg.seed), "invocations": []}
+    env["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git["commit"],
+                               "dirty": bool(git["dirty"]), "wall_s": None, "finished": False})
+    _write_json(env_path, env)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    start = time.perf_counter()
+    try:
+        summary = job(run_dir)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        env["invocations"][-1]["wall_s"] = round(time.perf_counter() - start, 3)
+        env["invocations"][-1]["finished"] = summary_path.exists()
+        env["wall_s"] = sum(i["wall_s"] or 0 for i in env["invocations"])
+        _write_json(env_path, env)
+    return summary

@@ -1,0 +1,237 @@
+"""The harness's one typed config schema: a dataclass per config group, registered in Hydra's ConfigStore. YAML
+files under `harness/conf/` only set values; Hydra rejects a key that is not a field here.
+
+`saar` and `sandbox` mirror `cleaner.saar.SaarConfig` and `cleaner.sandbox.SandboxConfig` field for field (those
+are frozen, and Hydra cannot override a frozen dataclass), so their fields are documented once, in `cleaner`. The
+other groups are the harness's own. `lab_train_config` turns a composed config into the `cleaner` dataclasses the
+lab trainer takes; their `__post_init__` checks are the value checks, so a bad value fails with the same message
+from Python, from YAML and from the command line.
+
+Paper values are quoted from its Table 5 (`shared/reference/paper_results.yaml`, key `hyperparameters`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from cleaner.lab.sft import SftConfig
+from cleaner.rl.advantages import AdvantageConfig
+from cleaner.rl.losses import PolicyLossConfig
+from cleaner.rl.trainer import TrainConfig
+from cleaner.rollout.episode import RolloutConfig
+from cleaner.saar import SaarConfig
+from cleaner.sandbox import SandboxConfig
+
+
+class ConfigError(ValueError):
+    """A config the harness refuses, with a message that names the key."""
+
+
+def mutable_mirror(cls: type, name: str) -> type:
+    """A non-frozen dataclass with the fields, types and defaults of the frozen dataclass `cls` (a tuple field
+    becomes a list, which is what YAML and OmegaConf hold)."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) is tuple:
+            kind, default = list[typing.get_args(kind)[0]], field(default_factory=lambda d=f.default: list(d))
+        else:
+            default = field(default=f.default)
+        fields.append((f.name, kind, default))
+    mirror = dataclasses.make_dataclass(name, fields)
+    mirror.__module__ = __name__  # importable by name, so a pickled config (a submitit job's) can be loaded
+    return mirror
+
+
+SaarSchema = mutable_mirror(SaarConfig, "SaarSchema")
+SandboxSchema = mutable_mirror(SandboxConfig, "SandboxSchema")
+
+
+@dataclass
+class ModelSchema:
+    name: str = "lab"  # the preset's name, for tables
+    path: str = "${lab_sft:}"  # initial checkpoint folder; ${lab_sft:}: the lab's SFT checkpoint (cached by hash)
+    chat_format: str = "hermes"  # tool-call format, a key of cleaner.chat.FORMATS (Qwen: hermes <tool_call>)
+    dtype: str = "float32"  # actor and rollout precision ("fp16 for actor and rollout"; the lab runs float32)
+
+
+@dataclass
+class AlgoSchema:
+    name: str = "lab"  # the recipe's name, for tables
+    steps: int = 10  # RL steps (the paper reports its results at 250 steps for 4B)
+    prompts_per_step: int = 8  # prompts per RL step ("train_batch_size: 128")
+    group_size: int = 8  # rollouts per prompt ("group_size: 16")
+    ppo_mini_batch_size: int = 4  # prompts per optimizer update ("ppo_mini_batch_size: 32"; 128 / 32 = 4 updates)
+    lr: float = 1e-4  # peak learning rate ("2e-6" for 4B, "1e-6" for 7B; the lab's 3.6 M model needs far more)
+    lr_warmup_steps: int = 0  # linear warm-up, then constant ("lr_warmup_steps: 20")
+    max_grad_norm: float = 1.0  # gradient clipping by global norm (verl's default, 1.0)
+    adv_estimator: str = "grpo"  # a key of cleaner.rl.advantages.ADVANTAGES ("adv_estimator: grpo")
+    norm_adv_by_std: bool = True  # GRPO divides by the group std; False gives Dr. GRPO
+    policy_loss: str = "ppo_clip"  # a key of cleaner.rl.losses.POLICY_LOSSES
+    clip_ratio_low: float = 0.2  # ("clip_ratio_low: 0.20")
+    clip_ratio_high: float = 0.28  # DAPO clip-higher ("clip_ratio_high: 0.28")
+    clip_ratio_c: float = 10.0  # dual clip ("clip_ratio_c: 10.0")
+    loss_agg_mode: str = "token-mean"  # a key of cleaner.rl.aggregation.AGGREGATIONS ("token-mean")
+    overlong_buffer_tokens: int = 64  # DAPO soft overlong punishment window ("overlong_buffer.len: 4096")
+    overlong_penalty_factor: float = 1.0  # ("overlong_buffer.penalty_factor: 1.0")
+    dynamic_sampling: bool = False  # DAPO: train only on groups whose rewards differ
+    temperature: float = 1.0  # training and held-out sampling temperature ("temperature: 1.0")
+    top_p: float = 1.0  # training rollouts ("top_p: 1.0")
+    eval_top_p: float = 1.0  # held-out rollouts ("eval top_p: 0.6"; the lab keeps 1.0)
+    max_turns: int = 4  # assistant turns per trajectory ("max_turns: 16")
+    max_response_tokens: int = 320  # tokens after the prompt ("max_response_length: 20480")
+    max_tool_response_chars: int = 256  # tool output shown to the model, middle-cut ("truncated to 256 chars")
+    retries_count_against_limits: bool = False  # SAAR retries count as turns and budget (the authors': no)
+    eval_every: int = 0  # steps between held-out evaluations; 0: only after the last step
+    eval_problems: int = 200  # held-out problems per evaluation
+    eval_samples: int = 1  # samples per held-out problem (pass@1 is their mean)
+
+
+@dataclass
+class DataSchema:
+    name: str = "lab"  # "lab": the procedural lab tasks (no files); other names read `train_path` / `eval_paths`
+    train_path: str = ""  # training set file (parquet or jsonl); unused by "lab"
+    eval_paths: dict[str, str] = field(default_factory=dict)  # benchmark name -> file; unused by "lab"
+
+
+@dataclass
+class EngineSchema:
+    kind: str = "transformers"  # "transformers" (in-process, KV cache) | "sglang" (HTTP servers)
+    urls: list[str] = field(default_factory=list)  # sglang: server base URLs; a trajectory sticks to one
+
+
+@dataclass
+class ClusterSchema:
+    kind: str = "lab"  # "lab": the single-process trainer of cleaner.rl.trainer, on CPU | "verl": verl on GPUs
+    nodes: int = 1  # machines per run
+    gpus_per_node: int = 0  # accelerators per machine
+
+
+@dataclass
+class SearchSchema:
+    study: str = "search"  # the study's name; its storage is <runs_root>/../optuna/<study>.db (SQLite)
+    trials: int = 8  # trials to complete, counting those finished before a resume
+    parallel: int = 2  # trials running at the same time
+    metric: str = "eval.accuracy"  # a dotted key of the run's summary.json
+    direction: str = "maximize"  # "maximize" | "minimize"
+    sampler_seed: int = 0  # seed of Optuna's TPE sampler
+    # dotted config key -> {type: float | int, low, high, log (optional)}
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RunSchema:
+    model: ModelSchema = MISSING
+    algo: AlgoSchema = MISSING
+    saar: SaarSchema = MISSING
+    data: DataSchema = MISSING
+    engine: EngineSchema = MISSING
+    sandbox: SandboxSchema = MISSING
+    cluster: ClusterSchema = MISSING
+    seed: int = 0  # run seed: problems drawn per step, sampling, SAAR's p draws
+    # -- not part of the run's identity (left out of its hash) --
+    runs_root: str = "results/runs"  # run records go to <runs_root>/<config hash>/
+    strict: bool = False  # refuse to start from a git tree with uncommitted changes (strict reproducibility)
+    quiet: bool = False  # no per-step progress lines
+    search: SearchSchema | None = None  # an Optuna search over runs (python -m harness.search); None for one run
+
+
+NOT_HASHED = ("runs_root", "strict", "quiet", "search")
+
+GROUPS: dict[str, type] = {"model": ModelSchema, "algo": AlgoSchema, "saar": SaarSchema, "data": DataSchema,
+                           "engine": EngineSchema, "sandbox": SandboxSchema, "cluster": ClusterSchema}
+
+
+def lab_sft_path() -> str:
+    """Where the lab's SFT checkpoint of the default SftConfig lives (trained on first use), relative to the repo."""
+    return f"results/lab/sft/{SftConfig().hash()}"
+
+
+def register() -> None:
+    """Register the schema as `run` (the first entry of every primary config's defaults) and the `${lab_sft:}`
+    resolver, which resolves to `lab_sft_path()`, so a run's recorded config names the exact SFT checkpoint."""
+    ConfigStore.instance().store(name="run", node=RunSchema)
+    OmegaConf.register_new_resolver("lab_sft", lab_sft_path, replace=True)
+
+
+def _built(make, *args, **kwargs):
+    """`make(...)`, with cleaner's own value checks (whose messages name the key) raised as ConfigError."""
+    try:
+        return make(*args, **kwargs)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(str(e).strip("'\"")) from e
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value of a composed run config, whatever its cluster; raises ConfigError naming the key."""
+    algo = cfg.algo
+    for key in ("steps", "prompts_per_step", "group_size", "ppo_mini_batch_size", "eval_problems", "eval_samples"):
+        if algo[key] < 1:
+            raise ConfigError(f"algo.{key} must be >= 1, got {algo[key]}")
+    if algo.prompts_per_step % algo.ppo_mini_batch_size:
+        raise ConfigError(f"algo.ppo_mini_batch_size={algo.ppo_mini_batch_size} must divide "
+                          f"algo.prompts_per_step={algo.prompts_per_step}")
+    if not (algo.lr > 0 and algo.lr_warmup_steps >= 0 and algo.eval_every >= 0):
+        raise ConfigError(f"algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got "
+                          f"{algo.lr}, {algo.lr_warmup_steps}, {algo.eval_every}")
+    for key, allowed in (("engine.kind", ("transformers", "sglang")), ("cluster.kind", ("lab", "verl")),
+                         ("model.dtype", ("float32", "bfloat16", "float16"))):
+        if OmegaConf.select(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}; valid: {', '.join(allowed)}")
+    _built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox))
+    _lab_parts(cfg)
+
+
+def _lab_parts(cfg: DictConfig) -> tuple[RolloutConfig, AdvantageConfig, PolicyLossConfig]:
+    algo = cfg.algo
+    saar = _built(SaarConfig, **OmegaConf.to_container(cfg.saar))
+    rollout = _built(RolloutConfig, max_turns=algo.max_turns, max_response_tokens=algo.max_response_tokens,
+                     max_tool_response_chars=algo.max_tool_response_chars,
+                     retries_count_against_limits=algo.retries_count_against_limits, format=cfg.model.chat_format,
+                     saar=saar)
+    advantage = _built(AdvantageConfig, estimator=algo.adv_estimator, norm_by_std=algo.norm_adv_by_std)
+    loss = _built(PolicyLossConfig, policy_loss=algo.policy_loss, clip_ratio_low=algo.clip_ratio_low,
+                  clip_ratio_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c,
+                  loss_agg_mode=algo.loss_agg_mode)
+    return rollout, advantage, loss
+
+
+def lab_train_config(cfg: DictConfig) -> TrainConfig:
+    """The lab trainer's config for a composed run config; raises ConfigError naming a key the lab cannot honour."""
+    validate(cfg)
+    for key, lab_value in (("cluster.kind", "lab"), ("engine.kind", "transformers"), ("model.dtype", "float32"),
+                           ("data.name", "lab")):
+        if OmegaConf.select(cfg, key) != lab_value:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: the lab trainer (cluster=lab) needs "
+                              f"{key}={lab_value}")
+    rollout, advantage, loss = _lab_parts(cfg)
+    algo = cfg.algo
+    return TrainConfig(
+        steps=algo.steps, prompts_per_step=algo.prompts_per_step, group_size=algo.group_size, lr=algo.lr,
+        lr_warmup_steps=algo.lr_warmup_steps, mini_batches=algo.prompts_per_step // algo.ppo_mini_batch_size,
+        max_grad_norm=algo.max_grad_norm, temperature=algo.temperature, top_p=algo.top_p, eval_top_p=algo.eval_top_p,
+        rollout=rollout, advantage=advantage, loss=loss, overlong_buffer_tokens=algo.overlong_buffer_tokens,
+        overlong_penalty_factor=algo.overlong_penalty_factor, dynamic_sampling=algo.dynamic_sampling,
+        sandbox=_built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox)), eval_every=algo.eval_every,
+        eval_problems=algo.eval_problems, eval_samples=algo.eval_samples, seed=cfg.seed)
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """Data files named by the config exist (the lab needs none)."""
+    if cfg.data.name == "lab":
+        return
+    named = {"data.train_path": cfg.data.train_path,
+             **{f"data.eval_paths.{k}": v for k, v in cfg.data.eval_paths.items()}}
+    for key, path in named.items():
+        if not path:
+            raise ConfigError(f"{key} is empty: data={cfg.data.name} needs a file (parquet or jsonl)")
+        if not Path(path).exists():
+            raise ConfigError(f"{key}={path} does not exist")

@@ -1,0 +1,31 @@
+"""A sweep of runs, each launched through submitit and recorded in `results/runs/<config hash>/`:
+
+    python -m harness.sweep -m saar.gamma=0.3,0.5,0.7 [launcher=slurm hydra.launcher.partition=...]
+    python -m harness.sweep -m +sweeps=gamma          (one question per file in sweeps/)
+
+Hydra's basic sweeper expands the grid; `launcher=local` (the default) runs each point in its own process, and
+`launcher=slurm` submits a job array. Killed and rerun, a sweep skips finished runs and resumes the others.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from harness import cli, schema
+from harness.train import run
+
+schema.register()
+
+
+@hydra.main(config_path="conf", config_name="sweep", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    return cli.guarded(run, cfg)
+
+
+if __name__ == "__main__":
+    cli.check_overrides(sys.argv[1:])
+    sys.argv.append(cli.searchpath_override())
+    main()

@@ -1,0 +1,71 @@
+"""One training run, recorded in `results/runs/<config hash>/`:
+
+    python -m harness.train [preset=lab|qwen3_4b|qwen2_5_7b|demyagent] [saar=cleaner|baseline] [key=value ...]
+
+A finished run (its folder holds `summary.json`) is skipped; an interrupted one resumes from its last checkpoint.
+`-m` with comma-separated values runs one after another in this process; `python -m harness.sweep` launches them
+through submitit instead. cluster=lab runs the single-process trainer (`cleaner.rl.trainer`) here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+from cleaner.lab.sft import SftConfig
+from cleaner.lab.sft import train as train_sft
+from cleaner.rl.trainer import train_sync
+from cleaner.trajectory import write_lines_atomic
+from harness import cli, records, schema
+
+
+def init_checkpoint(cfg: DictConfig, log: Any) -> Path:
+    """The run's initial checkpoint; the lab's SFT checkpoint is trained (about 20 minutes on 2 cores) if missing."""
+    path = Path(to_absolute_path(cfg.model.path))
+    if (path / "config.json").exists():
+        return path
+    if cfg.model.path == schema.lab_sft_path():
+        return train_sft(SftConfig(), path.parent, log=log)
+    raise schema.ConfigError(f"model.path={cfg.model.path} holds no checkpoint (no config.json there)")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, then run the job in its record folder; returns the run's summary."""
+    schema.validate(cfg)
+    schema.check_paths(cfg)
+    if cfg.cluster.kind != "lab":
+        raise schema.ConfigError(f"cluster={cfg.cluster.kind} launches verl on GPUs, which this version cannot do "
+                                 "yet; it runs cluster=lab")
+    train_cfg = schema.lab_train_config(cfg)
+    name = records.config_hash(cfg)
+    log = (lambda s: None) if cfg.quiet else (lambda s: print(f"[{name}] {s}", flush=True))
+    if HydraConfig.initialized():  # for the sweep's progress table: which job runs which record
+        out = Path(HydraConfig.get().runtime.output_dir)
+        write_lines_atomic(out / "run.json", iter([json.dumps({
+            "run_dir": str(Path(cfg.runs_root).resolve() / name), "overrides": list(HydraConfig.get().overrides.task),
+            "steps": cfg.algo.steps})]))
+
+    def job(run_dir: Path) -> dict[str, Any]:
+        return train_sync(train_cfg, init_checkpoint(cfg, log), run_dir, log=log)
+
+    return records.run_record(cfg, job, log=log)
+
+
+schema.register()
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    return cli.guarded(run, cfg)
+
+
+if __name__ == "__main__":
+    cli.check_overrides(sys.argv[1:])
+    main()

@@ -1,0 +1,89 @@
+"""Bad configs fail before anything runs, with one message that names the key (and, for unknown keys, the valid
+ones)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import cli, records, schema
+from harness.records import REPO
+
+
+def test_gamma_out_of_range_exits_2_naming_gamma(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.train", "saar.gamma=1.5", f"runs_root={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: saar.gamma must be in [0, 1], got 1.5"
+    assert not list(tmp_path.iterdir()), "nothing may be written for a refused config"
+
+
+def test_unknown_key_exits_2_listing_the_valid_keys():
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep", "-m", "saar.gama=0.3,0.5"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: unknown key 'saar.gama': saar has no 'gama'; valid keys: enabled, gamma, "
+                                   "max_retries, rollback_probability, similarity")
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("algo.lrr", "unknown key 'algo.lrr': algo has no 'lrr'; valid keys: name, steps,"),
+    ("sed", "unknown key 'sed': the config has no 'sed'; valid keys: model, algo, saar,"),
+    ("saar.gamma.x", None),  # gamma is a float: Hydra itself refuses to go inside it
+    ("data.eval_paths.aime24", None),  # any key is valid inside a dict field
+    ("search.space.saar.gamma", None),
+    ("sandbox.remote_url", None),
+])
+def test_unknown_key_messages(key, expected):
+    problem = cli.unknown_key(key)
+    assert (problem is None) if expected is None else problem.startswith(expected)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("saar.max_retries=-1", "saar.max_retries (K) must be >= 0, got -1"),
+    ("saar.rollback_probability=1.2", "saar.rollback_probability (p) must be in [0, 1], got 1.2"),
+    ("saar.gamma=-0.1", "saar.gamma must be in [0, 1], got -0.1"),
+    ("saar.similarity=jaccard", "unknown similarity 'jaccard'; valid: "),
+    ("algo.ppo_mini_batch_size=3", "algo.ppo_mini_batch_size=3 must divide algo.prompts_per_step=8"),
+    ("algo.group_size=0", "algo.group_size must be >= 1, got 0"),
+    ("algo.loss_agg_mode=mean", "unknown loss_agg_mode 'mean'; valid: "),
+    ("sandbox.timeout_s=0", "sandbox.timeout_s must be a positive number, got 0"),
+    ("engine.kind=vllm", "engine.kind='vllm'; valid: transformers, sglang"),
+])
+def test_bad_values_name_their_key(composed, override, message):
+    with pytest.raises(schema.ConfigError) as e:
+        schema.validate(composed([override]))
+    assert str(e.value).startswith(message)
+
+
+def test_missing_data_paths_are_named(composed, tmp_path):
+    with pytest.raises(schema.ConfigError, match=r"^data.train_path is empty: data=open_agentrl needs a file"):
+        schema.check_paths(composed(["data=open_agentrl"]))
+    train = tmp_path / "train.parquet"
+    train.write_bytes(b"")
+    cfg = composed(["data=open_agentrl", f"data.train_path={train}", f"+data.eval_paths.aime24={tmp_path}/no.parquet"])
+    with pytest.raises(schema.ConfigError, match=rf"^data.eval_paths.aime24={tmp_path}/no.parquet does not exist$"):
+        schema.check_paths(cfg)
+
+
+def test_strict_refuses_a_dirty_tree_naming_the_files(composed, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run(git + ["add", "a.py"], check=True)
+    subprocess.run(git + ["commit", "-qm", "a"], check=True)
+    monkeypatch.setattr(records, "REPO", repo)
+    cfg = composed(["strict=true", f"runs_root={tmp_path / 'runs'}"])
+    ran = []
+    records.run_record(cfg, lambda d: ran.append(d) or {"eval": {}}, log=lambda s: None)  # clean: runs
+    (repo / "a.py").write_text("x = 2\n")
+    with pytest.raises(schema.ConfigError, match=r"^strict=true needs a committed tree, .*: a.py$"):
+        records.run_record(composed(["strict=true", "seed=1", f"runs_root={tmp_path / 'runs'}"]),
+                           lambda d: ran.append(d), log=lambda s: None)
+    assert len(ran) == 1
+    assert os.listdir(tmp_path / "runs") == [records.config_hash(cfg)]

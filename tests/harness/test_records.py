@@ -1,0 +1,96 @@
+"""Run records: named by the hash of the resolved config minus the keys that do not change results; a finished
+record is skipped; a resumed one keeps one environment entry per invocation; one process at a time."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import yaml
+
+from harness import records
+
+
+def test_the_hash_ignores_where_results_go_and_verbosity_but_nothing_else(composed, tmp_path):
+    base = records.config_hash(composed())
+    assert len(base) == 12
+    for same in (["quiet=true"], [f"runs_root={tmp_path}"], ["strict=true"], ["launcher=local"]):
+        assert records.config_hash(composed(same)) == base, same
+    for different in (["seed=1"], ["saar.gamma=0.3"], ["algo.lr=2e-4"], ["sandbox.timeout_s=3"], ["model.path=x"]):
+        assert records.config_hash(composed(different)) != base, different
+
+
+def test_a_baseline_is_one_run_whatever_its_unused_saar_parameters(composed):
+    off = [records.config_hash(composed(["saar=baseline", f"saar.gamma={g}"])) for g in (0.3, 0.5, 0.7)]
+    assert len(set(off)) == 1
+    on = [records.config_hash(composed([f"saar.gamma={g}"])) for g in (0.3, 0.5, 0.7)]
+    assert len(set(on)) == 3
+
+
+def test_the_lab_model_path_names_the_exact_sft_checkpoint(composed):
+    from cleaner.lab.sft import SftConfig
+
+    assert composed().model.path == f"results/lab/sft/{SftConfig().hash()}"
+
+
+def test_a_record_holds_config_env_and_summary_and_a_finished_one_is_skipped(composed, tmp_path):
+    cfg = composed([f"runs_root={tmp_path}", "seed=3"])
+    calls = []
+
+    def job(run_dir):
+        calls.append(run_dir)
+        (run_dir / "summary.json").write_text(json.dumps({"eval": {"accuracy": 0.5}}))
+        return {"eval": {"accuracy": 0.5}}
+
+    first = records.run_record(cfg, job, log=lambda s: None)
+    again = records.run_record(cfg, job, log=lambda s: None)
+    run_dir = tmp_path / records.config_hash(cfg)
+    assert calls == [run_dir] and first == again == {"eval": {"accuracy": 0.5}}
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 3
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["seed"] == 3 and env["git"]["commit"] and env["packages"]["torch"].startswith("2.13.0")
+    assert len(env["invocations"]) == 1 and env["invocations"][0]["finished"] is True
+    assert env["hardware"]["cpus"] >= 1 and env["wall_s"] == env["invocations"][0]["wall_s"]
+
+
+def test_an_interrupted_record_is_resumed_and_keeps_each_invocation(composed, tmp_path):
+    cfg = composed([f"runs_root={tmp_path}"])
+
+    def killed(run_dir):
+        raise KeyboardInterrupt
+
+    def resumed(run_dir):
+        (run_dir / "summary.json").write_text("{}")
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        records.run_record(cfg, killed, log=lambda s: None)
+    records.run_record(cfg, resumed, log=lambda s: None)
+    env = json.loads((tmp_path / records.config_hash(cfg) / "env.json").read_text())
+    assert [i["finished"] for i in env["invocations"]] == [False, True]
+
+
+def test_a_second_process_on_the_same_record_waits_then_skips(composed, tmp_path):
+    cfg = composed([f"runs_root={tmp_path}"])
+    order = []
+
+    def slow(run_dir):
+        order.append("start")
+        time.sleep(1.0)
+        (run_dir / "summary.json").write_text("{}")
+        order.append("end")
+        return {}
+
+    def second():
+        records.run_record(cfg, lambda d: order.append("second ran") or {}, log=order.append)
+
+    first = threading.Thread(target=records.run_record, args=(cfg, slow), kwargs={"log": lambda s: None})
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    second()
+    first.join()
+    assert order[0] == "start" and order[1].endswith("running in another process; waiting for it")
+    assert order[2] == "end" and order[3].endswith("is finished; skipping it") and "second ran" not in order

@@ -233,6 +233,24 @@ class SGLangEngine:
 
         return asyncio.run(all_of_them())
 
+    def rescore_payload(self, request_id: str, ids: tuple[int, ...], start: int) -> dict[str, Any]:
+        return {"rid": f"{request_id}#rescore", "input_ids": list(ids), "sampling_params": {"max_new_tokens": 0},
+                "return_logprob": True, "logprob_start_len": start}
+
+    async def arescore(self, request_id: str, ids: tuple[int, ...], start: int) -> list[float]:
+        """Log-probs of `ids[start:]`, each given the tokens before it, under the served weights: a prefill with no
+        new token. SGLang reuses its radix cache only up to `logprob_start_len`, so this costs a prefill of
+        `len(ids) - start` tokens when the prefix is cached (it is on the trajectory's own server, which is the one
+        asked); a re-score from the start of the response would prefill the whole response."""
+        url = self.server_for(request_id)
+        response = await self._client().post(f"{url}/generate", json=self.rescore_payload(request_id, ids, start))
+        response.raise_for_status()
+        entries = response.json()["meta_info"]["input_token_logprobs"]
+        if len(entries) != len(ids) - start:
+            raise RuntimeError(f"SGLang at {url} returned {len(entries)} input log-probs for {len(ids) - start} "
+                               f"tokens of request {request_id}")
+        return [float(lp) for lp, _, _ in entries]
+
     def _client(self) -> httpx.AsyncClient:
         loop = id(asyncio.get_running_loop())  # a client belongs to the event loop it was made in
         if loop not in self._clients:

@@ -5,13 +5,15 @@ different tokens, so its sampled log-probs are stale. `recompute` scores every r
 sequences: the prompt is run once per group of trajectories that share it (the G samples of one prompt), its KV
 cache is repeated for the group, and only the responses are run on top. `full_recompute` runs each whole sequence
 and is the reference. `logprob_gap` measures, per trajectory, how far the sampled log-probs were from the
-recomputed ones on spliced and on untouched tokens.
+recomputed ones on spliced and on untouched tokens. `rescore_spliced` is the server-side variant: an SGLang server
+re-scores each trajectory from its first spliced token, reusing its radix cache for the prefix before it.
 
 Log-probs are taken at `temperature` (logits divided by it), as the engines report them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
@@ -76,6 +78,29 @@ def recompute(model: Any, trajectories: list[Trajectory], pad_id: int, temperatu
         logp = _token_logprobs(logits, ids, temperature)
         for row, i in enumerate(members):
             out[i] = logp[row, : len(responses[row])].tolist()
+    return out
+
+
+def first_spliced(trajectory: Trajectory) -> int | None:
+    """Index in `trajectory.ids` of its first spliced token, or None when nothing was spliced."""
+    return next((i for i, p in enumerate(trajectory.provenance) if p in SPLICED), None)
+
+
+async def rescore_spliced(engine: Any, trajectories: list[Trajectory]) -> list[list[float]]:
+    """Log-probs of each trajectory's response tokens with the spliced part re-scored by an SGLang server
+    (`SGLangEngine.arescore`): from the first spliced token to the end, since every token after a splice stands
+    after different tokens than when it was sampled. Tokens before it keep their sampled log-probs (0.0 where the
+    policy did not sample, as `Trajectory.logprobs`), and a trajectory without a splice sends no request. The
+    server's log-prob convention (raw or temperature-scaled logits) is the one it used when sampling, so the gap
+    between the two compares like with like."""
+    starts = [first_spliced(t) for t in trajectories]
+    rescored = await asyncio.gather(*(engine.arescore(t.id, tuple(t.ids), s)
+                                      for t, s in zip(trajectories, starts) if s is not None))
+    out, it = [], iter(rescored)
+    for t, s in zip(trajectories, starts):
+        sampled = t.logprobs
+        assert sampled is not None, f"trajectory {t.id} has no sampled log-probs"
+        out.append(sampled[len(t.prompt):] if s is None else sampled[len(t.prompt):s] + next(it))
     return out
 
 

@@ -1,9 +1,13 @@
 """The rollout on a real (tiny, randomly initialised) transformers model: batched and async drivers agree,
-sampled log-probs are the model's, and recomputation with prefix reuse equals a full recomputation."""
+sampled log-probs are the model's, recomputation with prefix reuse equals a full recomputation, and re-scoring
+through the SGLang client (against a fake server that scores with the same model) equals it on spliced tokens."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -11,9 +15,10 @@ import torch
 from cleaner import chat
 from cleaner.lab.model import tiny_qwen3
 from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_async, run_batched
-from cleaner.rollout.engines import ForcedEngine, GenRequest, SamplingParams, TransformersEngine, sample_token
+from cleaner.rollout.engines import (ForcedEngine, GenRequest, SamplingParams, SGLangEngine, TransformersEngine,
+                                     sample_token)
 from cleaner.rollout.episode import RolloutConfig
-from cleaner.rollout.recompute import full_recompute, logprob_gap, recompute, score
+from cleaner.rollout.recompute import first_spliced, full_recompute, logprob_gap, recompute, rescore_spliced, score
 from cleaner.trajectory import ToolResult
 
 TOL = 1e-5  # float32 on CPU: batched, cached and full forwards agree to ~1e-6 in log-prob
@@ -71,7 +76,8 @@ def say(reasoning, code=None):
     return reasoning + (chat.hermes_call_text(code) if code is not None else "")
 
 
-def test_recompute_with_prefix_reuse_equals_full_and_finds_the_stale_splices(tok, model):
+def spliced_rollout(tok, model):
+    """Four trajectories through the episode state machine: a shallow splice, a deep one, and two without."""
     name_err, fixed = "v = [1, 2, 3]\nprint(sum(v) / len(w))", "v = [1, 2, 3]\nprint(sum(v) / len(v))"
     tools = ScriptedTools({name_err: ToolResult("error", "NameError: name 'w' is not defined", "NameError"),
                            fixed: ToolResult("ok", "2.0"), "x = 1/0": ToolResult("error", "ZeroDivisionError"),
@@ -81,8 +87,12 @@ def test_recompute_with_prefix_reuse_equals_full_and_finds_the_stale_splices(tok
                "p0/2": [say("Mean.\n", fixed), "\\boxed{2}"],  # no splice
                "p1/0": [say("Sum.\n", "print(45)"), "\\boxed{45}"]}
     engine = ForcedEngine(model, tok, scripts)
-    trajs = asyncio.run(run_batched(engine, tools, make_episodes(tok, PROMPTS[:1], 3, RolloutConfig(), 0)
-                        + make_episodes(tok, PROMPTS[1:], 1, RolloutConfig(), 0), SamplingParams()))
+    return asyncio.run(run_batched(engine, tools, make_episodes(tok, PROMPTS[:1], 3, RolloutConfig(), 0)
+                       + make_episodes(tok, PROMPTS[1:], 1, RolloutConfig(), 0), SamplingParams()))
+
+
+def test_recompute_with_prefix_reuse_equals_full_and_finds_the_stale_splices(tok, model):
+    trajs = spliced_rollout(tok, model)
     assert [t.stats["splices_shallow"] + 2 * t.stats["splices_deep"] for t in trajs] == [1, 2, 0, 0]
     reused, full = recompute(model, trajs, tok.pad_token_id), full_recompute(model, trajs, tok.pad_token_id)
     for t, a, b in zip(trajs, reused, full):
@@ -94,3 +104,61 @@ def test_recompute_with_prefix_reuse_equals_full_and_finds_the_stale_splices(tok
     assert gaps[0]["spliced_tokens"] > 0 and gaps[0]["spliced_mean_abs_gap"] > 1e-3  # sampled after the error
     assert gaps[1]["spliced_tokens"] > 0 and gaps[1]["spliced_mean_abs_gap"] > 1e-3
     assert gaps[2]["spliced_tokens"] == gaps[3]["spliced_tokens"] == 0
+
+
+class ScoringServer:
+    """A fake SGLang `/generate` that answers re-scoring requests (max_new_tokens 0, logprob_start_len) with the
+    model's log-probs of the input tokens from logprob_start_len on, in SGLang's [logprob, id, text] triples."""
+
+    def __init__(self, model):
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(body)
+                ids, start = tuple(body["input_ids"]), body["logprob_start_len"]
+                lps = score(model, ids[:start], ids[start:])
+                data = json.dumps({"meta_info": {"input_token_logprobs": [[lp, i, None] for lp, i in
+                                                                          zip(lps, ids[start:])]}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_sglang_rescoring_starts_at_the_first_splice_and_equals_recompute_there(tok, model):
+    trajs = spliced_rollout(tok, model)
+    server = ScoringServer(model)
+    try:
+        rescored = asyncio.run(rescore_spliced(SGLangEngine([server.url], [0]), trajs))
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    starts = [first_spliced(t) for t in trajs]
+    assert [s is not None for s in starts] == [True, True, False, False]
+    assert starts[0] > len(trajs[0].prompt)  # shallow: the original reasoning stays, re-scoring starts after it
+    assert starts[1] == len(trajs[1].prompt)  # deep: the whole first turn was replaced
+    assert sorted((r["rid"], r["logprob_start_len"]) for r in server.requests) == [
+        ("p0/0#rescore", starts[0]), ("p0/1#rescore", starts[1])]  # one request per spliced trajectory
+    for r in server.requests:
+        assert r["sampling_params"] == {"max_new_tokens": 0} and r["return_logprob"] is True
+    full = recompute(model, trajs, tok.pad_token_id)
+    for t, s, got, want in zip(trajs, starts, rescored, full):
+        p = len(t.prompt)
+        assert len(got) == len(t.ids) - p
+        if s is None:
+            assert got == t.logprobs[p:]  # nothing spliced: the sampled log-probs stand, no request sent
+            continue
+        assert got[: s - p] == t.logprobs[p:s]  # before the splice: as sampled
+        assert got[s - p:] == pytest.approx(want[s - p:], abs=TOL)  # from the splice on: as the policy scores them
+        assert max(abs(a - b) for a, b in zip(got[s - p:], t.logprobs[s:])) > 1e-3  # and they were stale

@@ -21,7 +21,7 @@ def searchpath_override() -> str:
     return f"hydra.searchpath=[file://{REPO}]"
 
 _KEY = re.compile(r"^[A-Za-z_][\w.]*$")
-_GROUPS = ("model", "algo", "saar", "data", "engine", "sandbox", "cluster", "launcher", "preset")
+_GROUPS = (*schema.GROUPS, "launcher", "preset")  # `group=option` arguments: Hydra checks the option
 
 
 def unknown_key(key: str) -> str | None:

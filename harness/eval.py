@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import transformers
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cleaner.rl.trainer import evaluate

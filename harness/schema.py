@@ -162,10 +162,10 @@ def register() -> None:
     OmegaConf.register_new_resolver("lab_sft", lab_sft_path, replace=True)
 
 
-def _built(make, *args, **kwargs):
-    """`make(...)`, with cleaner's own value checks (whose messages name the key) raised as ConfigError."""
+def _built(make: Any, **kwargs: Any) -> Any:
+    """`make(**kwargs)`, with cleaner's own value checks (whose messages name the key) raised as ConfigError."""
     try:
-        return make(*args, **kwargs)
+        return make(**kwargs)
     except (ValueError, KeyError) as e:
         raise ConfigError(str(e).strip("'\"")) from e
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from cleaner import chat
@@ -14,6 +13,7 @@ from cleaner.rollout.episode import RolloutConfig
 from cleaner.rollout.tools import SandboxTools
 from cleaner.saar import SaarStats
 from cleaner.sandbox import SandboxPool
+from cleaner.stats import mean_stderr
 from cleaner.trajectory import Trajectory
 
 
@@ -43,16 +43,6 @@ def final_answer_text(traj: Trajectory) -> str:
 def correctness(trajs: list[Trajectory], problems: list[Problem]) -> list[bool]:
     answers = {p.id: p.answer for p in problems}
     return [check_answer(final_answer_text(t), answers[t.id.rsplit("/", 1)[0]]) for t in trajs]
-
-
-def mean_stderr(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return 0.0, 0.0
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
 
 
 def metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:

@@ -21,12 +21,12 @@ from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cleaner.lab.evaluate import mean_stderr
 from cleaner.lab.sft import SftConfig
 from cleaner.lab.sft import train as train_sft
 from cleaner.rl.trainer import TrainConfig, evaluate, run_name, train_sync
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import SandboxPool
+from cleaner.stats import mean_stderr
 from cleaner.trajectory import write_lines_atomic
 
 METHODS: dict[str, SaarConfig] = {

@@ -15,6 +15,7 @@ trials are not rerun. Trials count towards `search.trials` across restarts.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,13 @@ def metric(summary: dict[str, Any], dotted: str) -> float:
     return float(value)
 
 
+def job_error(e: Exception) -> str:
+    """The line of a failed submitit job's traceback that names the original error (`pkg.SomeError: ...`)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Exit)\b", line)),
+                f"{type(e).__name__}: {lines[-1] if lines else ''}")
+
+
 def executor(launcher: dict[str, Any], folder: Path) -> submitit.Executor:
     """A submitit executor with the launcher group's parameters (`hydra.launcher`, resolved; launcher=local or
     launcher=slurm)."""
@@ -89,6 +97,7 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
         study.enqueue_trial(t.params)
     ex = executor(launcher, root / f"{spec.study}.submitit")
     running: dict[int, submitit.Job] = {}
+    failed = 0
 
     def finished() -> int:
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -107,8 +116,11 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
             try:
                 value = metric(job.result(), spec.metric)
             except Exception as e:  # the trial's job failed: recorded as a failed trial, the search goes on
-                log(f"trial {number} failed: {type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
+                log(f"trial {number} failed: {job_error(e)}")
                 study.tell(number, state=optuna.trial.TrialState.FAIL)
+                failed += 1
+                if failed >= spec.trials:  # every trial failing is a bug to fix, not a search to go on with
+                    raise RuntimeError(f"{failed} trials failed; the jobs' logs are in {ex.folder}") from e
                 continue
             study.tell(number, value)
             log(f"trial {number}: {spec.metric} = {value:.4f}")

@@ -67,3 +67,15 @@ def test_an_empty_space_is_refused(tmp_path):
         cfg.search.space = {}
     with pytest.raises(schema.ConfigError, match="search.space is empty"):
         search.search(cfg, launcher)
+
+
+def test_a_search_whose_trials_all_fail_stops_instead_of_asking_forever(tmp_path):
+    cfg, launcher = composed_search(tmp_path, trials=2)
+    with open_dict(cfg):
+        cfg.model.path = str(tmp_path / "no_checkpoint")  # every trial's job fails when it looks for it
+    log = []
+    with pytest.raises(RuntimeError, match="^2 trials failed; the jobs' logs are in "):
+        search.search(cfg, launcher, log=log.append)
+    failures = [line for line in log if " failed: " in line]
+    assert len(failures) == 2 and all("ConfigError: model.path=" in line and "holds no checkpoint" in line
+                                      for line in failures), failures

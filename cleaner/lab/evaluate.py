@@ -13,7 +13,7 @@ from cleaner.rollout.episode import RolloutConfig
 from cleaner.rollout.tools import SandboxTools
 from cleaner.saar import SaarStats
 from cleaner.sandbox import SandboxPool
-from cleaner.stats import mean_stderr
+from cleaner.stats import mean_stderr, pass_at_k
 from cleaner.trajectory import Trajectory
 
 
@@ -47,11 +47,13 @@ def correctness(trajs: list[Trajectory], problems: list[Problem]) -> list[bool]:
 
 def metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
     """Accuracy (pass@1: the mean over samples per problem, then over problems, with the stderr over problems),
+    the unbiased pass@k for k = 1 and k = the samples per problem,
     tool calls and failures per trajectory (first attempt and final), SAAR counts, lengths and finish reasons."""
     per_problem: dict[str, list[float]] = {}
     for t, ok in zip(trajs, correct):
         per_problem.setdefault(t.id.rsplit("/", 1)[0], []).append(float(ok))
     acc, acc_se = mean_stderr([sum(v) / len(v) for v in per_problem.values()])
+    samples = min(len(v) for v in per_problem.values())
     n = max(1, len(trajs))
     total = SaarStats.total([t.stats for t in trajs])
     out: dict[str, Any] = {
@@ -61,6 +63,9 @@ def metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
         "trajectories": len(trajs),
         "response_tokens": sum(len(t.ids) - len(t.prompt) for t in trajs) / n,
         "first_attempt_failure_rate": total["first_attempt_failures"] / max(1, total["first_attempt_calls"]),
+        # the unbiased estimator per problem, averaged over problems, for k = 1 and k = the samples per problem
+        "pass_at_k": {str(k): sum(pass_at_k(len(v), int(sum(v)), k) for v in per_problem.values()) / len(per_problem)
+                      for k in sorted({1, samples})},
     }
     for key in ("first_attempt_calls", "first_attempt_failures", "final_calls", "final_failures", "lookahead_calls",
                 "infra_failures", "rollbacks_triggered", "rollbacks_recovered", "rollbacks_exhausted",

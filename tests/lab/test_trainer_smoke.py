@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -41,7 +42,13 @@ def test_two_steps_move_parameters_and_write_metrics(tmp_path):
         assert r["trajectories"] == 48 and r["first_attempt_calls_per_traj"] > 0
         assert r["groups_with_signal"] > 0  # some group has rewards that differ, so the step has a gradient
         assert r["logprob_gap_untouched_max"] < 1e-4  # recomputed under the same weights as sampled
+        # unbiased pass@k over 6 problems x 8 samples: pass@1 is the mean accuracy; with n = k = 8, pass@8 is the
+        # share of problems with at least one correct sample, a multiple of 1/6
+        assert r["pass_at_k"]["1"] == pytest.approx(r["accuracy"], abs=1e-12)
+        assert r["pass_at_k"]["8"] >= r["pass_at_k"]["1"]
+        assert abs(6 * r["pass_at_k"]["8"] - round(6 * r["pass_at_k"]["8"])) < 1e-9
     assert 0 <= summary["eval"]["accuracy"] <= 1 and summary["eval"]["trajectories"] == 4
+    assert summary["eval"]["pass_at_k"] == {"1": pytest.approx(summary["eval"]["accuracy"])}  # one sample each
     before = AutoModelForCausalLM.from_pretrained(SFT_DIR).state_dict()
     after = AutoModelForCausalLM.from_pretrained(run / "checkpoint").state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]

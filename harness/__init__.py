@@ -1,2 +1,3 @@
-"""Hydra entry points of the CLEANER harness: train, eval, sweep, report. The library (`cleaner`) never imports
-Hydra; these modules turn configs into the library's plain dataclasses."""
+"""Hydra entry points of the CLEANER harness: train, sweep, eval and search, with run records named by config
+hash. The library (`cleaner`) never imports Hydra; these modules turn configs into the library's plain
+dataclasses."""

@@ -50,7 +50,8 @@ def _varying(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 def progress_table(rows: list[dict[str, Any]]) -> Table:
     own, shared = _varying(rows)
-    table = Table(title="runs", title_justify="left", caption=" ".join(shared), caption_justify="left")
+    table = Table(title="runs", title_justify="left", caption=f"all runs: {' '.join(shared)}" if shared else None,
+                  caption_justify="left")
     for col in ("overrides", "run", "step", "train acc", "tool failures / traj", "state"):
         table.add_column(col)
     for r, overrides in zip(rows, own):

@@ -1,8 +1,12 @@
-"""Shared fixtures: the lab tokenizer and a builder of token-level turns with recognisable log-probs."""
+"""Shared fixtures: the lab tokenizer, a builder of token-level turns with recognisable log-probs, and local JSON
+HTTP servers standing in for SGLang."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -81,3 +85,48 @@ def assert_spans(traj, parts) -> None:
 @pytest.fixture(scope="session")
 def expect():
     return assert_spans
+
+
+class JsonServer:
+    """A server on 127.0.0.1 that answers each POSTed JSON body with `answer(body)` as JSON (HTTP `status`),
+    recording the bodies in `requests`."""
+
+    def __init__(self, answer, status: int = 200):
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                data = json.dumps(answer(body)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def json_server():
+    """json_server(answer, status=200) -> a started JsonServer, closed after the test."""
+    started: list[JsonServer] = []
+
+    def start(answer, status: int = 200) -> JsonServer:
+        started.append(JsonServer(answer, status))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()

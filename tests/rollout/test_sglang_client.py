@@ -5,9 +5,6 @@ the README."""
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -19,47 +16,24 @@ from cleaner.rollout.episode import RolloutConfig
 from cleaner.trajectory import ToolResult
 
 
-class FakeSGLang:
-    """Answers each request with the next scripted text of its trajectory (the part of `rid` before '#')."""
+def sglang(tok, scripts: dict[str, list[str]], drop_logprob: bool = False):
+    """A fake `/generate`: each request gets the next scripted text of its trajectory (the part of `rid` before
+    '#'), as token ids with log-probs -0.5 (one missing with `drop_logprob`)."""
 
-    def __init__(self, tok, scripts: dict[str, list[str]], status: int = 200, drop_logprob: bool = False):
-        self.requests: list[dict] = []
-        fake = self
+    def answer(body):
+        text = scripts[body["rid"].split("#")[0]].pop(0)
+        ids = tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
+        ids = ids[: body["sampling_params"]["max_new_tokens"]]
+        lps = [[-0.5, i, None] for i in ids][: len(ids) - drop_logprob]
+        return {"output_ids": ids, "meta_info": {"output_token_logprobs": lps}}
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append(body)
-                text = scripts[body["rid"].split("#")[0]].pop(0)
-                ids = (tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")])
-                ids = ids[: body["sampling_params"]["max_new_tokens"]]
-                lps = [[-0.5, i, None] for i in ids][: len(ids) - drop_logprob]
-                data = json.dumps({"output_ids": ids, "meta_info": {"output_token_logprobs": lps}}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    return answer
 
 
 @pytest.fixture
-def servers(tok):
+def servers(tok, json_server):
     scripts: dict[str, list[str]] = {}
-    fakes = [FakeSGLang(tok, scripts), FakeSGLang(tok, scripts)]
-    yield scripts, fakes
-    for f in fakes:
-        f.close()
+    return scripts, [json_server(sglang(tok, scripts)), json_server(sglang(tok, scripts))]
 
 
 def test_payload_is_tokens_in_with_logprobs_and_seed(tok, servers):
@@ -108,16 +82,12 @@ def test_sync_generate_works_inside_the_batched_driver(tok, servers):
     assert a.turns[0].reasoning.text == b.turns[0].reasoning.text == "\\boxed{3}"
 
 
-def test_errors_are_raised_not_hidden(tok):
-    bad = FakeSGLang(tok, {"t": ["x"]}, drop_logprob=True)
-    failing = FakeSGLang(tok, {"t": ["x"]}, status=500)
-    try:
-        with pytest.raises(RuntimeError, match="returned 2 tokens but 1 log-probs"):
-            asyncio.run(SGLangEngine([bad.url], [2]).agenerate(GenRequest("t", (1,), 8, 0), SamplingParams()))
-        with pytest.raises(httpx.HTTPStatusError, match="500"):
-            asyncio.run(SGLangEngine([failing.url], [2]).agenerate(GenRequest("t", (1,), 8, 0), SamplingParams()))
-    finally:
-        bad.close()
-        failing.close()
+def test_errors_are_raised_not_hidden(tok, json_server):
+    bad = json_server(sglang(tok, {"t": ["x"]}, drop_logprob=True))
+    failing = json_server(sglang(tok, {"t": ["x"]}), status=500)
+    with pytest.raises(RuntimeError, match="returned 2 tokens but 1 log-probs"):
+        asyncio.run(SGLangEngine([bad.url], [2]).agenerate(GenRequest("t", (1,), 8, 0), SamplingParams()))
+    with pytest.raises(httpx.HTTPStatusError, match="500"):
+        asyncio.run(SGLangEngine([failing.url], [2]).agenerate(GenRequest("t", (1,), 8, 0), SamplingParams()))
     with pytest.raises(ValueError, match="at least one server"):
         SGLangEngine([], [2])

@@ -5,9 +5,6 @@ through the SGLang client (against a fake server that scores with the same model
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -15,10 +12,23 @@ import torch
 from cleaner import chat
 from cleaner.lab.model import tiny_qwen3
 from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_async, run_batched
-from cleaner.rollout.engines import (ForcedEngine, GenRequest, SamplingParams, SGLangEngine, TransformersEngine,
-                                     sample_token)
+from cleaner.rollout.engines import (
+    ForcedEngine,
+    GenRequest,
+    SamplingParams,
+    SGLangEngine,
+    TransformersEngine,
+    sample_token,
+)
 from cleaner.rollout.episode import RolloutConfig
-from cleaner.rollout.recompute import first_spliced, full_recompute, logprob_gap, recompute, rescore_spliced, score
+from cleaner.rollout.recompute import (
+    first_spliced,
+    full_recompute,
+    logprob_gap,
+    recompute,
+    rescore_spliced,
+    score,
+)
 from cleaner.trajectory import ToolResult
 
 TOL = 1e-5  # float32 on CPU: batched, cached and full forwards agree to ~1e-6 in log-prob
@@ -106,44 +116,22 @@ def test_recompute_with_prefix_reuse_equals_full_and_finds_the_stale_splices(tok
     assert gaps[2]["spliced_tokens"] == gaps[3]["spliced_tokens"] == 0
 
 
-class ScoringServer:
-    """A fake SGLang `/generate` that answers re-scoring requests (max_new_tokens 0, logprob_start_len) with the
-    model's log-probs of the input tokens from logprob_start_len on, in SGLang's [logprob, id, text] triples."""
+def scoring(model):
+    """A fake `/generate` for re-scoring requests (max_new_tokens 0, logprob_start_len): the model's log-probs of
+    the input tokens from logprob_start_len on, in SGLang's [logprob, id, text] triples."""
 
-    def __init__(self, model):
-        self.requests: list[dict] = []
-        fake = self
+    def answer(body):
+        ids, start = tuple(body["input_ids"]), body["logprob_start_len"]
+        lps = score(model, ids[:start], ids[start:])
+        return {"meta_info": {"input_token_logprobs": [[lp, i, None] for lp, i in zip(lps, ids[start:])]}}
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append(body)
-                ids, start = tuple(body["input_ids"]), body["logprob_start_len"]
-                lps = score(model, ids[:start], ids[start:])
-                data = json.dumps({"meta_info": {"input_token_logprobs": [[lp, i, None] for lp, i in
-                                                                          zip(lps, ids[start:])]}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    return answer
 
 
-def test_sglang_rescoring_starts_at_the_first_splice_and_equals_recompute_there(tok, model):
+def test_sglang_rescoring_starts_at_the_first_splice_and_equals_recompute_there(tok, model, json_server):
     trajs = spliced_rollout(tok, model)
-    server = ScoringServer(model)
-    try:
-        rescored = asyncio.run(rescore_spliced(SGLangEngine([server.url], [0]), trajs))
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
+    server = json_server(scoring(model))
+    rescored = asyncio.run(rescore_spliced(SGLangEngine([server.url], [0]), trajs))
     starts = [first_spliced(t) for t in trajs]
     assert [s is not None for s in starts] == [True, True, False, False]
     assert starts[0] > len(trajs[0].prompt)  # shallow: the original reasoning stays, re-scoring starts after it

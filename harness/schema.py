@@ -21,6 +21,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cleaner.data import DataError, resolve_path
 from cleaner.lab.sft import SftConfig
 from cleaner.rl.advantages import AdvantageConfig
 from cleaner.rl.losses import PolicyLossConfig
@@ -116,6 +117,18 @@ class ClusterSchema:
 
 
 @dataclass
+class VerlSchema:
+    """cluster=verl's resource settings: they change speed and memory, not results, so they stay out of the run's
+    hash (the layout, cluster.nodes x cluster.gpus_per_node, is in it: verl's checkpoints are sharded by it)."""
+
+    rollout_tp: int = 1  # GPUs per SGLang rollout replica, tensor parallel (the authors' scripts: 1)
+    gpu_memory_utilization: float = 0.8  # share of GPU memory SGLang may hold (the authors' scripts: 0.80)
+    offload: bool = True  # FSDP parameter and optimizer offload to CPU (the authors' scripts: on, for 4 GPUs)
+    save_every: int = 10  # RL steps between checkpoints, so a resumed run redoes at most this many (the authors': 10)
+    keep_checkpoints: int = 0  # newest checkpoints kept (about 50 GB each for 4B with optimizer state); 0 keeps all
+
+
+@dataclass
 class SearchSchema:
     study: str = "search"  # the study's name; its storage is <runs_root>/../optuna/<study>.db (SQLite)
     trials: int = 8  # trials to complete, counting those finished before a resume
@@ -142,9 +155,14 @@ class RunSchema:
     strict: bool = False  # refuse to start from a git tree with uncommitted changes (strict reproducibility)
     quiet: bool = False  # no per-step progress lines
     search: SearchSchema | None = None  # an Optuna search over runs (python -m harness.search); None for one run
+    verl: VerlSchema = field(default_factory=VerlSchema)  # cluster=verl: resources (harness/verl.py)
+    dry_run: bool = False  # cluster=verl: write the run's verl files and print the verl command; start nothing
+    # cluster=verl: evaluate the finished run's last checkpoint with SAAR on (true) or off (false) at test time
+    # (verl val_only, results in <run>/eval_saar_on|off/) instead of training; None: train
+    test_time_saar: bool | None = None
 
 
-NOT_HASHED = ("runs_root", "strict", "quiet", "search")
+NOT_HASHED = ("runs_root", "strict", "quiet", "search", "verl", "dry_run", "test_time_saar")
 
 GROUPS: dict[str, type] = {"model": ModelSchema, "algo": AlgoSchema, "saar": SaarSchema, "data": DataSchema,
                            "engine": EngineSchema, "sandbox": SandboxSchema, "cluster": ClusterSchema}
@@ -173,7 +191,9 @@ def _built(make: Any, **kwargs: Any) -> Any:
 def validate(cfg: DictConfig) -> None:
     """Check every value of a composed run config, whatever its cluster; raises ConfigError naming the key."""
     algo = cfg.algo
-    for key in ("steps", "prompts_per_step", "group_size", "ppo_mini_batch_size", "eval_problems", "eval_samples"):
+    if algo.steps < 0:
+        raise ConfigError(f"algo.steps must be >= 0 (0: evaluate model.path, no training), got {algo.steps}")
+    for key in ("prompts_per_step", "group_size", "ppo_mini_batch_size", "eval_problems", "eval_samples"):
         if algo[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {algo[key]}")
     if algo.prompts_per_step % algo.ppo_mini_batch_size:
@@ -186,11 +206,17 @@ def validate(cfg: DictConfig) -> None:
                          ("model.dtype", ("float32", "bfloat16", "float16"))):
         if OmegaConf.select(cfg, key) not in allowed:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}; valid: {', '.join(allowed)}")
+    v = cfg.verl
+    if not (min(cfg.cluster.nodes, v.rollout_tp, v.save_every) >= 1 and v.keep_checkpoints >= 0
+            and 0 < v.gpu_memory_utilization <= 1):
+        raise ConfigError(f"cluster.nodes, verl.rollout_tp, verl.save_every must be >= 1, verl.keep_checkpoints >= 0, "
+                          f"verl.gpu_memory_utilization in (0, 1]; got {cfg.cluster.nodes}, {v.rollout_tp}, "
+                          f"{v.save_every}, {v.keep_checkpoints}, {v.gpu_memory_utilization}")
     _built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox))
-    _lab_parts(cfg)
+    lab_parts(cfg)
 
 
-def _lab_parts(cfg: DictConfig) -> tuple[RolloutConfig, AdvantageConfig, PolicyLossConfig]:
+def lab_parts(cfg: DictConfig) -> tuple[RolloutConfig, AdvantageConfig, PolicyLossConfig]:
     algo = cfg.algo
     saar = _built(SaarConfig, **OmegaConf.to_container(cfg.saar))
     rollout = _built(RolloutConfig, max_turns=algo.max_turns, max_response_tokens=algo.max_response_tokens,
@@ -212,7 +238,7 @@ def lab_train_config(cfg: DictConfig) -> TrainConfig:
         if OmegaConf.select(cfg, key) != lab_value:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: the lab trainer (cluster=lab) needs "
                               f"{key}={lab_value}")
-    rollout, advantage, loss = _lab_parts(cfg)
+    rollout, advantage, loss = lab_parts(cfg)
     algo = cfg.algo
     return TrainConfig(
         steps=algo.steps, prompts_per_step=algo.prompts_per_step, group_size=algo.group_size, lr=algo.lr,
@@ -228,10 +254,15 @@ def check_paths(cfg: DictConfig) -> None:
     """Data files named by the config exist (the lab needs none)."""
     if cfg.data.name == "lab":
         return
-    named = {"data.train_path": cfg.data.train_path,
-             **{f"data.eval_paths.{k}": v for k, v in cfg.data.eval_paths.items()}}
-    for key, path in named.items():
-        if not path:
-            raise ConfigError(f"{key} is empty: data={cfg.data.name} needs a file (parquet or jsonl)")
-        if not Path(path).exists():
-            raise ConfigError(f"{key}={path} does not exist")
+    if cfg.data.train_path or cfg.algo.steps > 0:
+        if not cfg.data.train_path:
+            raise ConfigError(f"data.train_path is empty: data={cfg.data.name} needs a file (parquet or jsonl)")
+        if not Path(cfg.data.train_path).exists():
+            raise ConfigError(f"data.train_path={cfg.data.train_path} does not exist")
+    for name, path in cfg.data.eval_paths.items():
+        try:  # an empty path: the data set's file under the data root (cleaner.data.resolve_path)
+            resolved = resolve_path(name, path or None)
+        except (DataError, ValueError) as e:
+            raise ConfigError(f"data.eval_paths.{name}: {e}") from e
+        if not resolved.exists():
+            raise ConfigError(f"data.eval_paths.{name}={resolved} does not exist")

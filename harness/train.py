@@ -4,12 +4,15 @@
 
 A finished run (its folder holds `summary.json`) is skipped; an interrupted one resumes from its last checkpoint.
 `-m` with comma-separated values runs one after another in this process; `python -m harness.sweep` launches them
-through submitit instead. cluster=lab runs the single-process trainer (`cleaner.rl.trainer`) here.
+through submitit instead. cluster=lab runs the single-process trainer (`cleaner.rl.trainer`) here; cluster=verl
+(the paper presets) runs verl on GPUs through `harness.verl` (`dry_run=true` prints its command instead;
+`test_time_saar=true|false` evaluates the finished run).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,10 +43,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, then run the job in its record folder; returns the run's summary."""
     schema.validate(cfg)
     schema.check_paths(cfg)
-    if cfg.cluster.kind != "lab":
-        raise schema.ConfigError(f"cluster={cfg.cluster.kind} launches verl on GPUs, which this version cannot do "
-                                 "yet; it runs cluster=lab")
-    train_cfg = schema.lab_train_config(cfg)
+    verl_cluster = cfg.cluster.kind == "verl"
+    if not verl_cluster and (cfg.dry_run or cfg.test_time_saar is not None):
+        raise schema.ConfigError("dry_run and test_time_saar are for cluster=verl; the lab evaluates a finished run "
+                                 "with python -m harness.eval")
+    if cfg.algo.steps == 0:
+        raise schema.ConfigError("algo.steps=0 trains nothing: evaluate model.path with python -m harness.eval and "
+                                 "the same overrides")
+    train_cfg = None if verl_cluster else schema.lab_train_config(cfg)
     name = records.config_hash(cfg)
     log = (lambda s: None) if cfg.quiet else (lambda s: print(f"[{name}] {s}", flush=True))
     if HydraConfig.initialized():  # for the sweep's progress table: which job runs which record
@@ -51,6 +58,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_lines_atomic(out / "run.json", iter([json.dumps({
             "run_dir": str(Path(cfg.runs_root).resolve() / name), "overrides": list(HydraConfig.get().overrides.task),
             "steps": cfg.algo.steps})]))
+    if verl_cluster:
+        # the plugin announces its loading at INFO, which Hydra's logging prints on stdout, or else on stderr:
+        # stderr, so that stdout holds only what a dry run prints (the verl command)
+        logging.getLogger("cleaner.verl_plugin").setLevel(logging.WARNING)
+        from harness import verl  # imports verl's config code and the plugin (seconds), so only here
+
+        return verl.run(cfg)
 
     def job(run_dir: Path) -> dict[str, Any]:
         return train_sync(train_cfg, init_checkpoint(cfg, log), run_dir, log=log)

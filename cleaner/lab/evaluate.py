@@ -1,4 +1,5 @@
-"""Rolling the lab model out on lab problems, scoring it, and the metrics a step or an evaluation reports."""
+"""Rolling a model out on prompts with a local engine, scoring lab problems, and the metrics a step or an
+evaluation reports (also used for benchmarks, see `cleaner.bench`)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,19 @@ from cleaner.stats import mean_stderr, pass_at_k
 from cleaner.trajectory import Trajectory
 
 
-def prompt_messages(problem: Problem) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": problem.question}]
+def lab_prompts(problems: list[Problem]) -> list[tuple[str, list[dict[str, str]]]]:
+    """(problem id, chat messages) for lab problems."""
+    return [(p.id, [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}])
+            for p in problems]
 
 
-async def rollout(model: Any, tokenizer: Any, problems: list[Problem], group_size: int, cfg: RolloutConfig,
-                  sampling: SamplingParams, seed: int, saar_enabled: bool, pool: SandboxPool,
+async def rollout(model: Any, tokenizer: Any, prompts: list[tuple[str, list[dict[str, str]]]], group_size: int,
+                  cfg: RolloutConfig, sampling: SamplingParams, seed: int, saar_enabled: bool, pool: SandboxPool,
                   batch_trajectories: int = 64) -> list[Trajectory]:
-    """`group_size` trajectories per problem (ids `<problem id>/<k>`), run by the batched driver in chunks of
-    `batch_trajectories` with one sandbox session per trajectory."""
+    """`group_size` trajectories per (prompt id, messages) (ids `<prompt id>/<k>`), run by the batched driver in
+    chunks of `batch_trajectories` with one sandbox session per trajectory."""
     engine = TransformersEngine(model, tokenizer.convert_tokens_to_ids(chat.IM_END), tokenizer.pad_token_id)
-    episodes = make_episodes(tokenizer, [(p.id, prompt_messages(p)) for p in problems], group_size, cfg, seed,
-                             saar_enabled)
+    episodes = make_episodes(tokenizer, prompts, group_size, cfg, seed, saar_enabled)
     out: list[Trajectory] = []
     for start in range(0, len(episodes), batch_trajectories):
         out += await run_batched(engine, SandboxTools(pool), episodes[start : start + batch_trajectories], sampling)
@@ -47,8 +49,8 @@ def correctness(trajs: list[Trajectory], problems: list[Problem]) -> list[bool]:
 
 def metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
     """Accuracy (pass@1: the mean over samples per problem, then over problems, with the stderr over problems),
-    the unbiased pass@k for k = 1 and k = the samples per problem,
-    tool calls and failures per trajectory (first attempt and final), SAAR counts, lengths and finish reasons."""
+    the unbiased pass@k for k = 1 and k = the samples per problem, tool calls and failures per trajectory (first
+    attempt and final), SAAR counts, turns, lengths and finish reasons."""
     per_problem: dict[str, list[float]] = {}
     for t, ok in zip(trajs, correct):
         per_problem.setdefault(t.id.rsplit("/", 1)[0], []).append(float(ok))
@@ -62,6 +64,7 @@ def metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
         "problems": len(per_problem),
         "trajectories": len(trajs),
         "response_tokens": sum(len(t.ids) - len(t.prompt) for t in trajs) / n,
+        "turns_per_traj": sum(len(t.turns) for t in trajs) / n,  # assistant turns of the final trajectories
         "first_attempt_failure_rate": total["first_attempt_failures"] / max(1, total["first_attempt_calls"]),
         # the unbiased estimator per problem, averaged over problems, for k = 1 and k = the samples per problem
         "pass_at_k": {str(k): sum(pass_at_k(len(v), int(sum(v)), k) for v in per_problem.values()) / len(per_problem)
@@ -74,6 +77,7 @@ def metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
     for key in ("splices_shallow", "splices_deep", "tokens_removed", "saar_applied"):
         out[key] = total[key]
     out["first_attempt_failures_by_class"] = total["first_attempt_failures_by_class"]
+    out["generated_tokens"] = sum(t.meta["timing"]["generated_tokens"] for t in trajs)  # all sampled, retries too
     out["retry_tokens"] = sum(t.meta["timing"]["retry_tokens"] for t in trajs)
     reasons: dict[str, int] = {}
     for t in trajs:

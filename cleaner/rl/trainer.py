@@ -24,16 +24,17 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cleaner.lab import tasks
-from cleaner.lab.evaluate import correctness, metrics, rollout
+from cleaner.lab.evaluate import correctness, lab_prompts, metrics, rollout
 from cleaner.lab.sft import idle_threads
 from cleaner.rl.advantages import AdvantageConfig, compute_advantages
 from cleaner.rl.dapo import groups_with_signal, shaped_rewards
@@ -135,16 +136,15 @@ def _save_checkpoint(run_dir: Path, model: Any, tokenizer: Any, opt: torch.optim
 
 
 async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: SandboxPool, saar_enabled: bool = False,
-                   split: str = "test") -> dict[str, Any]:
-    """Held-out pass@1 at the training temperature, SAAR off at test time unless asked."""
+                   split: str = "test") -> tuple[dict[str, Any], list[Trajectory]]:
+    """Held-out pass@1 at the training temperature, SAAR off at test time unless asked: (metrics, trajectories)."""
     problems = tasks.problems(split, cfg.eval_problems, seed=cfg.seed)
     sampling = SamplingParams(cfg.temperature, cfg.eval_top_p)
     start = time.perf_counter()
-    trajs = await rollout(model, tokenizer, problems, cfg.eval_samples, cfg.rollout, sampling,
+    trajs = await rollout(model, tokenizer, lab_prompts(problems), cfg.eval_samples, cfg.rollout, sampling,
                           _seed(cfg.seed, "eval"), saar_enabled, pool)
-    out = metrics(trajs, correctness(trajs, problems))
-    out["wall_s"] = time.perf_counter() - start
-    return out
+    wall_s = time.perf_counter() - start
+    return {**metrics(trajs, correctness(trajs, problems)), "wall_s": wall_s}, trajs
 
 
 async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -180,7 +180,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             # 1. rollout: G samples of each of this step's problems, SAAR as configured
             problems = tasks.problems("train", cfg.prompts_per_step, seed=_seed(cfg.seed, "step", step))
             model.eval()
-            trajs = await rollout(model, tokenizer, problems, cfg.group_size, cfg.rollout, sampling,
+            trajs = await rollout(model, tokenizer, lab_prompts(problems), cfg.group_size, cfg.rollout, sampling,
                                   _seed(cfg.seed, "rollout", step), saar_enabled, pool)
             t_rollout = time.perf_counter() - t0
             # 2. rewards: +1 / -1 outcome, plus DAPO's overlong penalty
@@ -237,7 +237,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             # 7. held-out evaluation
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                 model.eval()
-                row["eval"] = await evaluate(model, tokenizer, cfg, pool)
+                row["eval"] = (await evaluate(model, tokenizer, cfg, pool))[0]
             # 8. the metrics line, then the checkpoint: killed in between, the step reruns and its line is replaced
             _append_line(metrics_path, row)
             _save_checkpoint(run_dir, model, tokenizer, opt, step + 1)
@@ -246,7 +246,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
                 f"{row['first_attempt_failures_per_traj']:.2f})  rollbacks {row['rollbacks_triggered_per_traj']:.2f}  "
                 f"{row['step_s']:.1f} s")
         model.eval()
-        final = await evaluate(model, tokenizer, cfg, pool)
+        final = (await evaluate(model, tokenizer, cfg, pool))[0]
     summary = {"run": run_name(cfg, init_dir), "config_hash": cfg.hash(), "init": init_dir.name, "steps": cfg.steps,
                "eval": final, "wall_s_this_invocation": time.perf_counter() - wall_start}
     write_lines_atomic(run_dir / "summary.json", iter([json.dumps(summary, indent=1)]))

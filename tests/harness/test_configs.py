@@ -21,7 +21,7 @@ SWEEP_FILES = sorted((REPO / "sweeps").glob("**/*.yaml"))
 
 def test_the_yaml_files_are_all_found():
     assert len(list(CONF.glob("*.yaml"))) == 2  # train.yaml, sweep.yaml
-    assert len(GROUP_FILES) == 24
+    assert len(GROUP_FILES) == 28
     assert len(SWEEP_FILES) == 5
 
 
@@ -97,7 +97,7 @@ def test_demyagent_preset_holds_its_recipe(composed):
 
 
 @pytest.mark.parametrize("cls", [schema.ModelSchema, schema.AlgoSchema, schema.DataSchema, schema.EngineSchema,
-                                 schema.ClusterSchema, schema.SearchSchema, schema.RunSchema],
+                                 schema.ClusterSchema, schema.VerlSchema, schema.SearchSchema, schema.RunSchema],
                          ids=lambda c: c.__name__)
 def test_every_harness_field_has_a_comment(cls):
     lines = inspect.getsource(cls).splitlines()

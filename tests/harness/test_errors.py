@@ -21,6 +21,14 @@ def test_gamma_out_of_range_exits_2_naming_gamma(tmp_path):
     assert not list(tmp_path.iterdir()), "nothing may be written for a refused config"
 
 
+def test_training_zero_steps_exits_2_pointing_to_harness_eval(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.train", "preset=smollm2", f"runs_root={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and not list(tmp_path.iterdir())
+    assert proc.stderr.strip().splitlines()[-1] == ("error: algo.steps=0 trains nothing: evaluate model.path with "
+                                                    "python -m harness.eval and the same overrides")
+
+
 def test_unknown_key_exits_2_listing_the_valid_keys():
     proc = subprocess.run([sys.executable, "-m", "harness.sweep", "-m", "saar.gama=0.3,0.5"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
@@ -67,6 +75,12 @@ def test_missing_data_paths_are_named(composed, tmp_path):
     cfg = composed(["data=open_agentrl", f"data.train_path={train}", f"+data.eval_paths.aime24={tmp_path}/no.parquet"])
     with pytest.raises(schema.ConfigError, match=rf"^data.eval_paths.aime24={tmp_path}/no.parquet does not exist$"):
         schema.check_paths(cfg)
+    # evaluation only (algo.steps=0): no training file needed; an empty path means the data root's copy
+    schema.check_paths(composed(["preset=smollm2"]))
+    with pytest.raises(schema.ConfigError, match=r"^data.eval_paths.mmlu: unknown data set 'mmlu'; valid: aime24,"):
+        schema.check_paths(composed(["preset=smollm2", "+data.eval_paths.mmlu="]))
+    with pytest.raises(schema.ConfigError, match=r"^algo.steps must be >= 0 \(0: evaluate model.path, no training\)"):
+        schema.validate(composed(["algo.steps=-1"]))
 
 
 def test_strict_refuses_a_dirty_tree_naming_the_files(composed, tmp_path, monkeypatch):

@@ -77,9 +77,11 @@ def test_sweep_records_rerun_skips_and_a_killed_sweep_resumes_to_the_same_record
     assert ev.returncode == 0, ev.stderr[-3000:]
     (result_path,) = (tmp_path / "a").glob("*/eval.json")
     result = json.loads(result_path.read_text())
-    off, on = result["saar_off"], result["saar_on"]
+    (lab,) = result["benchmarks"].values()
+    off, on = lab["saar_off"], lab["saar_on"]
     assert off["trajectories"] == on["trajectories"] == 2 and off["rollbacks_triggered_per_traj"] == 0
-    assert result["accuracy_delta"] == on["accuracy"] - off["accuracy"] and "latency overhead" in ev.stdout
+    assert lab["accuracy_delta"] == on["accuracy"] - off["accuracy"] and "latency overhead" in ev.stdout
+    assert lab["latency_overhead"] == on["wall_s"] / off["wall_s"] - 1
     refused = subprocess.run(evaluate + ["seed=99"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "has not finished; train it first" in refused.stderr
 

@@ -1,0 +1,540 @@
+"""The paper's tables, regenerated from run records beside the paper's reported numbers:
+
+    python -m harness.report [--runs results/runs] [--paper PATH] [--out results/report]
+
+Reads every run record under `--runs` (folders holding `config.yaml`; see `harness.records`) and the paper's
+figures (`paper_results.yaml`, by default `../shared/reference/` beside the repository), and writes to `--out`:
+- `<table>.md`, `<table>.csv`, `<table>.tex` and all Markdown tables in `tables.md`: Table 1 (methods x benchmarks,
+  RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
+  / p ablation, and the step budget (steps, prompts, trajectories and sampled tokens);
+- `curves.png`: accuracy and tool failures per trajectory against RL step, baseline vs CLEANER;
+- `index.html`: the tables, the figure, and sample trajectories (original and purified side by side, spliced
+  spans highlighted);
+- `runs/<run>/`: a copy of each cited record, without checkpoints, so every measured cell traces to a folder in
+  the report.
+
+Cells. A measured cell is a percentage with its stderr: over seeds when the row pools several seeds (`n seeds`),
+else over problems. Its row's `source` names the run folders it comes from. A cell reported by the paper carries a
+dagger (`72.7†`) and its row's source is `paper`. Measured Pass@1 is with SAAR off at test time (the policy
+alone); the paper's Table 1 rows for CLEANER match its Table 4 "SAAR on" row, so Table 4 shows both. The lab
+column is the lab's procedural held-out set, not a benchmark of the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from cleaner.purify import purify
+from cleaner.saar import SaarConfig
+from cleaner.stats import mean_stderr
+from cleaner.trajectory import Trajectory, read_jsonl
+from harness.records import hashed_part
+
+PAPER_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_results.yaml"
+BENCHMARKS = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA", "livecodebench_v6": "LCB v6",
+              "math500": "MATH-500", "lab": "lab held-out"}  # run records' names -> column titles
+PAPER_COLUMNS = {"aime24": "aime24", "aime25": "aime25", "gpqa": "gpqa_diamond", "lcb_v6": "livecodebench_v6"}
+PAPER_KEY = {run: key for key, run in PAPER_COLUMNS.items()}  # run records' benchmark names -> the paper's keys
+REPORTED = "†"
+RECORD_FILES = ("config.yaml", "env.json", "summary.json", "eval.json", "metrics.jsonl", "samples.jsonl")
+
+
+class ReportError(ValueError):
+    """A run record the report cannot read, naming the file."""
+
+
+# -- records ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Record:
+    name: str  # the run folder's name (its config hash)
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    evaluation: dict[str, Any] | None  # eval.json (harness.eval), if any
+    metrics: list[dict[str, Any]]  # metrics.jsonl, one line per RL step
+
+    @property
+    def steps(self) -> int:
+        return self.config["algo"]["steps"]
+
+    @property
+    def saar(self) -> bool:
+        return bool(self.config["saar"]["enabled"])
+
+
+def _read(path: Path, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(path.read_text())
+    except (ValueError, yaml.YAMLError) as e:
+        raise ReportError(f"{path}: not readable ({e})") from None
+
+
+def load_records(runs_root: Path) -> list[Record]:
+    """Every finished record under `runs_root` (a folder with `config.yaml` and `summary.json`), by name."""
+    out = []
+    for run in sorted(p for p in runs_root.iterdir() if (p / "config.yaml").exists()):
+        if not (run / "summary.json").exists():
+            continue
+        config = _read(run / "config.yaml", yaml.safe_load)
+        evaluation = _read(run / "eval.json", json.loads) if (run / "eval.json").exists() else None
+        if evaluation is not None and "benchmarks" not in evaluation:
+            raise ReportError(f"{run / 'eval.json'}: no 'benchmarks' key (written by an older harness.eval; delete "
+                              "it and run python -m harness.eval again)")
+        metrics_path = run / "metrics.jsonl"
+        metrics = [json.loads(line) for line in _read(metrics_path, str.splitlines)] if metrics_path.exists() else []
+        out.append(Record(run.name, run, config, _read(run / "summary.json", json.loads), evaluation, metrics))
+    return out
+
+
+def group_key(config: dict[str, Any]) -> str:
+    """Runs that differ only in their seed pool into one row: the run's hashed config (`records.hashed_part`, so a
+    baseline ignores SAAR's parameters) without the seed."""
+    part = hashed_part(OmegaConf.create(config))
+    part.pop("seed", None)
+    return json.dumps(part, sort_keys=True)
+
+
+def label(r: Record) -> str:
+    model = r.config["model"]["name"]
+    if r.steps == 0:
+        return f"{model} (no RL)"
+    if not r.saar:
+        return f"{model} DAPO baseline"
+    s = r.config["saar"]
+    return f"{model} CLEANER (γ {s['gamma']}, K {s['max_retries']}, p {s['rollback_probability']})"
+
+
+def groups(records: Iterable[Record]) -> list[list[Record]]:
+    """Records pooled by `group_key`, ordered by label, each by seed."""
+    pooled: dict[str, list[Record]] = {}
+    for r in records:
+        pooled.setdefault(group_key(r.config), []).append(r)
+    order = [sorted(g, key=lambda r: r.config["seed"]) for g in pooled.values()]
+    return sorted(order, key=lambda g: (g[0].config["model"]["name"], g[0].steps > 0, g[0].saar, label(g[0])))
+
+
+# -- cells and tables ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    reported: bool = False  # copied from the paper
+
+    def shown(self) -> str:
+        return f"{self.text}{REPORTED}" if self.reported and self.text else self.text
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # file stem
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]  # the last cell of a row is its source
+    notes: tuple[str, ...] = ()
+
+
+def paper(value: Any) -> Cell:
+    """A reported cell: a number, [P@1, P@16] as "P@1 / P@16", or None as empty."""
+    if value is None:
+        return Cell("")
+    if isinstance(value, list):
+        return Cell(" / ".join(map(str, value)), reported=True)
+    return Cell(str(value), reported=True)
+
+
+def percent(values: list[tuple[float, float]]) -> Cell:
+    """Accuracy cell from (accuracy, stderr over problems) per seed: one seed keeps its stderr, several pool."""
+    if len(values) == 1:
+        acc, se = values[0]
+        return Cell(f"{100 * acc:.1f} ± {100 * se:.1f}")
+    acc, se = mean_stderr([a for a, _ in values])
+    return Cell(f"{100 * acc:.1f} ± {100 * se:.1f} ({len(values)} seeds)")
+
+
+def number(values: list[float], digits: int = 3) -> Cell:
+    """A value, or the mean ± stderr over seeds when they differ."""
+    if len(set(values)) == 1:
+        return Cell(f"{values[0]:.{digits}f}")
+    mean, se = mean_stderr(values)
+    return Cell(f"{mean:.{digits}f} ± {se:.{digits}f}")
+
+
+def overhead_cell(overheads: list[float]) -> Cell:
+    """A signed percentage, with its stderr over seeds when there are several."""
+    if len(overheads) == 1:
+        return Cell(f"{100 * overheads[0]:+.1f}%")
+    mean, se = mean_stderr(overheads)
+    return Cell(f"{100 * mean:+.1f}% ± {100 * se:.1f}")
+
+
+def source(group: list[Record]) -> Cell:
+    return Cell(" ".join(r.name for r in group))
+
+
+def eval_side(r: Record, benchmark: str, side: str) -> dict[str, Any] | None:
+    """The metrics of one benchmark with SAAR off or on at test time: eval.json, or for `lab` the run's own final
+    held-out evaluation (SAAR off) when it was not evaluated with harness.eval."""
+    if r.evaluation is not None and benchmark in r.evaluation["benchmarks"]:
+        return r.evaluation["benchmarks"][benchmark][f"saar_{side}"]
+    if benchmark == "lab" and side == "off" and "eval" in r.summary:
+        return r.summary["eval"]
+    return None
+
+
+def accuracy_cell(group: list[Record], benchmark: str, side: str = "off") -> Cell:
+    found = [eval_side(r, benchmark, side) for r in group]
+    if any(m is None for m in found):
+        return Cell("")
+    return percent([(m["accuracy"], m["accuracy_stderr"]) for m in found])  # type: ignore[index]
+
+
+def measured_benchmarks(records: list[Record]) -> list[str]:
+    seen = {b for r in records for b in BENCHMARKS if eval_side(r, b, "off") is not None}
+    return [b for b in BENCHMARKS if b in seen]
+
+
+def columns(records: list[Record]) -> list[str]:
+    """The paper's benchmarks, then the other ones measured (MATH-500, lab), as run records name them."""
+    return [*PAPER_COLUMNS.values(), *(b for b in measured_benchmarks(records) if b not in PAPER_KEY)]
+
+
+def paper_row(values: list[Any], paper_columns: list[str], cols: list[str]) -> list[Cell]:
+    by_key = dict(zip(paper_columns, values))
+    return [paper(by_key[PAPER_KEY[c]]) if c in PAPER_KEY else Cell("") for c in cols]
+
+
+def table1(records: list[Record], results: dict[str, Any]) -> Table:
+    cols = columns(records)
+    t1 = results["table1_4b"]
+    rows = []
+    for method, values in t1["rows"].items():
+        rows.append((Cell(method), *paper_row(values, t1["columns"], cols), paper(values[-1]), Cell("paper")))
+    for g in groups(records):
+        rows.append((Cell(label(g[0])), *(accuracy_cell(g, b) for b in cols), Cell(str(g[0].steps)), source(g)))
+    return Table("table1", "Table 1: Pass@1 (%) by method and benchmark, with RL steps",
+                 ("method", *(BENCHMARKS[c] for c in cols), "RL steps", "source"), tuple(rows),
+                 ("Measured: SAAR off at test time; ± is the stderr (over seeds when pooled, else over problems).",
+                  f"{REPORTED} reported by the paper (Table 1, Qwen3-4B setting; RL steps at batch 128)."))
+
+
+def pass_cells(group: list[Record], benchmark: str) -> Cell:
+    """P@1 / P@k (k = the samples per problem), both unbiased, averaged over seeds."""
+    found = [eval_side(r, benchmark, "off") for r in group]
+    if any(m is None for m in found):
+        return Cell("")
+    k = max(int(k) for k in found[0]["pass_at_k"])  # type: ignore[index]
+    p1 = sum(m["pass_at_k"]["1"] for m in found) / len(found)  # type: ignore[index]
+    pk = sum(m["pass_at_k"][str(k)] for m in found) / len(found)  # type: ignore[index]
+    return Cell(f"{100 * p1:.1f}" if k == 1 else f"{100 * p1:.1f} / {100 * pk:.1f} (k={k})")
+
+
+def table2(records: list[Record], results: dict[str, Any]) -> Table:
+    t2 = results["table2_ablation"]
+    cols = columns(records)
+    rows = []
+    for model in ("qwen3_4b", "qwen2_5_7b"):
+        for setting, values in t2[model].items():
+            rows.append((Cell(f"{model} {setting}"), *paper_row(values, t2["columns"], cols), Cell("paper")))
+    for g in groups(r for r in records if r.steps > 0):
+        rows.append((Cell(label(g[0])), *(pass_cells(g, b) for b in cols), source(g)))
+    return Table("table2", "Table 2: tools and SAAR, P@1 / P@k (%)",
+                 ("setting", *(BENCHMARKS[c] for c in cols), "source"), tuple(rows),
+                 ("P@k is the unbiased estimator 1 - C(n-c,k)/C(n,k) with k = the samples per problem; measured "
+                  "rows: SAAR off at test time, averaged over seeds.",
+                  f"{REPORTED} reported by the paper (Table 2; AIME cells P@1 / P@16, GPQA and LCB P@1)."))
+
+
+def table4(records: list[Record], results: dict[str, Any]) -> Table:
+    t4 = results["table4_saar_at_test_time_4b"]
+    evaluated = [r for r in records if r.evaluation is not None]
+    cols = columns(evaluated)
+    rows = []
+    for side, values in t4["rows"].items():
+        rows.append((Cell(f"CLEANER-4B, SAAR {side.removeprefix('saar_')}"), *paper_row(values, t4["columns"], cols),
+                     Cell(f"{values[-1]} min", reported=True), Cell(""), Cell("paper")))
+    rows.append((Cell("CLEANER-4B, stated overhead"), *(Cell("") for _ in cols), Cell(""),
+                 Cell(f"+{t4['stated_latency_overhead_percent']}%", reported=True), Cell("paper")))
+    for g in groups(evaluated):
+        walls = {side: [sum(m[f"saar_{side}"]["wall_s"] for m in r.evaluation["benchmarks"].values())  # type: ignore
+                        for r in g] for side in ("on", "off")}
+        overhead = overhead_cell([on / off - 1 for on, off in zip(walls["on"], walls["off"])])
+        for side in ("on", "off"):
+            rows.append((Cell(f"{label(g[0])}, SAAR {side}"), *(accuracy_cell(g, b, side) for b in cols),
+                         Cell(f"{sum(walls[side]) / len(g):.1f} s"), overhead if side == "on" else Cell(""),
+                         source(g)))
+    return Table("table4", "Table 4: SAAR at test time, Pass@1 (%) and evaluation time",
+                 ("model, SAAR at test time", *(BENCHMARKS[c] for c in cols), "eval time", "latency overhead",
+                  "source"), tuple(rows),
+                 ("Measured: the same checkpoint and seeds with SAAR off and on; eval time is the rollout wall time "
+                  "summed over benchmarks (mean over seeds); overhead = on / off - 1.",
+                  f"{REPORTED} reported by the paper (Table 4; AIME cells P@1 / P@16; the stated +8.8% does not "
+                  "follow from 115 / 106 min, which is +8.5%)."))
+
+
+def ablation(records: list[Record]) -> Table:
+    rows = []
+    for g in groups(r for r in records if r.steps > 0 and eval_side(r, "lab", "off") is not None):
+        s = g[0].config["saar"]
+        params = [Cell(str(s[k])) if g[0].saar else Cell("off") for k in ("gamma", "max_retries",
+                                                                          "rollback_probability")]
+        failures = number([eval_side(r, "lab", "off")["first_attempt_failures_per_traj"] for r in g])  # type: ignore
+        rows.append((Cell(label(g[0])), *params, accuracy_cell(g, "lab"), failures, Cell(str(len(g))), source(g)))
+    return Table("ablation", "SAAR's gamma, K and p: lab held-out Pass@1 (%) and tool failures per trajectory",
+                 ("method", "γ", "K", "p", "lab Pass@1", "tool failures / traj", "seeds", "source"), tuple(rows),
+                 ("Held-out, SAAR off at test time; failures are the policy's own (first attempts). The paper reports "
+                  "no such grid: it fixes γ 0.5 and K 3, with p 1.0 (4B) and 0.7 (7B).",))
+
+
+def budget(records: list[Record], results: dict[str, Any]) -> Table:
+    hp, demy = results["hyperparameters"], results["demyagent_recipe"]
+    steps = dict(zip(results["table1_4b"]["rows"], (row[-1] for row in results["table1_4b"]["rows"].values())))
+    rows = []
+    for recipe, n_steps, prompts, group in (("CLEANER-4B", steps["CLEANER-4B"], hp["train_batch_size"],
+                                             hp["group_size"]),
+                                            ("DAPO-baseline-4B", steps["DAPO-baseline-4B"], hp["train_batch_size"],
+                                             hp["group_size"]),
+                                            ("DemyAgent-4B", demy["reported_rl_steps"], demy["train_batch_size"],
+                                             demy["group_size"])):
+        rows.append((Cell(recipe), *(Cell(f"{v:,}", reported=True) for v in (n_steps, prompts, group,
+                                                                               n_steps * prompts,
+                                                                               n_steps * prompts * group)),
+                     Cell(""), Cell("paper")))
+    for g in groups(r for r in records if r.metrics):
+        algo = g[0].config["algo"]
+        sampled = ([sum(m["generated_tokens"] for m in r.metrics) for r in g]
+                   if all("generated_tokens" in m for r in g for m in r.metrics) else None)
+        rows.append((Cell(label(g[0])), number([len(r.metrics) for r in g], 0), Cell(str(algo["prompts_per_step"])),
+                     Cell(str(algo["group_size"])), number([sum(m["problems"] for m in r.metrics) for r in g], 0),
+                     number([sum(m["trajectories"] for m in r.metrics) for r in g], 0),
+                     number(sampled, 0) if sampled else Cell(""), source(g)))
+    return Table("budget", "Step budget: RL steps, prompts and sampled tokens",
+                 ("recipe", "RL steps", "prompts / step", "group size", "prompts seen", "trajectories",
+                  "sampled tokens", "source"), tuple(rows),
+                 (f"{REPORTED} reported by the paper (steps, batch and group sizes; prompts seen and trajectories are "
+                  "their products). DemyAgent's 750 steps are as the CLEANER paper states them.",
+                  "Measured: summed over the run's steps (mean ± stderr over seeds); sampled tokens count every "
+                  "token the policy generated, SAAR retries included."))
+
+
+def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
+    return [table1(records, results), table2(records, results), table4(records, results), ablation(records),
+            budget(records, results)]
+
+
+# -- renderers ----------------------------------------------------------------------------------------------------
+
+def _source_md(cell: Cell) -> str:
+    return " ".join(f"[`{n}`](runs/{n}/)" for n in cell.text.split()) if cell.text != "paper" else "paper"
+
+
+def to_markdown(t: Table) -> str:
+    lines = [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+    for row in t.rows:
+        lines.append("| " + " | ".join([*(c.shown() for c in row[:-1]), _source_md(row[-1])]) + " |")
+    return "\n".join([*lines, "", *t.notes, ""])
+
+
+def to_csv(t: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(t.columns)
+    writer.writerows([c.shown() for c in row] for row in t.rows)
+    return buf.getvalue()
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
+          "}": r"\}", "±": r"$\pm$", "γ": r"$\gamma$", REPORTED: r"$^\dagger$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+def to_latex(t: Table) -> str:
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(t.title)}}}",
+             rf"\begin{{tabular}}{{l{'r' * (len(t.columns) - 2)}l}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c.shown()) for c in row) + r" \\" for row in t.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", *(f"% {n}" for n in t.notes), r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def to_html_table(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
+    body = []
+    for row in t.rows:
+        cells = [f'<td class="reported">{html.escape(c.shown())}</td>' if c.reported else f"<td>{html.escape(c.text)}</td>"
+                 for c in row[:-1]]
+        src = row[-1].text
+        cells.append("<td>paper</td>" if src == "paper" else
+                     "<td>" + " ".join(f'<a href="runs/{n}/">{n}</a>' for n in src.split()) + "</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in t.notes)
+    return (f'<section class="table" id="{t.name}"><h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr>'
+            f"</thead><tbody>{''.join(body)}</tbody></table>{notes}</section>")
+
+
+# -- figure -------------------------------------------------------------------------------------------------------
+
+def curves(records: list[Record], path: Path) -> bool:
+    """Training accuracy and tool failures per trajectory (the policy's first attempts) against RL step, one line
+    per method (mean over seeds, shaded ± stderr). False when no record has steps to plot."""
+    trained = [g for g in groups(r for r in records if r.metrics)]
+    if not trained:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for g in trained:
+        steps = min(len(r.metrics) for r in g)
+        for ax, key in zip(axes, ("accuracy", "first_attempt_failures_per_traj")):
+            per_step = [mean_stderr([r.metrics[i][key] for r in g]) if len(g) > 1 else (g[0].metrics[i][key], 0.0)
+                        for i in range(steps)]
+            x = [g[0].metrics[i]["step"] for i in range(steps)]
+            mean = [m for m, _ in per_step]
+            se = [s for _, s in per_step]
+            line, = ax.plot(x, mean, label=f"{label(g[0])} ({len(g)} seed{'s' * (len(g) > 1)})")
+            ax.fill_between(x, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
+                            color=line.get_color(), alpha=0.2)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set(xlabel="RL step", ylabel="training accuracy", title="Accuracy")
+    axes[1].set(xlabel="RL step", ylabel="failed tool calls / trajectory", title="Tool failures (first attempts)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# -- sample trajectories ------------------------------------------------------------------------------------------
+
+def purified_samples(records: list[Record], limit: int = 4) -> list[tuple[str, Trajectory, Trajectory]]:
+    """(run, original, purified) for logged trajectories with a failed call (`samples.jsonl`, from harness.eval
+    with SAAR off), purified offline with the run's gamma and K and p = 1, so each sample shows its purification.
+    Only those where purification changed something are kept."""
+    out = []
+    for r in records:
+        if not (r.path / "samples.jsonl").exists():
+            continue
+        s = r.config["saar"]
+        cfg = SaarConfig(enabled=True, gamma=s["gamma"], max_retries=s["max_retries"], rollback_probability=1.0,
+                         similarity=s["similarity"])
+        for traj in read_jsonl(r.path / "samples.jsonl"):
+            clean = purify(traj, cfg, r.config["seed"])
+            if clean.turns != traj.turns and len(out) < limit:
+                out.append((r.name, traj, clean))
+    return out
+
+
+def _turns_html(traj: Trajectory) -> str:
+    parts = []
+    for turn in traj.turns:
+        failed = turn.result is not None and turn.result.status != "ok"
+        spans = "".join(f'<span class="{"splice" if s.provenance.value.startswith("spliced") else s.provenance.value}"'
+                        f">{html.escape(s.text)}</span>" for s in turn.spans)
+        parts.append(f'<div class="turn{" failed" if failed else ""}">{spans}</div>')
+    return "".join(parts)
+
+
+def samples_html(samples: list[tuple[str, Trajectory, Trajectory]]) -> str:
+    if not samples:
+        return ""
+    body = []
+    for run, original, clean in samples:
+        body.append(f'<div class="sample"><h3>{html.escape(original.id)} (run <a href="runs/{run}/">{run}</a>, '
+                    f'{len(original.ids) - len(clean.ids)} tokens removed)</h3><div class="pair">'
+                    f'<div><h4>original</h4>{_turns_html(original)}</div>'
+                    f'<div><h4>purified</h4>{_turns_html(clean)}</div></div></div>')
+    return ('<section id="samples"><h2>Sample trajectories: original and purified</h2><p class="note">Red: a turn '
+            'whose tool call failed. Green: tokens spliced in from the successful retry (shallow: the call only; '
+            'deep: the whole turn). Grey: tool output.</p>' + "".join(body) + "</section>")
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; max-width: 1400px; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+td:first-child, th:first-child, td:last-child, th:last-child { text-align: left; }
+td.reported { color: #555; font-style: italic; }
+.note { font-size: 0.8em; color: #444; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+.turn { white-space: pre-wrap; font-family: monospace; font-size: 0.8em; border-left: 3px solid #ccc;
+        padding-left: 0.5em; margin: 0.4em 0; }
+.turn.failed { border-left-color: #c62828; background: #fdecea; }
+.observation { color: #666; }
+.splice { background: #c8e6c9; outline: 1px solid #2e7d32; }
+"""
+
+
+def page(tables: list[Table], figure: bool, samples: list[tuple[str, Trajectory, Trajectory]]) -> str:
+    fig = ('<section id="curves"><h2>Training curves</h2><img src="curves.png" alt="accuracy and tool failures '
+           'per trajectory against RL step"></section>' if figure else "")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>CLEANER harness report"
+            f"</title><style>{STYLE}</style></head><body><h1>CLEANER harness report</h1>"
+            + "".join(to_html_table(t) for t in tables) + fig + samples_html(samples) + "</body></html>\n")
+
+
+# -- the command --------------------------------------------------------------------------------------------------
+
+def write_report(runs_root: Path, paper_results: Path, out: Path) -> list[Table]:
+    records = load_records(runs_root)
+    results = _read(paper_results, yaml.safe_load)
+    tables = build_tables(records, results)
+    out.mkdir(parents=True, exist_ok=True)
+    for t in tables:
+        (out / f"{t.name}.md").write_text(to_markdown(t))
+        (out / f"{t.name}.csv").write_text(to_csv(t))
+        (out / f"{t.name}.tex").write_text(to_latex(t))
+    (out / "tables.md").write_text("\n".join(to_markdown(t) for t in tables))
+    figure = curves(records, out / "curves.png")
+    (out / "index.html").write_text(page(tables, figure, purified_samples(records)))
+    if runs_root.resolve() != (out / "runs").resolve():  # the cited records, without checkpoints
+        shutil.rmtree(out / "runs", ignore_errors=True)
+        for r in records:
+            (out / "runs" / r.name).mkdir(parents=True)
+            for f in RECORD_FILES:
+                if (r.path / f).exists():
+                    shutil.copy2(r.path / f, out / "runs" / r.name / f)
+    return tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("results/runs"), help="folder of run records")
+    parser.add_argument("--paper", type=Path, default=PAPER_RESULTS, help="the paper's figures (paper_results.yaml)")
+    parser.add_argument("--out", type=Path, default=Path("results/report"), help="output folder")
+    args = parser.parse_args(argv)
+    for path, what in ((args.runs, "--runs folder"), (args.paper, "--paper file")):
+        if not path.exists():
+            print(f"error: {what} {path} does not exist", file=sys.stderr)
+            return 2
+    try:
+        tables = write_report(args.runs, args.paper, args.out)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(tables)} tables (md, csv, tex), index.html and the cited records to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

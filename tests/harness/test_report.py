@@ -1,0 +1,291 @@
+"""harness.report: tables from fixture run records (exact Markdown, CSV, LaTeX), the paper's cells against
+paper_results.yaml, the figure, the cited records, and bad records."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cleaner import chat
+from cleaner.purify import read_records, trajectory_from_messages
+from cleaner.trajectory import write_jsonl
+from harness import report
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = REPO.parent / "shared" / "reference" / "paper_results.yaml"
+
+# A small stand-in for paper_results.yaml with the keys the report reads, one row each where it can.
+FIXTURE_PAPER = {
+    "table1_4b": {"columns": ["aime24", "aime25", "gpqa", "lcb_v6", "lcb_whole", "rl_steps"],
+                  "rows": {"DAPO-baseline-4B": [66.7, 59.4, 56.9, 26.6, 49.5, 250],
+                           "CLEANER-4B": [72.7, 67.1, 60.2, 26.8, 54.9, 250]}},
+    "table2_ablation": {"columns": ["aime24", "aime25", "gpqa", "lcb_v6"],
+                        "qwen3_4b": {"plus_tools": [[66.7, 84.4], [59.4, 84.2], 56.9, 26.6]},
+                        "qwen2_5_7b": {}},
+    "table4_saar_at_test_time_4b": {"columns": ["aime24", "aime25", "gpqa", "lcb_v6", "eval_minutes"],
+                                    "rows": {"saar_on": [[72.7, 87.6], [67.1, 84.1], 60.2, 26.8, 115]},
+                                    "stated_latency_overhead_percent": 8.8},
+    "hyperparameters": {"train_batch_size": 128, "group_size": 16},
+    "demyagent_recipe": {"reported_rl_steps": 750, "train_batch_size": 64, "group_size": 16},
+}
+
+
+def eval_metrics(accuracy: float, stderr: float, wall_s: float, pass_k: dict[str, float] | None = None,
+                 failures: float = 0.25) -> dict:
+    return {"accuracy": accuracy, "accuracy_stderr": stderr, "wall_s": wall_s,
+            "pass_at_k": pass_k or {"1": accuracy}, "first_attempt_failures_per_traj": failures}
+
+
+def write_record(root: Path, name: str, *, model: str = "lab", steps: int = 2, saar: bool = True, seed: int = 0,
+                 gamma: float = 0.5, summary_eval: dict | None = None, evaluation: dict | None = None,
+                 metrics: list[dict] | None = None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"model": {"name": model}, "algo": {"name": "lab", "steps": steps, "prompts_per_step": 2,
+                                                 "group_size": 4},
+              "saar": {"enabled": saar, "gamma": gamma, "max_retries": 3, "rollback_probability": 1.0,
+                       "similarity": "difflib_code"},
+              "seed": seed, "runs_root": str(root)}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "summary.json").write_text(json.dumps({"steps": steps, **({"eval": summary_eval} if summary_eval else {})}))
+    if evaluation is not None:
+        (run / "eval.json").write_text(json.dumps({"benchmarks": evaluation}))
+    if metrics is not None:
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run / "checkpoint").mkdir()  # never copied into the report
+    return run
+
+
+def step(i: int, accuracy: float, failures: float, generated: int) -> dict:
+    return {"step": i, "accuracy": accuracy, "first_attempt_failures_per_traj": failures, "problems": 2,
+            "trajectories": 8, "generated_tokens": generated}
+
+
+@pytest.fixture
+def runs(tmp_path, tok):
+    """Two baseline seeds, one CLEANER seed (all lab, 2 steps), one evaluation-only SmolLM2 record whose
+    samples.jsonl holds a trajectory with a failed call and its fix."""
+    root = tmp_path / "runs"
+    write_record(root, "base0", saar=False, seed=0, summary_eval=eval_metrics(0.9, 0.02, 10, failures=0.1),
+                 metrics=[step(1, 0.5, 0.5, 1000), step(2, 0.75, 0.25, 900)])
+    write_record(root, "base1", saar=False, seed=1, gamma=0.3, summary_eval=eval_metrics(0.7, 0.03, 10, failures=0.3),
+                 metrics=[step(1, 0.25, 0.75, 1100), step(2, 0.5, 0.5, 1000)])
+    write_record(root, "clean0", seed=0, summary_eval=eval_metrics(0.85, 0.025, 10),
+                 evaluation={"lab": {"saar_off": eval_metrics(0.85, 0.025, 10.0),
+                                     "saar_on": eval_metrics(0.9, 0.02, 12.5)}},
+                 metrics=[step(1, 0.5, 0.5, 1200), step(2, 1.0, 0.0, 1100)])
+    smol = write_record(root, "smol", model="smollm2_135m", steps=0,
+                        evaluation={"math500": {"saar_off": eval_metrics(0.125, 0.125, 40.0, {"1": 0.125, "2": 0.25}),
+                                                "saar_on": eval_metrics(0.25, 0.16, 44.0, {"1": 0.25, "2": 0.375})}})
+    records = read_records(REPO / "cleaner" / "examples" / "tool_errors.jsonl")
+    trajs = [trajectory_from_messages(r, tok, chat.get_format("hermes"), r["id"]) for r in records]
+    write_jsonl(smol / "samples.jsonl", [t for t in trajs if t.id == "nameerror-fixed"])
+    (root / "unfinished").mkdir()
+    (root / "unfinished" / "config.yaml").write_text("seed: 0\n")  # no summary.json: not in the report
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(yaml.safe_dump(FIXTURE_PAPER, sort_keys=False))
+    return root, paper
+
+
+EXPECTED_TABLES = """\
+### Table 1: Pass@1 (%) by method and benchmark, with RL steps
+
+| method | AIME24 | AIME25 | GPQA | LCB v6 | MATH-500 | lab held-out | RL steps | source |
+|---|---|---|---|---|---|---|---|---|
+| DAPO-baseline-4B | 66.7† | 59.4† | 56.9† | 26.6† |  |  | 250† | paper |
+| CLEANER-4B | 72.7† | 67.1† | 60.2† | 26.8† |  |  | 250† | paper |
+| lab DAPO baseline |  |  |  |  |  | 80.0 ± 10.0 (2 seeds) | 2 | [`base0`](runs/base0/) [`base1`](runs/base1/) |
+| lab CLEANER (γ 0.5, K 3, p 1.0) |  |  |  |  |  | 85.0 ± 2.5 | 2 | [`clean0`](runs/clean0/) |
+| smollm2_135m (no RL) |  |  |  |  | 12.5 ± 12.5 |  | 0 | [`smol`](runs/smol/) |
+
+Measured: SAAR off at test time; ± is the stderr (over seeds when pooled, else over problems).
+† reported by the paper (Table 1, Qwen3-4B setting; RL steps at batch 128).
+
+### Table 2: tools and SAAR, P@1 / P@k (%)
+
+| setting | AIME24 | AIME25 | GPQA | LCB v6 | MATH-500 | lab held-out | source |
+|---|---|---|---|---|---|---|---|
+| qwen3_4b plus_tools | 66.7 / 84.4† | 59.4 / 84.2† | 56.9† | 26.6† |  |  | paper |
+| lab DAPO baseline |  |  |  |  |  | 80.0 | [`base0`](runs/base0/) [`base1`](runs/base1/) |
+| lab CLEANER (γ 0.5, K 3, p 1.0) |  |  |  |  |  | 85.0 | [`clean0`](runs/clean0/) |
+
+P@k is the unbiased estimator 1 - C(n-c,k)/C(n,k) with k = the samples per problem; measured rows: SAAR off at \
+test time, averaged over seeds.
+† reported by the paper (Table 2; AIME cells P@1 / P@16, GPQA and LCB P@1).
+
+### Table 4: SAAR at test time, Pass@1 (%) and evaluation time
+
+| model, SAAR at test time | AIME24 | AIME25 | GPQA | LCB v6 | MATH-500 | lab held-out | eval time | latency overhead \
+| source |
+|---|---|---|---|---|---|---|---|---|---|
+| CLEANER-4B, SAAR on | 72.7 / 87.6† | 67.1 / 84.1† | 60.2† | 26.8† |  |  | 115 min† |  | paper |
+| CLEANER-4B, stated overhead |  |  |  |  |  |  |  | +8.8%† | paper |
+| lab CLEANER (γ 0.5, K 3, p 1.0), SAAR on |  |  |  |  |  | 90.0 ± 2.0 | 12.5 s | +25.0% | [`clean0`](runs/clean0/) |
+| lab CLEANER (γ 0.5, K 3, p 1.0), SAAR off |  |  |  |  |  | 85.0 ± 2.5 | 10.0 s |  | [`clean0`](runs/clean0/) |
+| smollm2_135m (no RL), SAAR on |  |  |  |  | 25.0 ± 16.0 |  | 44.0 s | +10.0% | [`smol`](runs/smol/) |
+| smollm2_135m (no RL), SAAR off |  |  |  |  | 12.5 ± 12.5 |  | 40.0 s |  | [`smol`](runs/smol/) |
+
+Measured: the same checkpoint and seeds with SAAR off and on; eval time is the rollout wall time summed over \
+benchmarks (mean over seeds); overhead = on / off - 1.
+† reported by the paper (Table 4; AIME cells P@1 / P@16; the stated +8.8% does not follow from 115 / 106 min, \
+which is +8.5%).
+
+### SAAR's gamma, K and p: lab held-out Pass@1 (%) and tool failures per trajectory
+
+| method | γ | K | p | lab Pass@1 | tool failures / traj | seeds | source |
+|---|---|---|---|---|---|---|---|
+| lab DAPO baseline | off | off | off | 80.0 ± 10.0 (2 seeds) | 0.200 ± 0.100 | 2 | [`base0`](runs/base0/) \
+[`base1`](runs/base1/) |
+| lab CLEANER (γ 0.5, K 3, p 1.0) | 0.5 | 3 | 1.0 | 85.0 ± 2.5 | 0.250 | 1 | [`clean0`](runs/clean0/) |
+
+Held-out, SAAR off at test time; failures are the policy's own (first attempts). The paper reports no such grid: \
+it fixes γ 0.5 and K 3, with p 1.0 (4B) and 0.7 (7B).
+
+### Step budget: RL steps, prompts and sampled tokens
+
+| recipe | RL steps | prompts / step | group size | prompts seen | trajectories | sampled tokens | source |
+|---|---|---|---|---|---|---|---|
+| CLEANER-4B | 250† | 128† | 16† | 32,000† | 512,000† |  | paper |
+| DAPO-baseline-4B | 250† | 128† | 16† | 32,000† | 512,000† |  | paper |
+| DemyAgent-4B | 750† | 64† | 16† | 48,000† | 768,000† |  | paper |
+| lab DAPO baseline | 2 | 2 | 4 | 4 | 16 | 2000 ± 100 | [`base0`](runs/base0/) [`base1`](runs/base1/) |
+| lab CLEANER (γ 0.5, K 3, p 1.0) | 2 | 2 | 4 | 4 | 16 | 2300 | [`clean0`](runs/clean0/) |
+
+† reported by the paper (steps, batch and group sizes; prompts seen and trajectories are their products). \
+DemyAgent's 750 steps are as the CLEANER paper states them.
+Measured: summed over the run's steps (mean ± stderr over seeds); sampled tokens count every token the policy \
+generated, SAAR retries included.
+"""
+
+
+def test_the_tables_from_fixture_records_are_exactly_the_expected_markdown(runs, tmp_path):
+    root, paper = runs
+    out = tmp_path / "report"
+    report.write_report(root, paper, out)
+    assert (out / "tables.md").read_text() == EXPECTED_TABLES
+    # one file per table and format; the CSV holds the same cells as the Markdown
+    names = ("table1", "table2", "table4", "ablation", "budget")
+    assert {p.name for p in out.iterdir() if p.suffix in (".md", ".csv", ".tex")} == {
+        f"{n}.{ext}" for n in names for ext in ("md", "csv", "tex")} | {"tables.md"}
+    rows = list(csv.reader(io.StringIO((out / "table1.csv").read_text())))
+    assert rows[0][-1] == "source" and rows[3] == ["lab DAPO baseline", "", "", "", "", "", "80.0 ± 10.0 (2 seeds)",
+                                                   "2", "base0 base1"]
+    assert rows[1][1] == "66.7†"
+
+
+def test_latex_escapes_and_marks_reported_cells(runs, tmp_path):
+    root, paper = runs
+    report.write_report(root, paper, tmp_path / "report")
+    tex = (tmp_path / "report" / "table4.tex").read_text()
+    assert r"\begin{tabular}{lrrrrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"CLEANER-4B, stated overhead &  &  &  &  &  &  &  & +8.8\%$^\dagger$ & paper \\" in tex
+    assert r"lab CLEANER ($\gamma$ 0.5, K 3, p 1.0), SAAR on &  &  &  &  &  & 90.0 $\pm$ 2.0 & 12.5 s & +25.0\% & clean0 \\" in tex
+    assert report.latex_escape("a_b & 5% {x} #1 $") == r"a\_b \& 5\% \{x\} \#1 \$"
+
+
+def test_every_cited_record_is_copied_without_its_checkpoint(runs, tmp_path):
+    root, paper = runs
+    out = tmp_path / "report"
+    report.write_report(root, paper, out)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["base0", "base1", "clean0", "smol"]
+    assert sorted(p.name for p in (out / "runs" / "smol").iterdir()) == ["config.yaml", "eval.json", "samples.jsonl",
+                                                                      "summary.json"]
+    assert not (out / "runs" / "base0" / "checkpoint").exists()
+    # rebuilding the report from its own copies gives the same tables
+    again = tmp_path / "again"
+    report.write_report(out / "runs", paper, again)
+    assert (again / "tables.md").read_text() == EXPECTED_TABLES
+
+
+def test_the_figure_plots_accuracy_and_failures_per_step(runs, tmp_path):
+    root, paper = runs
+    out = tmp_path / "report"
+    report.write_report(root, paper, out)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out / "curves.png")
+    assert image.shape[:2] == (432, 1200)  # 10 x 3.6 inches at 120 dpi
+    assert image[..., :3].std() > 0.05  # lines, not a blank canvas
+
+
+def test_reported_cells_match_paper_results_yaml():
+    """Every reported cell of the real paper_results.yaml, read back from the tables (no records)."""
+    results = yaml.safe_load(PAPER.read_text())
+    t1, t2, t4, _, budget = report.build_tables([], results)
+    for row, (method, values) in zip(t1.rows, results["table1_4b"]["rows"].items()):
+        assert row[0].text == method and row[-1].text == "paper"
+        expected = dict(zip(results["table1_4b"]["columns"], values))
+        for key, cell in zip(("aime24", "aime25", "gpqa", "lcb_v6", "rl_steps"), row[1:-1]):
+            assert cell.text == ("" if expected[key] is None else str(expected[key]))
+            assert cell.reported == (expected[key] is not None)
+    assert len(t1.rows) == 15 and t1.rows[-1][1].shown() == "72.7†"
+    ablation = [(f"{m} {s}", v) for m in ("qwen3_4b", "qwen2_5_7b") for s, v in results["table2_ablation"][m].items()]
+    for row, (setting, values) in zip(t2.rows, ablation, strict=True):
+        aime24 = values[0]
+        assert row[0].text == setting and row[1].text == f"{aime24[0]} / {aime24[1]}" and row[3].text == str(values[2])
+    on, off, stated = t4.rows
+    assert on[5].text == "115 min" and off[5].text == "106 min" and stated[6].text == "+8.8%"
+    assert on[1].text == "72.7 / 87.6" and off[2].text == "64.6 / 84.3"
+    demy = budget.rows[2]
+    assert [c.text for c in demy[:6]] == ["DemyAgent-4B", "750", "64", "16", "48,000", "768,000"]
+    assert int(demy[4].text.replace(",", "")) == results["demyagent_recipe"]["prompts_seen_at_750_steps"]
+
+
+def test_a_broken_record_is_named_and_the_cli_exits_2(runs, tmp_path):
+    root, paper = runs
+    (root / "clean0" / "eval.json").write_text("{not json")
+    with pytest.raises(report.ReportError, match=r"clean0/eval.json: not readable"):
+        report.load_records(root)
+    (root / "clean0" / "eval.json").write_text(json.dumps({"saar_off": {}, "saar_on": {}}))
+    cli = subprocess.run([sys.executable, "-m", "harness.report", "--runs", str(root), "--paper", str(paper), "--out",
+                          str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "clean0/eval.json: no 'benchmarks' key" in cli.stderr
+    missing = subprocess.run([sys.executable, "-m", "harness.report", "--runs", str(tmp_path / "nowhere")], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "--runs folder" in missing.stderr and "does not exist" in missing.stderr
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_html_report_loads_in_headless_chromium_with_tables_and_a_highlighted_splice(runs, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    root, paper = runs
+    out = tmp_path / "report"
+    report.write_report(root, paper, out)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"failed to load {r.url}"))
+        page.goto((out / "index.html").as_uri(), wait_until="load")
+        assert page.locator("section.table table").count() == 5
+        assert page.locator("td.reported").first.inner_text() == "66.7†"
+        assert page.locator("img[src='curves.png']").evaluate("img => img.naturalWidth") == 1200
+        # the sample: its failed turn on the left, the spliced fix highlighted on the right
+        sample = page.locator("#samples .sample").first
+        assert sample.locator(".turn.failed").count() == 1
+        splice = sample.locator(".splice").first
+        splice.scroll_into_view_if_needed()
+        assert splice.is_visible() and "print(total)" in splice.inner_text() and "print(totl)" not in splice.inner_text()
+        assert splice.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(200, 230, 201)"
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    import matplotlib.image
+
+    shot = matplotlib.image.imread(tmp_path / "report.png")
+    assert shot.shape[1] == 1300 and shot.shape[0] > 900  # the whole page, taller than one screen

@@ -19,9 +19,9 @@ token, which `harness.report` purifies offline to show original and purified sid
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from cleaner.lab.sft import idle_threads
 from cleaner.models import load_causal_lm
 from cleaner.rl.trainer import evaluate as evaluate_lab
 from cleaner.rollout.engines import SamplingParams
+from cleaner.rollout.episode import RolloutConfig
 from cleaner.sandbox import SandboxConfig, SandboxPool
 from cleaner.trajectory import Trajectory, write_jsonl, write_lines_atomic
 from harness import cli, records, schema
@@ -48,6 +49,12 @@ def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
             "latency_overhead": on["wall_s"] / off["wall_s"] - 1.0}
 
 
+def with_saar(rollout: RolloutConfig) -> RolloutConfig:
+    """SAAR enabled: "on at test time" applies SAAR with the run's gamma, K and p even to a baseline, whose own
+    config has it off (its parameters are then the defaults, the paper's)."""
+    return replace(rollout, saar=replace(rollout.saar, enabled=True))
+
+
 def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
     return [t for t in trajs if t.stats["first_attempt_failures"] > 0][:SAMPLES_KEPT]
 
@@ -55,9 +62,10 @@ def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
 async def lab_off_and_on(checkpoint: Path, cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """The lab's held-out evaluation, after a short warm-up so neither side pays for first-call costs."""
     train_cfg = schema.lab_train_config(cfg)
+    train_cfg = replace(train_cfg, rollout=with_saar(train_cfg.rollout))
     model, tokenizer = load_causal_lm(checkpoint)
     async with SandboxPool(train_cfg.sandbox) as pool:
-        await evaluate_lab(model, tokenizer, dataclasses.replace(train_cfg, eval_problems=2), pool, saar_enabled=True)
+        await evaluate_lab(model, tokenizer, replace(train_cfg, eval_problems=2), pool, saar_enabled=True)
         off, trajs = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_enabled=False)
         on, _ = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_enabled=True)
     return {"benchmarks": {"lab": compare(off, on)}}, failed_samples(trajs)
@@ -70,7 +78,7 @@ async def benchmarks_off_and_on(cfg: DictConfig) -> tuple[dict[str, Any], list[T
         raise schema.ConfigError(f"data={cfg.data.name} evaluates model.path on data.eval_paths: set algo.steps=0 "
                                  f"and at least one benchmark (got algo.steps={algo.steps}, "
                                  f"data.eval_paths={dict(cfg.data.eval_paths)})")
-    rollout_cfg, _, _ = schema.lab_parts(cfg)
+    rollout_cfg = with_saar(schema.lab_parts(cfg)[0])
     sampling = SamplingParams(algo.temperature, algo.eval_top_p)
     torch.set_num_threads(idle_threads())
     model, tokenizer = load_causal_lm(cfg.model.path)
@@ -126,12 +134,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             result, samples = asyncio.run(benchmarks_off_and_on(cfg))
         write_jsonl(run_dir / "samples.jsonl", samples)
         write_lines_atomic(out, iter([json.dumps(result, indent=1)]))
+        if cfg.algo.steps == 0:  # an evaluation-only record is finished when its summary says where its results are
+            write_lines_atomic(run_dir / "summary.json", iter([json.dumps({"steps": 0, "evaluation": out.name})]))
         return result
 
-    if out.exists():
+    if cfg.algo.steps == 0:
+        records.run_record(cfg, evaluate)  # skipped when finished
         result = json.loads(out.read_text())
-    elif cfg.algo.steps == 0:  # an evaluation-only record (its summary.json repeats eval.json)
-        result = records.run_record(cfg, evaluate)
+    elif out.exists():
+        result = json.loads(out.read_text())
     elif (run_dir / "summary.json").exists():
         result = evaluate(run_dir)
     else:

@@ -199,7 +199,7 @@ def accuracy_cell(group: list[Record], benchmark: str, side: str = "off") -> Cel
     found = [eval_side(r, benchmark, side) for r in group]
     if any(m is None for m in found):
         return Cell("")
-    return percent([(m["accuracy"], m["accuracy_stderr"]) for m in found])  # type: ignore[index]
+    return percent([(m["accuracy"], m["accuracy_stderr"]) for m in found])
 
 
 def measured_benchmarks(records: list[Record]) -> list[str]:
@@ -236,9 +236,9 @@ def pass_cells(group: list[Record], benchmark: str) -> Cell:
     found = [eval_side(r, benchmark, "off") for r in group]
     if any(m is None for m in found):
         return Cell("")
-    k = max(int(k) for k in found[0]["pass_at_k"])  # type: ignore[index]
-    p1 = sum(m["pass_at_k"]["1"] for m in found) / len(found)  # type: ignore[index]
-    pk = sum(m["pass_at_k"][str(k)] for m in found) / len(found)  # type: ignore[index]
+    k = max(int(k) for k in found[0]["pass_at_k"])
+    p1 = sum(m["pass_at_k"]["1"] for m in found) / len(found)
+    pk = sum(m["pass_at_k"][str(k)] for m in found) / len(found)
     return Cell(f"{100 * p1:.1f}" if k == 1 else f"{100 * p1:.1f} / {100 * pk:.1f} (k={k})")
 
 
@@ -269,7 +269,7 @@ def table4(records: list[Record], results: dict[str, Any]) -> Table:
     rows.append((Cell("CLEANER-4B, stated overhead"), *(Cell("") for _ in cols), Cell(""),
                  Cell(f"+{t4['stated_latency_overhead_percent']}%", reported=True), Cell("paper")))
     for g in groups(evaluated):
-        walls = {side: [sum(m[f"saar_{side}"]["wall_s"] for m in r.evaluation["benchmarks"].values())  # type: ignore
+        walls = {side: [sum(m[f"saar_{side}"]["wall_s"] for m in r.evaluation["benchmarks"].values())
                         for r in g] for side in ("on", "off")}
         overhead = overhead_cell([on / off - 1 for on, off in zip(walls["on"], walls["off"])])
         for side in ("on", "off"):
@@ -291,7 +291,7 @@ def ablation(records: list[Record]) -> Table:
         s = g[0].config["saar"]
         params = [Cell(str(s[k])) if g[0].saar else Cell("off") for k in ("gamma", "max_retries",
                                                                           "rollback_probability")]
-        failures = number([eval_side(r, "lab", "off")["first_attempt_failures_per_traj"] for r in g])  # type: ignore
+        failures = number([eval_side(r, "lab", "off")["first_attempt_failures_per_traj"] for r in g])
         rows.append((Cell(label(g[0])), *params, accuracy_cell(g, "lab"), failures, Cell(str(len(g))), source(g)))
     return Table("ablation", "SAAR's gamma, K and p: lab held-out Pass@1 (%) and tool failures per trajectory",
                  ("method", "γ", "K", "p", "lab Pass@1", "tool failures / traj", "seeds", "source"), tuple(rows),
@@ -430,7 +430,7 @@ def curves(records: list[Record], path: Path) -> bool:
 def purified_samples(records: list[Record], limit: int = 4) -> list[tuple[str, Trajectory, Trajectory]]:
     """(run, original, purified) for logged trajectories with a failed call (`samples.jsonl`, from harness.eval
     with SAAR off), purified offline with the run's gamma and K and p = 1, so each sample shows its purification.
-    Only those where purification changed something are kept."""
+    Only those where a failure was recovered (a retry that ran replaced it) are kept."""
     out = []
     for r in records:
         if not (r.path / "samples.jsonl").exists():
@@ -440,7 +440,7 @@ def purified_samples(records: list[Record], limit: int = 4) -> list[tuple[str, T
                          similarity=s["similarity"])
         for traj in read_jsonl(r.path / "samples.jsonl"):
             clean = purify(traj, cfg, r.config["seed"])
-            if clean.turns != traj.turns and len(out) < limit:
+            if clean.stats["rollbacks_recovered"] > 0 and len(out) < limit:
                 out.append((r.name, traj, clean))
     return out
 
@@ -478,7 +478,7 @@ td.reported { color: #555; font-style: italic; }
 .note { font-size: 0.8em; color: #444; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
 .turn { white-space: pre-wrap; font-family: monospace; font-size: 0.8em; border-left: 3px solid #ccc;
-        padding-left: 0.5em; margin: 0.4em 0; }
+        padding-left: 0.5em; margin: 0.4em 0; overflow-wrap: anywhere; }
 .turn.failed { border-left-color: #c62828; background: #fdecea; }
 .observation { color: #666; }
 .splice { background: #c8e6c9; outline: 1px solid #2e7d32; }

@@ -37,7 +37,7 @@ from cleaner.models import load_causal_lm
 from cleaner.rl.trainer import evaluate as evaluate_lab
 from cleaner.rollout.engines import SamplingParams
 from cleaner.rollout.episode import RolloutConfig
-from cleaner.sandbox import SandboxConfig, SandboxPool
+from cleaner.sandbox import SandboxPool
 from cleaner.trajectory import Trajectory, write_jsonl, write_lines_atomic
 from harness import cli, records, schema
 
@@ -74,18 +74,13 @@ async def lab_off_and_on(checkpoint: Path, cfg: DictConfig) -> tuple[dict[str, A
 async def benchmarks_off_and_on(cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """Every benchmark of `data.eval_paths`, SAAR off then on, on `model.path` as it is."""
     algo = cfg.algo
-    if algo.steps or not cfg.data.eval_paths:
-        raise schema.ConfigError(f"data={cfg.data.name} evaluates model.path on data.eval_paths: set algo.steps=0 "
-                                 f"and at least one benchmark (got algo.steps={algo.steps}, "
-                                 f"data.eval_paths={dict(cfg.data.eval_paths)})")
     rollout_cfg = with_saar(schema.lab_parts(cfg)[0])
     sampling = SamplingParams(algo.temperature, algo.eval_top_p)
-    torch.set_num_threads(idle_threads())
     model, tokenizer = load_causal_lm(cfg.model.path)
     out: dict[str, Any] = {}
     samples: list[Trajectory] = []
     sets = {name: data.load(name, path or None)[: algo.eval_problems] for name, path in cfg.data.eval_paths.items()}
-    async with SandboxPool(SandboxConfig(**cfg.sandbox)) as pool:
+    async with SandboxPool(schema.sandbox_config(cfg)) as pool:
         name, problems = next(iter(sets.items()))  # warm-up, so neither side pays for first-call costs
         await bench.evaluate(model, tokenizer, name, problems[:1], rollout_cfg, 1, sampling, cfg.seed, True, pool)
         for name, problems in sets.items():
@@ -122,11 +117,16 @@ def show(run_dir: Path, result: dict[str, Any]) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     schema.validate(cfg)
+    if cfg.data.name != "lab" and (cfg.algo.steps or not cfg.data.eval_paths):
+        raise schema.ConfigError(f"data={cfg.data.name} evaluates model.path on data.eval_paths: set algo.steps=0 "
+                                 f"and at least one benchmark (got algo.steps={cfg.algo.steps}, "
+                                 f"data.eval_paths={dict(cfg.data.eval_paths)})")
     schema.check_paths(cfg)
     run_dir = Path(cfg.runs_root) / records.config_hash(cfg)
     out = run_dir / "eval.json"
 
     def evaluate(run_dir: Path) -> dict[str, Any]:
+        torch.set_num_threads(idle_threads())
         if cfg.data.name == "lab":
             checkpoint = run_dir / "checkpoint" if cfg.algo.steps else Path(cfg.model.path)
             result, samples = asyncio.run(lab_off_and_on(checkpoint, cfg))

@@ -301,18 +301,14 @@ def ablation(records: list[Record]) -> Table:
 
 def budget(records: list[Record], results: dict[str, Any]) -> Table:
     hp, demy = results["hyperparameters"], results["demyagent_recipe"]
-    steps = dict(zip(results["table1_4b"]["rows"], (row[-1] for row in results["table1_4b"]["rows"].values())))
+    table1 = results["table1_4b"]["rows"]  # its last column is the RL steps
     rows = []
-    for recipe, n_steps, prompts, group in (("CLEANER-4B", steps["CLEANER-4B"], hp["train_batch_size"],
-                                             hp["group_size"]),
-                                            ("DAPO-baseline-4B", steps["DAPO-baseline-4B"], hp["train_batch_size"],
-                                             hp["group_size"]),
-                                            ("DemyAgent-4B", demy["reported_rl_steps"], demy["train_batch_size"],
-                                             demy["group_size"])):
-        rows.append((Cell(recipe), *(Cell(f"{v:,}", reported=True) for v in (n_steps, prompts, group,
-                                                                               n_steps * prompts,
-                                                                               n_steps * prompts * group)),
-                     Cell(""), Cell("paper")))
+    for recipe, n_steps, recipe_hp in (("CLEANER-4B", table1["CLEANER-4B"][-1], hp),
+                                       ("DAPO-baseline-4B", table1["DAPO-baseline-4B"][-1], hp),
+                                       ("DemyAgent-4B", demy["reported_rl_steps"], demy)):
+        prompts, group = recipe_hp["train_batch_size"], recipe_hp["group_size"]
+        values = (n_steps, prompts, group, n_steps * prompts, n_steps * prompts * group)
+        rows.append((Cell(recipe), *(Cell(f"{v:,}", reported=True) for v in values), Cell(""), Cell("paper")))
     for g in groups(r for r in records if r.metrics):
         algo = g[0].config["algo"]
         sampled = ([sum(m["generated_tokens"] for m in r.metrics) for r in g]
@@ -393,7 +389,7 @@ def to_html_table(t: Table) -> str:
 def curves(records: list[Record], path: Path) -> bool:
     """Training accuracy and tool failures per trajectory (the policy's first attempts) against RL step, one line
     per method (mean over seeds, shaded ± stderr). False when no record has steps to plot."""
-    trained = [g for g in groups(r for r in records if r.metrics)]
+    trained = groups(r for r in records if r.metrics)
     if not trained:
         return False
     import matplotlib
@@ -406,8 +402,7 @@ def curves(records: list[Record], path: Path) -> bool:
     for g in trained:
         steps = min(len(r.metrics) for r in g)
         for ax, key in zip(axes, ("accuracy", "first_attempt_failures_per_traj")):
-            per_step = [mean_stderr([r.metrics[i][key] for r in g]) if len(g) > 1 else (g[0].metrics[i][key], 0.0)
-                        for i in range(steps)]
+            per_step = [mean_stderr([r.metrics[i][key] for r in g]) for i in range(steps)]  # stderr 0 for 1 seed
             x = [g[0].metrics[i]["step"] for i in range(steps)]
             mean = [m for m, _ in per_step]
             se = [s for _, s in per_step]

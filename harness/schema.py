@@ -212,8 +212,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"cluster.nodes, verl.rollout_tp, verl.save_every must be >= 1, verl.keep_checkpoints >= 0, "
                           f"verl.gpu_memory_utilization in (0, 1]; got {cfg.cluster.nodes}, {v.rollout_tp}, "
                           f"{v.save_every}, {v.keep_checkpoints}, {v.gpu_memory_utilization}")
-    _built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox))
+    sandbox_config(cfg)
     lab_parts(cfg)
+
+
+def sandbox_config(cfg: DictConfig) -> SandboxConfig:
+    return _built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox))
 
 
 def lab_parts(cfg: DictConfig) -> tuple[RolloutConfig, AdvantageConfig, PolicyLossConfig]:
@@ -246,7 +250,7 @@ def lab_train_config(cfg: DictConfig) -> TrainConfig:
         max_grad_norm=algo.max_grad_norm, temperature=algo.temperature, top_p=algo.top_p, eval_top_p=algo.eval_top_p,
         rollout=rollout, advantage=advantage, loss=loss, overlong_buffer_tokens=algo.overlong_buffer_tokens,
         overlong_penalty_factor=algo.overlong_penalty_factor, dynamic_sampling=algo.dynamic_sampling,
-        sandbox=_built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox)), eval_every=algo.eval_every,
+        sandbox=sandbox_config(cfg), eval_every=algo.eval_every,
         eval_problems=algo.eval_problems, eval_samples=algo.eval_samples, seed=cfg.seed)
 
 

@@ -40,3 +40,12 @@ def test_an_evaluation_only_record_is_written_once_and_then_skipped(tmp_path):
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "is finished; skipping it" in again.stdout + again.stderr
     assert json.loads((run / "env.json").read_text())["invocations"][-1]["finished"] is True
+
+
+def test_benchmarks_need_an_evaluation_only_config(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.eval", "preset=smollm2", "algo.steps=1",
+                           f"runs_root={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and not list(tmp_path.iterdir())
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: data=bench_math evaluates model.path on data.eval_paths: set algo.steps=0 and at least one benchmark "
+        "(got algo.steps=1,")

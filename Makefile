@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run purify sft report test bench lock
+.PHONY: run purify sft report test test-slow bench lock
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv .venv
@@ -25,6 +25,10 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# verl's own trainer end to end on the CPU (tests marked slow; about 8 minutes on 2 cores); CI runs it too
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) -m pytest -q tests/benchmarks -o addopts="--import-mode=importlib -p no:cacheprovider" --benchmark-only --benchmark-columns=min,median,max,rounds --benchmark-sort=name

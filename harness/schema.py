@@ -21,7 +21,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cleaner.data import DataError, resolve_path
+from cleaner.data import DATASETS, DataError, resolve_path
 from cleaner.lab.sft import SftConfig
 from cleaner.rl.advantages import AdvantageConfig
 from cleaner.rl.losses import PolicyLossConfig
@@ -62,6 +62,9 @@ class ModelSchema:
     path: str = "${lab_sft:}"  # initial checkpoint folder; ${lab_sft:}: the lab's SFT checkpoint (cached by hash)
     chat_format: str = "hermes"  # tool-call format, a key of cleaner.chat.FORMATS (Qwen: hermes <tool_call>)
     dtype: str = "float32"  # actor and rollout precision ("fp16 for actor and rollout"; the lab runs float32)
+    # cluster=verl: the actor's attention kernel (transformers' attn_implementation; verl's default is
+    # flash_attention_2, which needs the flash-attn package on the GPU nodes; the lab's model uses sdpa)
+    attn_implementation: str = "sdpa"
 
 
 @dataclass
@@ -89,6 +92,11 @@ class AlgoSchema:
     eval_top_p: float = 1.0  # held-out rollouts ("eval top_p: 0.6"; the lab keeps 1.0)
     max_turns: int = 4  # assistant turns per trajectory ("max_turns: 16")
     max_response_tokens: int = 320  # tokens after the prompt ("max_response_length: 20480")
+    max_prompt_tokens: int = 256  # cluster=verl: longer training prompts are left out ("max_prompt_length: 2560")
+    max_eval_prompt_tokens: int = 256  # cluster=verl: the same for validation ("eval max_prompt_length: 4096")
+    # cluster=verl: verl's rollout importance-sampling correction level ("token" | "sequence"; "" off, the
+    # paper's setting); on, the spliced spans' rollout log-probs are re-scored under the purified context first
+    rollout_is: str = ""
     max_tool_response_chars: int = 256  # tool output shown to the model, middle-cut ("truncated to 256 chars")
     retries_count_against_limits: bool = False  # SAAR retries count as turns and budget (the authors': no)
     eval_every: int = 0  # steps between held-out evaluations; 0: only after the last step
@@ -101,6 +109,9 @@ class DataSchema:
     name: str = "lab"  # "lab": the procedural lab tasks (no files); other names read `train_path` / `eval_paths`
     train_path: str = ""  # training set file (parquet or jsonl); unused by "lab"
     eval_paths: dict[str, str] = field(default_factory=dict)  # benchmark name -> file; unused by "lab"
+    # cluster=verl: benchmark name -> samples per problem, instead of algo.eval_samples (the authors sample
+    # LiveCodeBench 10 times and the others 16)
+    eval_samples: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,9 +122,11 @@ class EngineSchema:
 
 @dataclass
 class ClusterSchema:
-    kind: str = "lab"  # "lab": the single-process trainer of cleaner.rl.trainer, on CPU | "verl": verl on GPUs
+    # "lab": the single-process trainer of cleaner.rl.trainer, on CPU | "verl": verl 0.9.1 with SGLang on GPUs |
+    # "verl_cpu": the same verl translation on this machine's CPU (a transformers rollout server, logical GPUs)
+    kind: str = "lab"
     nodes: int = 1  # machines per run
-    gpus_per_node: int = 0  # accelerators per machine
+    gpus_per_node: int = 0  # accelerators per machine (verl_cpu: logical GPUs, one trainer process each)
 
 
 @dataclass
@@ -125,7 +138,11 @@ class VerlSchema:
     gpu_memory_utilization: float = 0.8  # share of GPU memory SGLang may hold (the authors' scripts: 0.80)
     offload: bool = True  # FSDP parameter and optimizer offload to CPU (the authors' scripts: on, for 4 GPUs)
     save_every: int = 10  # RL steps between checkpoints, so a resumed run redoes at most this many (the authors': 10)
-    keep_checkpoints: int = 0  # newest checkpoints kept (about 50 GB each for 4B with optimizer state); 0 keeps all
+    keep_checkpoints: int = 3  # newest checkpoints kept (about 48 GB each for 4B with optimizer state); 0 keeps all
+    agent_workers: int = 8  # verl's agent-loop workers (rollout.agent.num_workers); each runs its own sandbox pool
+    # sandbox cells at a time per agent-loop worker when sandbox.workers is unset: the job's CPUs
+    # (SLURM_CPUS_PER_TASK, else all) shared by the agent-loop workers, at most this many
+    max_sandbox_workers: int = 16
 
 
 @dataclass
@@ -202,16 +219,22 @@ def validate(cfg: DictConfig) -> None:
     if not (algo.lr > 0 and algo.lr_warmup_steps >= 0 and algo.eval_every >= 0):
         raise ConfigError(f"algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got "
                           f"{algo.lr}, {algo.lr_warmup_steps}, {algo.eval_every}")
-    for key, allowed in (("engine.kind", ("transformers", "sglang")), ("cluster.kind", ("lab", "verl")),
+    for key, allowed in (("engine.kind", ("transformers", "sglang")), ("cluster.kind", ("lab", "verl", "verl_cpu")),
                          ("model.dtype", ("float32", "bfloat16", "float16"))):
         if OmegaConf.select(cfg, key) not in allowed:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}; valid: {', '.join(allowed)}")
     v = cfg.verl
-    if not (min(cfg.cluster.nodes, v.rollout_tp, v.save_every) >= 1 and v.keep_checkpoints >= 0
-            and 0 < v.gpu_memory_utilization <= 1):
-        raise ConfigError(f"cluster.nodes, verl.rollout_tp, verl.save_every must be >= 1, verl.keep_checkpoints >= 0, "
+    if not (min(cfg.cluster.nodes, v.rollout_tp, v.save_every, v.agent_workers, v.max_sandbox_workers) >= 1
+            and v.keep_checkpoints >= 0 and 0 < v.gpu_memory_utilization <= 1):
+        raise ConfigError(f"cluster.nodes, verl.rollout_tp, verl.save_every, verl.agent_workers, "
+                          f"verl.max_sandbox_workers must be >= 1, verl.keep_checkpoints >= 0, "
                           f"verl.gpu_memory_utilization in (0, 1]; got {cfg.cluster.nodes}, {v.rollout_tp}, "
-                          f"{v.save_every}, {v.keep_checkpoints}, {v.gpu_memory_utilization}")
+                          f"{v.save_every}, {v.agent_workers}, {v.max_sandbox_workers}, {v.keep_checkpoints}, "
+                          f"{v.gpu_memory_utilization}")
+    for name, samples in cfg.data.eval_samples.items():  # a benchmark without a path here is unused, not wrong
+        if name not in DATASETS or not (isinstance(samples, int) and samples >= 1):
+            raise ConfigError(f"data.eval_samples.{name}={samples}: must be >= 1 and name a benchmark "
+                              f"({', '.join(DATASETS)})")
     sandbox_config(cfg)
     lab_parts(cfg)
 

@@ -6,7 +6,8 @@ A finished run (its folder holds `summary.json`) is skipped; an interrupted one 
 `-m` with comma-separated values runs one after another in this process; `python -m harness.sweep` launches them
 through submitit instead. cluster=lab runs the single-process trainer (`cleaner.rl.trainer`) here; cluster=verl
 (the paper presets) runs verl on GPUs through `harness.verl` (`dry_run=true` prints its command instead;
-`test_time_saar=true|false` evaluates the finished run).
+`test_time_saar=true|false` evaluates the finished run); cluster=verl_cpu runs the same verl translation on this
+machine's CPU with the lab's model and tasks.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, then run the job in its record folder; returns the run's summary."""
     schema.validate(cfg)
     schema.check_paths(cfg)
-    verl_cluster = cfg.cluster.kind == "verl"
+    verl_cluster = cfg.cluster.kind in ("verl", "verl_cpu")
     if not verl_cluster and (cfg.dry_run or cfg.test_time_saar is not None):
-        raise schema.ConfigError("dry_run and test_time_saar are for cluster=verl; the lab evaluates a finished run "
-                                 "with python -m harness.eval")
+        raise schema.ConfigError("dry_run and test_time_saar are for cluster=verl|verl_cpu; the lab evaluates a "
+                                 "finished run with python -m harness.eval")
     if cfg.algo.steps == 0:
         raise schema.ConfigError("algo.steps=0 trains nothing: evaluate model.path with python -m harness.eval and "
                                  "the same overrides")
@@ -64,6 +65,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logging.getLogger("cleaner.verl_plugin").setLevel(logging.WARNING)
         from harness import verl  # imports verl's config code and the plugin (seconds), so only here
 
+        if cfg.model.path == schema.lab_sft_path() and not cfg.dry_run:
+            init_checkpoint(cfg, log)
         return verl.run(cfg)
 
     def job(run_dir: Path) -> dict[str, Any]:

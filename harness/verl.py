@@ -4,7 +4,8 @@ function and sandbox plugged in through verl's own extension points (no fork, no
     python -m harness.train preset=qwen3_4b data.train_path=FILE +data.eval_paths.aime24=FILE ... [dry_run=true]
     python -m harness.train preset=qwen3_4b ... test_time_saar=true     (evaluate the finished run, SAAR on)
 
-On the GPU nodes, `slurm/*.sh` start Ray and make these calls.
+On the GPU nodes, `slurm/*.sh` start Ray and make these calls. `cluster=verl_cpu` runs the same translation on this
+machine's CPU, with the lab's model and tasks and the shims of `cleaner.verl_plugin.cpu` (docs/verl-cpu.md).
 
 `overrides` is the translation: a pure function from a composed run config to verl's Hydra overrides
 (`key=value` in Hydra's override grammar; Table 5's values come from the presets). `run` converts the data
@@ -20,6 +21,8 @@ verl.trainer.main_ppo` with the overrides, or prints that command (`dry_run=true
                            rerunning the same command continues an interrupted run
     verl/metrics.jsonl     verl's file logger (an earlier invocation's file is kept as metrics.<k>.jsonl)
     verl/validation/       generations of the validations during training
+    verl/rollouts/<k>/     our record of every trajectory of the k-th invocation (SAAR counters, weights version)
+    verl/saar_metrics.jsonl  those records summed per step and split (`saar_by_step`)
     eval_saar_on/, eval_saar_off/   the same for test_time_saar=true/false: verl's val_only from the last checkpoint
 
 Where verl 0.9.1 reads what (each found in its source; a key at the wrong place is silently ignored):
@@ -40,48 +43,57 @@ Where verl 0.9.1 reads what (each found in its source; a key at the wrong place 
 - the reward function picks its grader by `data_source`; the training set's sources (math_dapo, ...) reach it in
   `reward.custom_reward_function.reward_kwargs.data_sources` (from `harness.prepare_data`), which verl passes to
   the function as a keyword argument.
-- validation: after every `algo.eval_every` steps, else after the last one, never before training; the
-  benchmarks with SAAR on and off at test time are `test_time_saar`'s job. Seeds: `data.seed`,
-  `actor.data_loader_seed` and `rollout.seed` are the run's seed.
+- validation: before training and after every `algo.eval_every` steps (else after the last one), at the
+  evaluation's settings (`val_kwargs`; a benchmark's own sample count, `data.eval_samples`, travels in its rows'
+  `__rollout_n__`, read by the V1 trainer). verl has one prompt limit, `data.max_prompt_length`, for training and
+  validation: it is the evaluation's (4096), and training prompts over Table 5's 2560 are left out of the training
+  file first (`drop_long_prompts`). The benchmarks with SAAR on and off at test time are `test_time_saar`'s job.
+  Seeds: `data.seed`, `actor.data_loader_seed` and `rollout.seed` are the run's seed.
+- checkpoints: `trainer.max_actor_ckpt_to_keep` = `verl.keep_checkpoints` (3; about 48 GB each for 4B with Adam).
 - the metrics file's path travels to verl's trainer actor in Ray's job runtime environment
   (`ray_kwargs.ray_init.runtime_env.env_vars`), since an actor does not inherit the driver's environment.
 
-Rollout importance sampling stays off: `algorithm.rollout_correction.rollout_is=null`, `rollout_rs=null`,
-`bypass_mode=false`. verl's rollout correction reweights (IS) or rejects (RS) tokens by the ratio of the actor's
+Rollout importance sampling is off by default (`algo.rollout_is=""`: `algorithm.rollout_correction.rollout_is=null`,
+`rollout_rs=null`, `bypass_mode=false`). verl's rollout correction reweights (IS) or rejects (RS) tokens by the ratio of the actor's
 recomputed log-probs to the log-probs the engine reported while sampling. For a span SAAR spliced in, the engine's
 log-probs were sampled in a context that still held the failed call, while the actor recomputes them on the
 purified sequence; their ratio measures the splice's change of context, not the engine/trainer mismatch that the
 correction is for, so IS would clip and RS would drop exactly the purified trajectories (the authors' scripts
 carry, commented out, a rejection threshold of 1.001 that would reject nearly every spliced trajectory). With
 `bypass_mode=false` PPO's ratio uses old log-probs that the actor recomputes on the final, purified sequence:
-the paper's recompute step. Turn the correction on only where the agent loop reports rollout log-probs that were
-themselves recomputed under the purified context (`cleaner.rollout.recompute`). Meanwhile verl logs the
-rollout/actor gap as a diagnostic (`rollout_corr/*`, since `calculate_log_probs=true`); it trains on nothing of it.
+the paper's recompute step. With `algo.rollout_is=token|sequence` the agent loop first re-scores the spliced spans
+under the purified context through the rollout server (`cleaner.verl_plugin.agent_loop.ServerScorer`), so the
+ratio measures the engine/trainer mismatch again. Either way verl logs the rollout/actor gap (`rollout_corr/*`,
+since `calculate_log_probs=true`).
 
 Departures and limits: prompts are the project's (`cleaner.bench`), not the authors' wording (see
 `harness.prepare_data`); the harness checks GPUs, SGLang and the checkpoint before it starts verl, but what
-happens on the GPUs is verl's (nothing here has run on a GPU).
+happens on the GPUs is verl's (nothing here has run on a GPU; verl's trainer has run here on the CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from cleaner import verl_plugin
-from cleaner.sandbox import SandboxConfig
 from cleaner.trajectory import write_lines_atomic
 from harness import prepare_data, records, schema
 
@@ -93,8 +105,13 @@ PROJECT = "cleaner"  # trainer.project_name; the experiment is the run's config 
 ADVANTAGES = {"grpo": "grpo", "rloo": "rloo"}  # cleaner's estimator -> verl's algorithm.adv_estimator
 POLICY_LOSSES = {"ppo_clip": "vanilla"}  # cleaner's loss -> verl's policy_loss.loss_mode (PPO clip, dual clip)
 PARAM_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}  # model.dtype -> FSDP mixed precision
-EVAL_MAX_PROMPT_TOKENS = 4096  # Table 5, eval_sampling.max_prompt_length (training: 2560)
-MAX_PROMPT_TOKENS = 2560  # Table 5, max_prompt_length
+LAB_SOURCE = "lab"  # data_source of data=lab's rows
+# our per-trajectory records (SAAR counters, weights version): rollouts/<invocation>/, one file per process
+ROLLOUTS_DIR = "rollouts"
+SAAR_FILE = "saar_metrics.jsonl"  # those records summed per step and split (saar_by_step)
+# cluster=verl_cpu: Ray's logical CPUs. verl's TransferQueue, reward and agent-loop actors each reserve one for
+# their placement, whatever the machine has; too few and they wait for each other forever
+CPU_RAY_CPUS = 16
 
 _PARSER = OverridesParser.create()
 
@@ -139,28 +156,66 @@ def _override(key: str, value: Any) -> str:
 
 
 def agent_loop_entries(cfg: DictConfig, test_time_saar: bool | None) -> list[dict]:
-    """The agent-loop YAML's content: the plugin's entry for our loop with this run's rollout, sandbox and SAAR
-    settings; SAAR is the training setting, or the test-time one when evaluating."""
+    """The agent-loop YAML's content: the plugin's entry for our loop with this run's rollout and sandbox settings;
+    SAAR as trained, or switched as asked when evaluating at test time (a baseline evaluated with SAAR on gets the
+    paper's SAAR parameters)."""
     rollout, _, _ = schema.lab_parts(cfg)
-    sandbox = schema._built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox))
-    saar_enabled = cfg.saar.enabled if test_time_saar is None else test_time_saar
-    return verl_plugin.agent_loop_config(rollout, sandbox, saar_enabled)
+    if test_time_saar is not None:
+        rollout = replace(rollout, saar=replace(rollout.saar, enabled=test_time_saar))
+    sandbox = replace(schema.sandbox_config(cfg), workers=sandbox_workers(cfg, job_cpus()))
+    return verl_plugin.agent_loop_config(rollout, sandbox)
 
 
-def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -> list[str]:
+def sandbox_for_rewards(cfg: DictConfig) -> dict[str, Any]:
+    """The run's sandbox settings for the reward function's code tests (`reward_kwargs.sandbox`; it sizes its own
+    one-worker pool)."""
+    settings = OmegaConf.to_container(cfg.sandbox)
+    settings.pop("workers")
+    return settings
+
+
+def sandbox_workers(cfg: DictConfig, cpus: int) -> int:
+    """Sandbox cells at a time in each of verl's agent-loop workers: `sandbox.workers` when set, else the job's
+    `cpus` shared by the `verl.agent_workers` workers of a node, between 1 and `verl.max_sandbox_workers` (each cell
+    is a process, and every agent-loop worker runs its own pool)."""
+    if cfg.sandbox.workers is not None:
+        return int(cfg.sandbox.workers)
+    return max(1, min(cfg.verl.max_sandbox_workers, cpus // cfg.verl.agent_workers))
+
+
+def job_cpus() -> int:
+    """The CPUs this job may use: SLURM's allocation per task when under SLURM, else the machine's."""
+    return int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
+
+
+def environment(cfg: DictConfig, job: Path, rollout_log: Path) -> dict[str, str]:
+    """Environment variables verl's driver and every Ray worker need: verl's metrics file, our per-trajectory
+    rollout log (`cleaner.verl_plugin.agent_loop.log_trajectory`), and on cluster=verl_cpu the CPU shims."""
+    env = {"VERL_FILE_LOGGER_PATH": str(job / METRICS_FILE), "CLEANER_ROLLOUT_LOG_DIR": str(rollout_log)}
+    if cfg.cluster.kind == "verl_cpu":
+        from cleaner.verl_plugin import cpu
+
+        env.update(cpu.ENV)
+    return env
+
+
+def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData, rollout_log: Path) -> list[str]:
     """verl's overrides for the run config `cfg` whose folder is the absolute `run_dir`, training on `data.train`
-    and validating on `data.evals` (verl parquet). `cfg.test_time_saar` set: an evaluation of the run's last
-    checkpoint (verl's val_only) instead. Raises ConfigError naming a key verl cannot honour."""
+    and validating on `data.evals` (verl parquet), our rollout records going to `rollout_log`. `cfg.test_time_saar`
+    set: an evaluation of the run's last checkpoint (verl's val_only) instead. Raises ConfigError naming a key verl
+    cannot honour."""
     algo, cluster, res = cfg.algo, cfg.cluster, cfg.verl
+    on_cpu = cluster.kind == "verl_cpu"
     train_file, eval_files = data.train, data.evals
     evaluating = cfg.test_time_saar is not None
     job = job_dir(run_dir, cfg.test_time_saar)
-    checks = (("cluster.kind", cluster.kind, ("verl",)), ("engine.kind", cfg.engine.kind, ("sglang",)),
+    checks = (("cluster.kind", cluster.kind, ("verl", "verl_cpu")),
+              ("engine.kind", cfg.engine.kind, ("transformers",) if on_cpu else ("sglang",)),
               ("algo.adv_estimator", algo.adv_estimator, tuple(ADVANTAGES)),
               ("algo.policy_loss", algo.policy_loss, tuple(POLICY_LOSSES)))
     for key, value, valid in checks:
         if value not in valid:
-            raise schema.ConfigError(f"{key}={value!r}: cluster=verl supports {', '.join(valid)}")
+            raise schema.ConfigError(f"{key}={value!r}: cluster={cluster.kind} supports {', '.join(valid)}")
     if cluster.gpus_per_node < 1 or cluster.gpus_per_node % res.rollout_tp:
         raise schema.ConfigError(f"cluster.gpus_per_node={cluster.gpus_per_node} must be >= 1 and a multiple of "
                                  f"verl.rollout_tp={res.rollout_tp}")
@@ -169,12 +224,15 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -
                                  "is evaluated with test_time_saar=true|false")
     if evaluating and not eval_files:
         raise schema.ConfigError("test_time_saar evaluates on data.eval_paths, which is empty")
-    prompt_tokens = EVAL_MAX_PROMPT_TOKENS if evaluating else MAX_PROMPT_TOKENS
     response_tokens = algo.max_response_tokens
     validates = bool(eval_files)
     checkpoints = job_dir(run_dir, None) / "checkpoints"
     name = records.config_hash(cfg) + ("" if not evaluating else "-" + job.name.replace("_", "-"))
     reward_path, reward_name = verl_plugin.reward_function()
+    if on_cpu:
+        from cleaner.verl_plugin import cpu
+
+    rollout_name = cpu.ROLLOUT_NAME if on_cpu else "sglang"
     actor, rollout, trainer = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "trainer"
     pairs: list[tuple[str, Any]] = [
         # algorithm: GRPO advantages, no KL; DAPO without dynamic sampling (Table 5)
@@ -182,16 +240,18 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -
         ("algorithm.norm_adv_by_std_in_grpo", algo.norm_adv_by_std),
         ("algorithm.use_kl_in_reward", False),
         ("algorithm.filter_groups.enable", algo.dynamic_sampling),
-        # rollout importance sampling / rejection off, old log-probs recomputed by the actor (module docstring)
-        ("algorithm.rollout_correction.rollout_is", None),
+        # rollout correction (module docstring): off by default; on, our loop re-scores the spliced spans first
+        ("algorithm.rollout_correction.rollout_is", algo.rollout_is or None),
         ("algorithm.rollout_correction.rollout_rs", None),
         ("algorithm.rollout_correction.bypass_mode", False),
-        # data: verl parquet from harness.prepare_data (prompt chat list, agent_name selects our loop)
+        # data: verl parquet (prompt chat list, agent_name selects our loop). One prompt limit serves training and
+        # validation, so it is the evaluation's (Table 5: 4096); training prompts over 2560 tokens were left out
+        # when the training file was written (prepare_files)
         ("data.train_files", [str(train_file)]),
         # verl builds a validation set even when it never validates: the training file stands in, unused
         ("data.val_files", [str(p) for p in eval_files.values()] if validates else [str(train_file)]),
         ("data.train_batch_size", algo.prompts_per_step),
-        ("data.max_prompt_length", prompt_tokens),
+        ("data.max_prompt_length", algo.max_eval_prompt_tokens),
         ("data.max_response_length", response_tokens),
         ("data.filter_overlong_prompts", True),
         ("data.truncation", "error"),
@@ -200,8 +260,9 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -
         ("data.seed", cfg.seed),
         # the policy: FSDP2, Table 5's optimizer and PPO-clip settings
         ("actor_rollout_ref.model.path", str(Path(cfg.model.path).expanduser().resolve())),
-        ("actor_rollout_ref.model.use_remove_padding", True),
+        ("actor_rollout_ref.model.use_remove_padding", not on_cpu),  # needs flash-attn's varlen kernels
         ("actor_rollout_ref.model.enable_gradient_checkpointing", True),
+        ("+actor_rollout_ref.model.override_config.attn_implementation", cfg.model.attn_implementation),
         (f"{actor}.strategy", "fsdp2"),
         (f"{actor}.optim.lr", algo.lr),
         (f"{actor}.optim.lr_warmup_steps", algo.lr_warmup_steps),
@@ -210,7 +271,7 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -
         (f"{actor}.ppo_mini_batch_size", algo.ppo_mini_batch_size),
         (f"{actor}.ppo_epochs", 1),
         (f"{actor}.use_dynamic_bsz", True),
-        (f"{actor}.ppo_max_token_len_per_gpu", prompt_tokens + response_tokens),
+        (f"{actor}.ppo_max_token_len_per_gpu", algo.max_eval_prompt_tokens + response_tokens),
         (f"{actor}.clip_ratio_low", algo.clip_ratio_low),
         (f"{actor}.clip_ratio_high", algo.clip_ratio_high),
         (f"{actor}.clip_ratio_c", algo.clip_ratio_c),
@@ -219,11 +280,12 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -
         (f"{actor}.entropy_coeff", 0),
         (f"{actor}.use_kl_loss", False),
         (f"{actor}.data_loader_seed", cfg.seed),
-        (f"{actor}.fsdp_config.param_offload", res.offload),
-        (f"{actor}.fsdp_config.optimizer_offload", res.offload),
+        (f"{actor}.fsdp_config.param_offload", res.offload and not on_cpu),
+        (f"{actor}.fsdp_config.optimizer_offload", res.offload and not on_cpu),
         (f"+{actor}.fsdp_config.mixed_precision.param_dtype", PARAM_DTYPES[cfg.model.dtype]),
-        # rollouts: SGLang, our agent loop (its YAML holds the rollout, sandbox and SAAR settings)
-        (f"{rollout}.name", "sglang"),
+        # rollouts: SGLang (on the CPU, the transformers server), our agent loop (its YAML holds the rollout,
+        # sandbox and SAAR settings)
+        (f"{rollout}.name", rollout_name),
         (f"{rollout}.mode", "async"),
         (f"{rollout}.dtype", cfg.model.dtype),
         (f"{rollout}.tensor_model_parallel_size", res.rollout_tp),
@@ -243,12 +305,14 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -
         (f"{rollout}.multi_turn.max_assistant_turns", algo.max_turns),
         (f"{rollout}.multi_turn.max_tool_response_length", algo.max_tool_response_chars),
         (f"{rollout}.multi_turn.tool_response_truncate_side", "middle"),
+        (f"{rollout}.agent.num_workers", res.agent_workers),
         (f"{rollout}.agent.default_agent_loop", verl_plugin.AGENT_NAME),
         (f"{rollout}.agent.agent_loop_config_path", str(job / AGENT_LOOP_FILE)),
         # reward: our outcome reward {-1, +1} plus DAPO's soft overlong penalty (Table 5)
         ("reward.custom_reward_function.path", reward_path),
         ("reward.custom_reward_function.name", reward_name),
         ("+reward.custom_reward_function.reward_kwargs.data_sources", data.kinds),  # its grader per data_source
+        ("+reward.custom_reward_function.reward_kwargs.sandbox", sandbox_for_rewards(cfg)),
         ("reward.reward_manager.name", "dapo"),
         ("+reward.reward_kwargs.overlong_buffer_cfg.enable", algo.overlong_buffer_tokens > 0),
         ("+reward.reward_kwargs.overlong_buffer_cfg.len", algo.overlong_buffer_tokens),
@@ -263,18 +327,25 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData) -
         (f"{trainer}.save_freq", res.save_every),
         (f"{trainer}.max_actor_ckpt_to_keep", res.keep_checkpoints or None),
         (f"{trainer}.default_local_dir", str(checkpoints)),
-        # validation after every algo.eval_every steps, else after the last; not before training (test_time_saar
-        # evaluates any checkpoint with SAAR on and off)
+        # validation before training and every algo.eval_every steps (else after the last one), at the evaluation's
+        # settings (val_kwargs above; a benchmark's own sample count travels in its rows' __rollout_n__)
         (f"{trainer}.test_freq", (algo.eval_every or algo.steps) if validates else -1),
-        (f"{trainer}.val_before_train", evaluating),
+        (f"{trainer}.val_before_train", validates),
         (f"{trainer}.validation_data_dir", str(job / "validation")),
         (f"{trainer}.log_val_generations", 0),
         (f"{trainer}.project_name", PROJECT),
         (f"{trainer}.experiment_name", name),
         (f"{trainer}.logger", ["console", "file"]),
-        ("+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH", str(job / METRICS_FILE)),
+        *((f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}", v) for k, v in environment(cfg, job, rollout_log).items()),
         ("hydra.run.dir", str(job / "hydra")),
     ]
+    if on_cpu:  # the CPU shims (cleaner.verl_plugin.cpu): logical GPUs and the fewest Ray workers that do the job
+        pairs += [(f"{trainer}.device", "cpu"),
+                  ("+ray_kwargs.ray_init.num_gpus", cluster.gpus_per_node),
+                  ("+ray_kwargs.ray_init.num_cpus", CPU_RAY_CPUS),  # logical: Ray's placement, not cores
+                  ("transfer_queue.backend.SimpleStorage.num_data_storage_units", 1),
+                  ("reward.num_workers", 1),
+                  ("data.dataloader_num_workers", 0)]
     if evaluating:  # verl's val_only: load the last checkpoint, validate once (before training), stop
         pairs += [(f"{trainer}.resume_mode", "resume_path"),
                   (f"{trainer}.resume_from_path", str(checkpoints / f"global_step_{algo.steps}")),
@@ -300,6 +371,12 @@ def check_machine(cfg: DictConfig) -> None:
     """What a real (not dry) run needs here, checked before anything starts; ConfigError names what is missing."""
     import torch
 
+    model = Path(cfg.model.path).expanduser()
+    no_model = f"model.path={cfg.model.path} holds no checkpoint (no config.json there); set it to the checkpoint"
+    if cfg.cluster.kind == "verl_cpu":
+        if not (model / "config.json").is_file():
+            raise schema.ConfigError(no_model)
+        return
     ray_address = os.environ.get("RAY_ADDRESS")
     gpus, nodes = cfg.cluster.gpus_per_node, cfg.cluster.nodes
     hint = "run it on the GPU nodes (sbatch slurm/train_4b.sh), or add dry_run=true to print the verl command"
@@ -313,9 +390,8 @@ def check_machine(cfg: DictConfig) -> None:
     if importlib.util.find_spec("sglang") is None:
         raise schema.ConfigError("cluster=verl rolls out with SGLang (engine=sglang), which is not installed here: "
                                  f"install verl[sglang]==0.9.1 on the GPU nodes; {hint}")
-    if not (Path(cfg.model.path).expanduser() / "config.json").is_file():
-        raise schema.ConfigError(f"model.path={cfg.model.path} holds no checkpoint (no config.json there); set it to "
-                                 "the RA-SFT checkpoint on the shared filesystem")
+    if not (model / "config.json").is_file():
+        raise schema.ConfigError(f"{no_model} (the RA-SFT checkpoint on the shared filesystem)")
 
 
 def _last_metrics(path: Path) -> dict[str, Any] | None:
@@ -323,33 +399,160 @@ def _last_metrics(path: Path) -> dict[str, Any] | None:
     return json.loads(lines[-1]) if lines else None
 
 
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sums of `saar_by_step` rows over steps."""
+    out: dict[str, Any] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name not in ("global_steps", "split"):
+                out[name] = out.get(name, 0) + value
+    return out
+
+
 def _write_json(path: Path, data: Any) -> None:
     write_lines_atomic(path, iter([json.dumps(data, indent=1)]))
 
 
-def prepare_files(cfg: DictConfig, run_dir: Path, test_time_saar: bool | None) -> tuple[list[str], Path]:
-    """Convert the data, write the agent-loop YAML and the overrides into the job's folder; (overrides, folder)."""
+def lab_data(cfg: DictConfig, out_dir: Path) -> prepare_data.PreparedData:
+    """data=lab as verl parquet: `algo.steps x algo.prompts_per_step` training problems and `algo.eval_problems`
+    held-out ones of the lab's tasks, drawn with the run's seed, with the lab trainer's prompts; graded as math
+    (their answers are integers in a box)."""
+    from cleaner.lab.evaluate import lab_prompts
+    from cleaner.lab.tasks import problems
+
+    algo = cfg.algo
+    files = {}
+    for split, count in (("train", algo.steps * algo.prompts_per_step), ("test", algo.eval_problems)):
+        drawn = problems(split, count, seed=cfg.seed)
+        rows = [{"data_source": LAB_SOURCE, "prompt": messages, "ability": "math",
+                 "reward_model": {"style": "rule", "ground_truth": str(p.answer)},
+                 "extra_info": {"index": i, "id": p.id, "kind": "math", "split": split, "func_name": None,
+                                "starter_code": None, "upstream": None},
+                 "agent_name": verl_plugin.AGENT_NAME}
+                for i, (p, (_, messages)) in enumerate(zip(drawn, lab_prompts(drawn)))]
+        files[split] = out_dir / f"lab.{split}.seed{cfg.seed}.n{count}.parquet"
+        if not files[split].exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = files[split].with_suffix(".tmp")
+            pq.write_table(pa.Table.from_pylist(rows, schema=prepare_data.SCHEMA), tmp)
+            tmp.replace(files[split])
+    return prepare_data.PreparedData(files["train"], {"lab": files["test"]}, {LAB_SOURCE: "math"}, {})
+
+
+def drop_long_prompts(train: Path, model_path: str, limit: int) -> tuple[Path, int]:
+    """The training file without prompts longer than `limit` tokens as our agent loop renders them (verl has one
+    prompt limit for training and validation, set to the evaluation's); (file, rows left out). The result sits
+    beside `train`, named by the limit and the tokenizer, and is reused."""
+    from transformers import AutoTokenizer
+
+    from cleaner import chat
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    out = train.with_name(f"{train.stem}.max{limit}.{Path(model_path).name}.parquet")
+    table = pq.read_table(train)
+    keep = [len(chat.prompt_span(tokenizer, [dict(m) for m in prompt])) <= limit
+            for prompt in table.column("prompt").to_pylist()]
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        pq.write_table(table.filter(pa.array(keep)), tmp)
+        tmp.replace(out)
+    return out, keep.count(False)
+
+
+def with_samples(path: Path, samples: int) -> Path:
+    """A copy of the benchmark file `path` whose rows ask for `samples` rollouts each (`__rollout_n__`, which
+    verl 0.9.1's V1 validation reads per row; its legacy trainer takes `val_kwargs.n` for all), beside it."""
+    out = path.with_name(f"{path.stem}.n{samples}.parquet")
+    if not out.exists():
+        table = pq.read_table(path)
+        tmp = out.with_suffix(".tmp")
+        pq.write_table(table.append_column("__rollout_n__", pa.array([samples] * table.num_rows, pa.int64())), tmp)
+        tmp.replace(out)
+    return out
+
+
+def prepare_files(cfg: DictConfig, run_dir: Path,
+                  test_time_saar: bool | None) -> tuple[list[str], Path, dict[str, str]]:
+    """Convert the data, write the agent-loop YAML and the overrides into the job's folder and open this
+    invocation's rollout log (`rollouts/<k>/`); (overrides, folder, the environment verl runs with)."""
     job = job_dir(run_dir, test_time_saar)
-    data = prepare_data.prepare_config_data(cfg.data, job_dir(run_dir, None) / "data", cfg.model.chat_format)
+    data_dir = job_dir(run_dir, None) / "data"
+    if cfg.data.name == "lab":
+        data = lab_data(cfg, data_dir)
+    else:
+        data = prepare_data.prepare_config_data(cfg.data, data_dir, cfg.model.chat_format)
     for why, n in data.left_out.items():
         print(f"data.train_path: left out {n} rows ({why})", file=sys.stderr, flush=True)
-    ovr = overrides(cfg, run_dir, data)
-    job.mkdir(parents=True, exist_ok=True)
+    if (Path(cfg.model.path) / "config.json").exists():
+        train, dropped = drop_long_prompts(data.train, cfg.model.path, cfg.algo.max_prompt_tokens)
+        data = replace(data, train=train)
+        if dropped:
+            print(f"data.train_path: left out {dropped} prompts longer than algo.max_prompt_tokens="
+                  f"{cfg.algo.max_prompt_tokens}", file=sys.stderr, flush=True)
+    else:  # a dry run without the checkpoint here: verl's own filter applies the evaluation's limit
+        print(f"model.path={cfg.model.path} is not here: training prompts are not checked against "
+              f"algo.max_prompt_tokens", file=sys.stderr, flush=True)
+    data = replace(data, evals={name: with_samples(path, cfg.data.eval_samples.get(name, cfg.algo.eval_samples))
+                                for name, path in data.evals.items()})
+    logs = job / ROLLOUTS_DIR
+    rollout_log = logs / str(1 + sum(p.is_dir() for p in logs.glob("*")))
+    rollout_log.mkdir(parents=True)
+    ovr = overrides(cfg, run_dir, data, rollout_log)
     entries = yaml.safe_dump(agent_loop_entries(cfg, test_time_saar), sort_keys=False)
     write_lines_atomic(job / AGENT_LOOP_FILE, iter([entries.rstrip("\n")]))
     write_lines_atomic(job / OVERRIDES_FILE, iter(ovr))
-    return ovr, job
+    return ovr, job, environment(cfg, job, rollout_log)
 
 
-def _launch(cmd: list[str], job: Path) -> float:
-    """Run verl in `job`, keeping an earlier invocation's metrics file; its wall seconds. A failure exits with
-    a message: rerunning the same command resumes."""
+def saar_by_step(logs: Path) -> list[dict[str, Any]]:
+    """Our per-trajectory records (`rollouts/<invocation>/`) summed per (global step, split): trajectories, finish
+    reasons, and each SAAR counter, in step order. A step that a killed invocation began and the next one redid is
+    counted once, from the later invocation."""
+    invocations: dict[tuple[int, str], int] = {}
+    records = []
+    for folder in sorted((p for p in logs.glob("*") if p.is_dir()), key=lambda p: int(p.name)):
+        for path in sorted(folder.glob("rollouts.*.jsonl")):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                key = (-1 if record["global_steps"] is None else record["global_steps"], record["split"])
+                invocations[key] = int(folder.name)
+                records.append((int(folder.name), key, record))
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    for invocation, key, record in records:
+        if invocation == invocations[key]:
+            row = rows.setdefault(key, {"global_steps": key[0], "split": key[1], "trajectories": 0})
+            row["trajectories"] += 1
+            row[f"finish_{record['finish_reason']}"] = row.get(f"finish_{record['finish_reason']}", 0) + 1
+            for name, value in record["saar_stats"].items():
+                if isinstance(value, (int, float)):
+                    row[name] = row.get(name, 0) + value
+    return [rows[k] for k in sorted(rows)]
+
+
+def end_session(sid: int) -> None:
+    """SIGKILL what is left of the process session `sid` (Linux: read from /proc)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), signal.SIGKILL)
+
+
+def _launch(cmd: list[str], job: Path, env: dict[str, str]) -> float:
+    """Run verl in `job` with `env` added to this environment, keeping an earlier invocation's metrics file; its
+    wall seconds. A failure exits with a message: rerunning the same command resumes."""
     metrics = job / METRICS_FILE
     if metrics.exists():
         k = 1 + sum(1 for _ in job.glob("metrics.*.jsonl"))
         metrics.rename(job / f"metrics.{k}.jsonl")
     start = time.perf_counter()
-    status = subprocess.run(cmd, cwd=job, check=False).returncode
+    # its own session: Ray's processes leave verl's process group, but not the session, so whatever ends this
+    # call (verl's exit, a signal, an error) ends all of them, and no Ray cluster outlives its run
+    proc = subprocess.Popen(cmd, cwd=job, env={**os.environ, **env}, start_new_session=True)
+    try:
+        status = proc.wait()
+    finally:
+        end_session(proc.pid)
     if status:
         raise SystemExit(f"error: verl exited with status {status}; its output is above and in {job}; rerunning the "
                          "same command resumes from the last checkpoint")
@@ -366,7 +569,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise schema.ConfigError(f"test_time_saar={str(saar).lower()}: run {run_dir} has not finished training; "
                                  "train it first with the same overrides, without test_time_saar")
     if cfg.dry_run:
-        ovr, job = prepare_files(cfg, run_dir, saar)
+        ovr, job, _ = prepare_files(cfg, run_dir, saar)
         print(shell_text(command(ovr)), flush=True)
         print(f"dry run: verl's files are in {job}; nothing was started", file=sys.stderr, flush=True)
         return {"dry_run": True, "overrides": ovr}
@@ -374,14 +577,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return _evaluate(cfg, run_dir, saar)
 
     def train(run_dir: Path) -> dict[str, Any]:
-        ovr, folder = prepare_files(cfg, run_dir.resolve(), None)
-        _launch(command(ovr), folder)
+        ovr, folder, env = prepare_files(cfg, run_dir.resolve(), None)
+        _launch(command(ovr), folder, env)
         checkpoints = folder / "checkpoints"
         step = int((checkpoints / "latest_checkpointed_iteration.txt").read_text())
         if step < cfg.algo.steps:
             raise SystemExit(f"error: verl stopped at step {step} of {cfg.algo.steps}; rerun to resume")
-        summary = {"cluster": "verl", "steps": step, "checkpoint": str(checkpoints / f"global_step_{step}"),
-                   "final_metrics": _last_metrics(folder / METRICS_FILE)}
+        saar = saar_by_step(folder / ROLLOUTS_DIR)
+        write_lines_atomic(folder / SAAR_FILE, (json.dumps(row, sort_keys=True) for row in saar))
+        summary = {"cluster": cfg.cluster.kind, "steps": step, "checkpoint": str(checkpoints / f"global_step_{step}"),
+                   "final_metrics": _last_metrics(folder / METRICS_FILE),
+                   "saar": _totals([row for row in saar if row["split"] == "train"])}
         _write_json(run_dir / "summary.json", summary)
         return summary
 
@@ -393,10 +599,11 @@ def _evaluate(cfg: DictConfig, run_dir: Path, saar: bool) -> dict[str, Any]:
     out = job_dir(run_dir, saar) / "summary.json"
     if out.exists():
         return json.loads(out.read_text())
-    ovr, folder = prepare_files(cfg, run_dir, saar)
-    wall_s = _launch(command(ovr), folder)
+    ovr, folder, env = prepare_files(cfg, run_dir, saar)
+    wall_s = _launch(command(ovr), folder, env)
     summary = {"test_time_saar": saar, "checkpoint": str(run_dir / "verl" / "checkpoints"
                                                          / f"global_step_{cfg.algo.steps}"),
-               "wall_s": round(wall_s, 1), "metrics": _last_metrics(folder / METRICS_FILE)}
+               "wall_s": round(wall_s, 1), "metrics": _last_metrics(folder / METRICS_FILE),
+               "saar": _totals(saar_by_step(folder / ROLLOUTS_DIR))}
     _write_json(out, summary)
     return summary

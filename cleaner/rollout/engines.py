@@ -47,6 +47,7 @@ class GenRequest:
     context: tuple[int, ...]
     max_new_tokens: int
     seed: int
+    stop_ids: frozenset[int] = frozenset()  # tokens that end the generation besides the engine's eos (kept in it)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class TransformersEngine:
                 out_ids[row].append(token)
                 out_lps[row].append(lp)
                 tokens[row, 0] = token
-                active[row] = token != self.eos_id and len(out_ids[row]) < r.max_new_tokens
+                active[row] = token != self.eos_id and token not in r.stop_ids and len(out_ids[row]) < r.max_new_tokens
             if not any(active):
                 break
             mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long)], dim=1)

@@ -8,7 +8,7 @@ Two pieces, each named in verl's config:
 
 - `agent_loop.CleanerAgentLoop`: a verl `AgentLoopBase` that drives `cleaner.rollout.episode.Episode` (online SAAR,
   its own token buffer) with verl's server manager and the project's sandbox. verl instantiates it from the YAML
-  entry with hydra; the entry's extra keys (`rollout`, `sandbox`, `saar_enabled`) arrive as constructor keyword
+  entry with hydra; the entry's extra keys (`rollout`, `sandbox`) arrive as constructor keyword
   arguments, which is how verl 0.9.1 passes them (`AgentLoopWorker._run_agent_loop`). It is not also
   `@register`ed under the same name: the YAML entry is the single source of its parameters.
 - `reward.compute_score`: `reward.custom_reward_function` (math via math-verify, GPQA letters, LiveCodeBench tests
@@ -28,8 +28,9 @@ this package announces itself once when it is imported: at INFO on the logger "c
 logger would show INFO, and otherwise as one line on stderr, so that the line is visible by default (Ray forwards a
 worker's stderr to the driver). It never prints both.
 
-Not verified here: no GPU run, no verl trainer run, no SGLang or vLLM server (tests drive verl's own
-`AgentLoopWorker` on CPU with fake server managers; see tests/verl_plugin).
+On a machine without GPUs, `cpu` holds the shims that run verl's own trainer on the CPU (`cluster=verl_cpu`).
+Not verified here: no GPU run, no SGLang or vLLM server (tests drive verl's own agent-loop workers and its whole
+trainer on the CPU; see tests/verl_plugin).
 """
 
 from __future__ import annotations
@@ -61,16 +62,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def agent_loop_config(rollout: RolloutConfig, sandbox: SandboxConfig, saar_enabled: bool) -> list[dict]:
+def agent_loop_config(rollout: RolloutConfig, sandbox: SandboxConfig) -> list[dict]:
     """The content of the YAML file at `actor_rollout_ref.rollout.agent.agent_loop_config_path`: one entry naming
-    the agent loop, with the rollout limits (incl. SAAR's settings), the sandbox settings and the SAAR switch as
-    plain values. verl's `response_length` caps `rollout.max_response_tokens` (see `agent_loop`)."""
+    the agent loop, with the rollout limits (incl. SAAR's settings; `rollout.saar.enabled` is the SAAR switch) and
+    the sandbox settings as plain values. verl's `response_length` caps `rollout.max_response_tokens` (see
+    `agent_loop`)."""
     return [{
         "name": AGENT_NAME,
         "_target_": AGENT_LOOP_TARGET,
         "rollout": _plain(rollout),
         "sandbox": _plain(sandbox),
-        "saar_enabled": bool(saar_enabled),
     }]
 
 

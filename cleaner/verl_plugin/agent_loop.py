@@ -11,7 +11,7 @@ the project's sandbox, then hands verl the final, purified trajectory.
            Execute(code)                     -> a sandbox session of this trajectory
            Done                              -> AgentLoopOutput from Episode.trajectory()
 
-Configuration. The YAML entry's extra keys (`rollout`, `sandbox`, `saar_enabled`; see
+Configuration. The YAML entry's extra keys (`rollout`, whose `saar.enabled` is the SAAR switch, and `sandbox`; see
 `cleaner.verl_plugin.agent_loop_config`) reach `__init__` as keyword arguments: verl 0.9.1 instantiates each
 entry with `hydra.utils.instantiate(config=entry, trainer_config=..., server_manager=..., tokenizer=..., ...)`,
 once per trajectory. They arrive as plain values or omegaconf containers; both are read as mappings. verl's
@@ -31,8 +31,17 @@ new agent-loop instance for every trajectory, so the pool cannot live on the ins
 belong to the event loop that started it, and an `AgentLoopWorker` (a Ray actor) runs all its trajectories on one
 loop for its whole life. The loop never closes the pool: it lives as long as the worker process (the sandboxes
 end with it: bubblewrap's --die-with-parent, and end of input for the supervisor); `close_sandbox_pools()` closes
-the pools of the running loop (tests, scripts). Size it with `sandbox.workers`: the default, every CPU, applies in
-each of the node's `rollout.agent.num_workers` agent-loop workers.
+the pools of the running loop (tests, scripts). Size it with `sandbox.workers`, which applies in each of the node's
+`rollout.agent.num_workers` agent-loop workers (`harness.verl` shares the job's CPUs among them).
+
+What verl reads back. verl's own loops copy the server's per-generation `extra_fields` into their output, and its
+V1 trainer (the default in 0.9.1) reads `min_global_steps` / `max_global_steps` from every output as ints: they
+are kept as verl's `ToolAgentLoop` keeps them (`merge_server_fields`). SAAR's counters go to `extra_fields` and,
+since verl's metrics have no place for per-trajectory values, to our rollout log (`log_trajectory`).
+
+Re-scoring. When verl corrects for the rollout/trainer mismatch (`algorithm.rollout_correction`), the spliced
+spans' rollout log-probs are re-scored under the purified context through the same server (`ServerScorer`,
+`cleaner.rollout.recompute.rescore_spliced`) before the trajectory goes to verl, and the gap is logged.
 
 Departures from the authors' code and the paper, and what this does not do:
 - The prompt is rendered by `cleaner.chat.prompt_span` (ChatML, as the lab does), not by the tokenizer's chat
@@ -45,22 +54,26 @@ Departures from the authors' code and the paper, and what this does not do:
   as the sticky request id (one server, one radix-cache prefix per trajectory) and as the episode id that seeds the
   SAAR draw with probability p. The draw is therefore reproducible only given the ids (logged in `extra_fields`).
   The episode's per-generation seeds are not sent to the server (verl's servers seed sampling themselves).
-- Log-probs are the server's, each in the context it was sampled in; the spliced tokens' log-probs were sampled in
-  the lookahead context (see `cleaner.rollout.recompute`). verl's actor recomputes `old_log_prob` on the final
-  sequence; rollout-IS corrections that use `rollout_log_probs` must stay off or use recomputed values.
+- Log-probs are the server's, each in the context it was sampled in; without rollout correction the spliced tokens
+  keep the log-probs they had in the lookahead context, and verl's actor recomputes `old_log_prob` on the final,
+  purified sequence (the paper's recompute step).
 - Validation runs through the same entry (verl does not tell an agent loop that it is validating), so SAAR at test
-  time follows `saar_enabled`. To validate with SAAR off, give the validation rows another `agent_name` whose entry
-  has `saar_enabled: false`.
+  time follows `rollout.saar.enabled`. To validate with SAAR switched the other way, the harness evaluates a
+  finished run with its own entry (`test_time_saar`).
 - Not supported: multimodal prompts, partial rollouts / fully-async training (no `global_steps` bookkeeping),
   routed-expert replay, rewards computed inside the loop.
 - Not verified: no GPU run, no SGLang or vLLM server (whether they keep the stop token in `token_ids`, as the
-  episode needs, is untested); tests drive verl's `AgentLoopWorker` on CPU with fake server managers.
+  episode needs, and SGLang's log-prob convention for re-scoring, are untested). Tests drive verl's legacy
+  `AgentLoopWorker` with fake server managers, and verl's whole V1 trainer on the CPU with a transformers server
+  (`cluster=verl_cpu`, tests/verl_plugin/test_main_ppo.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
 import sys
 import time
 import uuid
@@ -69,9 +82,11 @@ from dataclasses import replace
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
+from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 
 from cleaner import chat
 from cleaner.rollout.episode import Done, Episode, Execute, Generate, RolloutConfig
+from cleaner.rollout.recompute import first_spliced, logprob_gap, rescore_spliced
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import SandboxConfig, open_pool
 from cleaner.trajectory import Trajectory
@@ -127,20 +142,63 @@ def num_chat_turns(trajectory: Trajectory) -> int:
     return 1 + len(trajectory.turns) + sum(t.observation is not None for t in trajectory.turns)
 
 
-def to_output(trajectory: Trajectory, generate_s: float, tool_s: float) -> AgentLoopOutput:
+def merge_server_fields(fields: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The server's per-generation `extra_fields` over one trajectory, kept as verl's own `ToolAgentLoop` keeps them:
+    the first generation's fields whole (the weights' version `global_steps`, `min_global_steps`,
+    `max_global_steps`, ...), then each later generation's `max_global_steps` and the sums of the
+    speculative-decoding counters. verl 0.9.1's V1 trainer reads min/max_global_steps of every output as ints
+    (`trainer_base._compute_metrics`): without them its first step fails."""
+    if not fields:
+        return dict(new)
+    out = dict(fields)
+    if new.get("max_global_steps") is not None:
+        out["max_global_steps"] = new["max_global_steps"]
+    for key in SPEC_DECODE_EXTRA_KEYS:
+        if key in new and key in out:
+            out[key] = int(out[key]) + int(new[key])
+    return out
+
+
+class ServerScorer:
+    """`cleaner.rollout.recompute.rescore_spliced`'s engine over verl's server manager: the log-probs of a
+    trajectory's tokens from `start` on, under its own (purified) context, through the same sticky server that
+    sampled it. verl 0.9.1's servers score a prompt with `prompt_logprobs=0` and `max_tokens=0` (its SGLang server
+    sets `logprob_start_len=0`, so SGLang prefills the whole sequence: the radix cache cannot serve positions whose
+    log-probs are asked for)."""
+
+    def __init__(self, server_manager: Any, sampling_params: Mapping[str, Any]):
+        self.server_manager = server_manager
+        self.params = {**sampling_params, "max_tokens": 0, "prompt_logprobs": 0, "logprobs": False}
+
+    async def arescore(self, request_id: str, ids: tuple[int, ...], start: int) -> list[float]:
+        out = await self.server_manager.generate(request_id=request_id, prompt_ids=list(ids),
+                                                 sampling_params=dict(self.params))
+        rows = out.extra_fields["prompt_logprobs"]  # row k: the log-prob of token k + 1; the last row is a dummy
+        assert len(rows) == len(ids), f"{len(rows)} prompt log-prob rows for {len(ids)} tokens"
+        return [float(rows[k - 1][0]) for k in range(start, len(ids))]
+
+
+def to_output(trajectory: Trajectory, generate_s: float, tool_s: float, server_fields: Mapping[str, Any],
+              response_logprobs: list[float] | None = None) -> AgentLoopOutput:
     """verl's output from a final trajectory: prompt / response split at the prompt span; ids, mask and log-probs
-    are the trajectory's flat arrays (equal lengths by construction); log-probs are None when the server returned
-    none. SAAR counters, the finish reason, the episode's timing and the trajectory id go to `extra_fields`."""
+    are the trajectory's flat arrays (equal lengths by construction); log-probs are the sampled ones (None when the
+    server returned none) unless `response_logprobs` (re-scored) replaces them. `extra_fields`: the server's fields
+    (`merge_server_fields`), then the keys verl's own loops always set, and ours: SAAR counters, the finish reason,
+    the episode's timing and the trajectory id."""
     n = len(trajectory.prompt)
     ids, mask, logprobs = trajectory.ids, trajectory.loss_mask, trajectory.logprobs
+    if response_logprobs is None and logprobs is not None:
+        response_logprobs = logprobs[n:]
+    assert response_logprobs is None or len(response_logprobs) == len(ids) - n
     return AgentLoopOutput(
         prompt_ids=ids[:n],
         response_ids=ids[n:],
         response_mask=mask[n:],
-        response_logprobs=None if logprobs is None else logprobs[n:],
+        response_logprobs=response_logprobs,
         num_turns=num_chat_turns(trajectory),
         metrics=AgentLoopMetrics(generate_sequences=generate_s, tool_calls=tool_s),
         extra_fields={
+            **server_fields,
             "turn_scores": [],  # the keys verl's own loops always set, so batches from mixed loops concatenate
             "tool_rewards": [],
             "trajectory_id": trajectory.id,
@@ -151,20 +209,37 @@ def to_output(trajectory: Trajectory, generate_s: float, tool_s: float) -> Agent
     )
 
 
+def rescoring_enabled(trainer_config: Any) -> bool:
+    """Whether verl corrects for the rollout/trainer mismatch with the rollout log-probs (importance sampling or
+    rejection, `algorithm.rollout_correction`): then the spliced spans' log-probs are re-scored first."""
+    correction = trainer_config.algorithm.rollout_correction
+    return bool(correction.rollout_is or correction.rollout_rs)
+
+
+def log_trajectory(record: dict[str, Any]) -> None:
+    """Append one trajectory's record to `$CLEANER_ROLLOUT_LOG_DIR/rollouts.<pid>.jsonl` when that folder is set
+    (the harness sets it for a run; verl's own metrics have no place for per-trajectory SAAR counters). One file
+    per process, so concurrent agent-loop workers never interleave lines."""
+    folder = os.environ.get("CLEANER_ROLLOUT_LOG_DIR")
+    if folder:
+        with open(os.path.join(folder, f"rollouts.{os.getpid()}.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
 class CleanerAgentLoop(AgentLoopBase):
     """CLEANER's rollout as a verl agent loop (module docstring). `rollout`, `sandbox`: the plain values of a
-    `RolloutConfig` and a `SandboxConfig`; `saar_enabled`: SAAR on for this run (off: the DAPO-with-tools
-    baseline, failures stay)."""
+    `RolloutConfig` (its `saar.enabled` is the SAAR switch: off gives the DAPO-with-tools baseline, failures stay)
+    and a `SandboxConfig`."""
 
-    def __init__(self, *args: Any, rollout: Mapping, sandbox: Mapping, saar_enabled: bool, **kwargs: Any):
+    def __init__(self, *args: Any, rollout: Mapping, sandbox: Mapping, **kwargs: Any):
         super().__init__(*args, **kwargs)  # verl also passes `name` and `tools`; AgentLoopBase takes **kwargs
         rollout_cfg, self.sandbox_cfg = loop_settings(rollout, sandbox)
         self.response_length = int(self.rollout_config.response_length)
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.rollout_cfg = replace(rollout_cfg,
                                    max_response_tokens=min(rollout_cfg.max_response_tokens, self.response_length))
-        self.saar_enabled = bool(saar_enabled)
         self.stop_id = self.tokenizer.convert_tokens_to_ids(chat.IM_END)
+        self.rescore = rescoring_enabled(self.config)
 
     async def run(self, sampling_params: dict[str, Any], *, raw_prompt: Any, priority: int = 0,
                   **kwargs: Any) -> AgentLoopOutput:
@@ -173,12 +248,12 @@ class CleanerAgentLoop(AgentLoopBase):
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds actor_rollout_ref.rollout.prompt_length="
                              f"{self.prompt_length}; raise it or filter long prompts (data.filter_overlong_prompts)")
         trajectory_id = uuid.uuid4().hex
-        episode = Episode(trajectory_id, prompt, self.tokenizer, self.rollout_cfg, seed=0,
-                          saar_enabled=self.saar_enabled)
+        episode = Episode(trajectory_id, prompt, self.tokenizer, self.rollout_cfg, seed=0)
         want_logprobs = bool(sampling_params.get("logprobs"))
         stop = sorted(set(sampling_params.get("stop_token_ids") or []) | {self.stop_id})
         pool = await sandbox_pool(self.sandbox_cfg)
         generate_s = tool_s = 0.0
+        server_fields: dict[str, Any] = {}
         async with pool.session() as session:
             while not isinstance(episode.action, Done):
                 action = episode.action
@@ -189,6 +264,7 @@ class CleanerAgentLoop(AgentLoopBase):
                                                              sampling_params=params, priority=int(priority))
                     seconds = time.perf_counter() - start
                     generate_s += seconds
+                    server_fields = merge_server_fields(server_fields, out.extra_fields)
                     episode.on_generated(out.token_ids, out.log_probs if want_logprobs else None, seconds)
                 else:
                     assert isinstance(action, Execute)
@@ -197,6 +273,18 @@ class CleanerAgentLoop(AgentLoopBase):
                     tool_s += seconds
                     # whole output: the episode cuts what the model sees to rollout.max_tool_response_chars
                     episode.on_tool_result(result.to_tool_result(max_chars=sys.maxsize), seconds)
-        output = to_output(episode.trajectory(), generate_s, tool_s)
+        trajectory = episode.trajectory()
+        rescored, gap = None, None
+        if self.rescore and want_logprobs and first_spliced(trajectory) is not None:
+            [rescored] = await rescore_spliced(ServerScorer(self.server_manager, sampling_params), [trajectory])
+            gap = logprob_gap(trajectory, rescored)
+        output = to_output(trajectory, generate_s, tool_s, server_fields, rescored)
         assert len(output.response_ids) <= self.response_length, "the episode exceeded its token budget"
+        step = kwargs.get("global_steps")  # V1 passes the step with each prompt; the legacy worker does not
+        log_trajectory({"global_steps": None if step is None else int(step), "uid": kwargs.get("uid"),
+                        "split": (kwargs.get("extra_info") or {}).get("split"),
+                        "trajectory_id": trajectory_id, "finish_reason": trajectory.meta["finish_reason"],
+                        "weights": [server_fields.get("min_global_steps"), server_fields.get("max_global_steps")],
+                        "weights_digest": server_fields.get("weights_digest"),
+                        "saar_stats": trajectory.stats, "rescore_gap": gap})
         return output

@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,6 +46,7 @@ PLUS_KEYS = {
     "reward.reward_kwargs.": "DAPORewardManager.__init__ (overlong_buffer_cfg, max_resp_len)",
     "reward.custom_reward_function.reward_kwargs.": "get_custom_reward_fn: keyword arguments of the reward",
     "ray_kwargs.ray_init.runtime_env.env_vars.": "run_ppo: merged into ray.init's runtime_env",
+    "actor_rollout_ref.model.override_config.": "HFModelConfig: attn_implementation (default flash_attention_2)",
 }
 
 
@@ -98,7 +100,7 @@ class Translated:
     def __init__(self, files, *overrides):
         self.cfg = run_config(files, *overrides)
         self.run_dir = (Path(self.cfg.runs_root) / records.config_hash(self.cfg)).resolve()
-        self.ovr, self.job = harness_verl.prepare_files(self.cfg, self.run_dir, self.cfg.test_time_saar)
+        self.ovr, self.job, _ = harness_verl.prepare_files(self.cfg, self.run_dir, self.cfg.test_time_saar)
         [self.agent] = yaml.safe_load((self.job / harness_verl.AGENT_LOOP_FILE).read_text())
         self.verl = verl_config(self.ovr)
 
@@ -141,7 +143,9 @@ def test_the_composed_verl_config_holds_table_5(runs, hp, model):
         rw + "overlong_buffer_cfg.len": hp["overlong_buffer"]["len"],
         rw + "overlong_buffer_cfg.penalty_factor": hp["overlong_buffer"]["penalty_factor"],
         rw + "max_resp_len": hp["max_response_length"],
-        "data.max_prompt_length": hp["max_prompt_length"],
+        # one prompt limit in verl serves training and validation: the evaluation's; the training file was cut at
+        # Table 5's training limit before (test_training_prompts_over_the_limit_are_left_out)
+        "data.max_prompt_length": hp["eval_sampling"]["max_prompt_length"],
         "data.max_response_length": hp["max_response_length"],
         r + "multi_turn.max_assistant_turns": hp["max_turns"],
         r + "temperature": hp["train_sampling"]["temperature"],
@@ -155,6 +159,10 @@ def test_the_composed_verl_config_holds_table_5(runs, hp, model):
         "algorithm.rollout_correction.rollout_rs": None,
         "algorithm.rollout_correction.bypass_mode": False,
         "trainer.resume_mode": "auto",
+        # validation before training and every 10 steps (the authors' scripts: test_freq=10), 3 checkpoints kept
+        "trainer.val_before_train": True, "trainer.test_freq": 10, "trainer.max_actor_ckpt_to_keep": 3,
+        "actor_rollout_ref.model.override_config.attn_implementation": "flash_attention_2",
+        r + "agent.num_workers": 8,
         "trainer.default_local_dir": str(t.run_dir / "verl" / "checkpoints"),
         "trainer.experiment_name": t.run_dir.name,
         r + "agent.default_agent_loop": verl_plugin.AGENT_NAME,
@@ -170,8 +178,7 @@ def test_the_composed_verl_config_holds_table_5(runs, hp, model):
     assert (t[r + "multi_turn.max_tool_response_length"], t[r + "multi_turn.tool_response_truncate_side"]) == (
         256, "middle")
     agent = t.agent
-    assert (agent["name"], agent["_target_"], agent["saar_enabled"]) == (
-        verl_plugin.AGENT_NAME, verl_plugin.AGENT_LOOP_TARGET, True)
+    assert (agent["name"], agent["_target_"]) == (verl_plugin.AGENT_NAME, verl_plugin.AGENT_LOOP_TARGET)
     assert (agent["rollout"]["max_turns"], agent["rollout"]["max_tool_response_chars"],
             agent["rollout"]["max_response_tokens"], agent["sandbox"]["timeout_s"]) == (
         hp["max_turns"], 256, hp["max_response_length"], 4.0)
@@ -265,9 +272,8 @@ def test_the_baseline_is_the_same_verl_run_with_saar_off(runs):
     assert cleaner.run_dir != baseline.run_dir
     assert [o.replace(baseline.run_dir.name, "HASH") for o in baseline.ovr] == [
         o.replace(cleaner.run_dir.name, "HASH") for o in cleaner.ovr]
-    assert (cleaner.agent["saar_enabled"], baseline.agent["saar_enabled"]) == (True, False)
-    assert baseline.agent["rollout"]["saar"]["enabled"] is False
-    strip = lambda a: {**a, "saar_enabled": None, "rollout": {**a["rollout"], "saar": None}}
+    assert (cleaner.agent["rollout"]["saar"]["enabled"], baseline.agent["rollout"]["saar"]["enabled"]) == (True, False)
+    strip = lambda a: {**a, "rollout": {**a["rollout"], "saar": None}}
     assert strip(baseline.agent) == strip(cleaner.agent)
 
 
@@ -276,7 +282,8 @@ def test_evaluation_at_test_time_loads_the_last_checkpoint_with_saar_as_asked(ru
     t = runs("preset=qwen3_4b", "saar=baseline", f"test_time_saar={str(saar).lower()}")
     trained = runs("preset=qwen3_4b", "saar=baseline")
     assert t.run_dir == trained.run_dir and t.job == t.run_dir / ("eval_saar_on" if saar else "eval_saar_off")
-    assert t.agent["saar_enabled"] is saar and t.agent["rollout"]["saar"]["gamma"] == hp["saar"]["gamma"]
+    # one switch: a baseline evaluated with SAAR on runs SAAR with the paper's parameters
+    assert t.agent["rollout"]["saar"]["enabled"] is saar and t.agent["rollout"]["saar"]["gamma"] == hp["saar"]["gamma"]
     assert (t["trainer.val_only"], t["trainer.val_before_train"], t["trainer.resume_mode"]) == (
         True, True, "resume_path")
     assert t["trainer.resume_from_path"] == str(t.run_dir / "verl" / "checkpoints" / "global_step_250")
@@ -296,7 +303,7 @@ def test_translation_refuses_what_verl_cannot_run(files):
         cfg = run_config(files, "preset=qwen3_4b", *overrides)
         run_dir = Path(cfg.runs_root).resolve() / "refused"
         if message is None:  # supported: rloo, bf16
-            ovr, _ = harness_verl.prepare_files(cfg, run_dir, None)
+            ovr, _, _ = harness_verl.prepare_files(cfg, run_dir, None)
             bf16 = "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=bf16"
             assert {"algorithm.adv_estimator=rloo", bf16, "actor_rollout_ref.rollout.dtype=bfloat16"} <= set(ovr)
             continue
@@ -339,7 +346,7 @@ def test_dry_run_prints_the_verl_command_one_override_per_line(files, tmp_path):
     # as the shell reads it: a backslash-newline continues the line
     assert shlex.split(proc.stdout.replace("\\\n", "")) == [sys.executable, "-m", "verl.trainer.main_ppo", *written]
     assert len(lines) == 1 + len(written) and "trainer.resume_mode=auto" in written
-    assert {p.name for p in (run_dir / "verl").iterdir()} == {"agent_loop.yaml", "overrides.txt", "data"}
+    assert {p.name for p in (run_dir / "verl").iterdir()} == {"agent_loop.yaml", "overrides.txt", "data", "rollouts"}
     assert not (run_dir / "summary.json").exists() and not (run_dir / "env.json").exists()  # nothing ran
 
 
@@ -350,3 +357,103 @@ def test_cluster_verl_without_gpus_exits_2_with_one_clear_line(files, tmp_path):
         "error: cluster=verl needs GPUs: cluster.gpus_per_node=4, but this machine has 0 CUDA devices")
     assert "dry_run=true" in proc.stderr.splitlines()[-1]
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_training_prompts_over_the_limit_are_left_out(tok, tmp_path):
+    """verl has one prompt limit for training and validation (the evaluation's 4096); the training file is cut at
+    Table 5's 2560 before. Counted as the agent loop renders a prompt (ChatML of the messages). Breakage checked:
+    `<` for `<=` drops the prompt that is exactly at the limit."""
+    from cleaner import chat
+
+    model = tmp_path / "model"
+    tok.save_pretrained(model)
+    prompts = [[{"role": "user", "content": "x " * n}] for n in (3, 10, 30)]
+    sizes = [len(chat.prompt_span(tok, p)) for p in prompts]
+    train = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": p, "k": i} for i, p in enumerate(prompts)]), train)
+    out, dropped = harness_verl.drop_long_prompts(train, str(model), sizes[1])
+    assert dropped == 1 and pq.read_table(out).column("k").to_pylist() == [0, 1]
+    assert harness_verl.drop_long_prompts(train, str(model), sizes[1]) == (out, 1)  # reused
+
+
+@pytest.mark.parametrize("overrides, cpus, expected", [
+    ((), 64, 8), ((), 256, 16), ((), 4, 1), (("verl.agent_workers=4",), 64, 16),
+    (("verl.max_sandbox_workers=4",), 64, 4), (("sandbox.workers=3",), 256, 3)])
+def test_sandbox_workers_are_the_jobs_cpus_shared_by_the_agent_loop_workers(files, overrides, cpus, expected):
+    """Each of verl's agent-loop workers runs its own pool: 8 workers x os.cpu_count() would be 512 cells on a
+    64-core node. Hand-computed: 64 CPUs / 8 workers = 8; 256 / 8 = 32, capped at 16; 4 / 8 rounds to 0, at least 1."""
+    cfg = run_config(files, "preset=qwen3_4b", *overrides)
+    assert harness_verl.sandbox_workers(cfg, cpus) == expected
+
+
+def test_the_agent_loop_yaml_sizes_its_sandbox_from_the_slurm_allocation(files, monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "40")
+    t = Translated(files, "preset=qwen3_4b", "seed=7")
+    assert t.agent["sandbox"]["workers"] == 5  # 40 CPUs / 8 agent-loop workers
+    sandbox = get_reward_kwargs(t)["sandbox"]  # the reward's code tests get the run's sandbox settings
+    assert sandbox == {k: v for k, v in t.agent["sandbox"].items() if k != "workers"} and sandbox["timeout_s"] == 4.0
+
+
+def get_reward_kwargs(t):
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    return get_custom_reward_fn(t.verl).args[1]
+
+
+def test_verl_cpu_is_the_same_translation_on_the_cpu_with_the_lab(tmp_path):
+    """cluster=verl_cpu: the lab's tasks as verl parquet, the lab model, the CPU shims in every Ray process, the
+    transformers rollout server, and otherwise the GPU recipe's keys."""
+    from cleaner.verl_plugin import cpu
+
+    schema.register()
+    with initialize_config_dir(str(cli.CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["cluster=verl_cpu", "algo.steps=3", "algo.prompts_per_step=4",
+                                          "algo.eval_problems=5", f"runs_root={tmp_path}", cli.searchpath_override()])
+    schema.validate(cfg)
+    run_dir = tmp_path / records.config_hash(cfg)
+    ovr, job, _ = harness_verl.prepare_files(cfg, run_dir, None)
+    v = verl_config(ovr)
+    assert (v.trainer.device, v.actor_rollout_ref.rollout.name, v.ray_kwargs.ray_init.num_gpus) == ("cpu", "hf_cpu", 1)
+    assert v.actor_rollout_ref.model.path == str((REPO / schema.lab_sft_path()).resolve())
+    env = v.ray_kwargs.ray_init.runtime_env.env_vars
+    assert {k: env[k] for k in cpu.ENV} == cpu.ENV and env.CLEANER_ROLLOUT_LOG_DIR == str(job / "rollouts" / "1")
+    [train], [test] = v.data.train_files, v.data.val_files
+    rows = pq.read_table(train).to_pylist()
+    assert len(rows) == 12 and pq.read_table(test).num_rows == 5  # 3 steps x 4 prompts; 5 held-out problems
+    assert {r["data_source"] for r in rows} == {"lab"} and rows[0]["prompt"][0]["role"] == "system"
+    assert get_reward_kwargs(SimpleNamespace(verl=v))["data_sources"] == {"lab": "math"}
+
+
+def test_each_benchmark_can_have_its_own_sample_count(files):
+    """The authors sample LiveCodeBench 10 times and the other benchmarks 16: verl's V1 validation reads a per-row
+    `__rollout_n__`. Breakage checked: the override ignored (every row 16)."""
+    t = Translated(files, "preset=qwen3_4b", "+data.eval_samples.aime24=10")
+    samples = {Path(f).name.split(".")[0]: set(pq.read_table(f).column("__rollout_n__").to_pylist())
+               for f in t["data.val_files"]}
+    assert samples == {"aime24": {10}, "gpqa_diamond": {16}}
+    with pytest.raises(schema.ConfigError, match="data.eval_samples.aime2024=10: must be >= 1 and name a benchmark"):
+        run_config(files, "preset=qwen3_4b", "+data.eval_samples.aime2024=10")
+
+
+def test_saar_metrics_count_a_redone_step_once(tmp_path):
+    """Our per-trajectory records summed per step and split; a step that a killed invocation began (1) and the
+    resumed one redid (2) counts once, from the redo. Hand-computed. Breakage checked: summing every invocation
+    (step 2 would have 3 trajectories and 2 splices)."""
+    def write(invocation, *records):
+        folder = tmp_path / str(invocation)
+        folder.mkdir()
+        (folder / "rollouts.7.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def record(step, split, splices, finish="answer"):
+        return {"global_steps": step, "split": split, "finish_reason": finish,
+                "saar_stats": {"splices_shallow": splices, "saar_applied": True, "by_class": {"NameError": 1}}}
+
+    write(1, record(1, "train", 1), record(1, "train", 0, "length"), record(2, "train", 1))
+    write(2, record(2, "train", 0), record(2, "train", 1), record(2, "test", 0))
+    assert harness_verl.saar_by_step(tmp_path) == [
+        {"global_steps": 1, "split": "train", "trajectories": 2, "finish_answer": 1, "finish_length": 1,
+         "splices_shallow": 1, "saar_applied": 2},
+        {"global_steps": 2, "split": "test", "trajectories": 1, "finish_answer": 1, "splices_shallow": 0,
+         "saar_applied": 1},
+        {"global_steps": 2, "split": "train", "trajectories": 2, "finish_answer": 2, "splices_shallow": 1,
+         "saar_applied": 2}]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -60,14 +61,17 @@ def verl_config(model_dir, agent_yaml, prompt_length: int, response_length: int)
 
 @pytest.fixture
 def make_worker(model_dir, tmp_path):
-    """make_worker(server, saar_enabled=True, rollout=RolloutConfig(), prompt_length=64, response_length=256)
-    -> verl's AgentLoopWorker, loading the YAML that `agent_loop_config` gives, with `server` as its LLM client."""
+    """make_worker(server, saar=True, rollout=RolloutConfig(), prompt_length=64, response_length=256)
+    -> verl's AgentLoopWorker, loading the YAML that `agent_loop_config` gives (SAAR switched by `saar`), with
+    `server` as its LLM client."""
     counter = itertools.count()
 
-    def make(server, saar_enabled: bool = True, rollout: RolloutConfig | None = None, prompt_length: int = 64,
+    def make(server, saar: bool = True, rollout: RolloutConfig | None = None, prompt_length: int = 64,
              response_length: int = 256) -> AgentLoopWorker:
         agent_yaml = tmp_path / f"agent_loop_{next(counter)}.yaml"
-        agent_yaml.write_text(yaml.safe_dump(agent_loop_config(rollout or RolloutConfig(), SANDBOX, saar_enabled)))
+        rollout = rollout or RolloutConfig()
+        rollout = replace(rollout, saar=replace(rollout.saar, enabled=saar))
+        agent_yaml.write_text(yaml.safe_dump(agent_loop_config(rollout, SANDBOX)))
         return AgentLoopWorker(verl_config(model_dir, agent_yaml, prompt_length, response_length), llm_client=server)
 
     return make
@@ -98,16 +102,24 @@ def batch():
     return verl_batch
 
 
+def weights_fields(version: int) -> dict[str, int]:
+    """The `extra_fields` verl's `LLMServerClient.generate` returns: the server's weights version, and
+    min/max_global_steps set from it."""
+    return {"global_steps": version, "min_global_steps": version, "max_global_steps": version}
+
+
 class ScriptedServer:
     """verl's server-manager interface with fixed outputs: each request pops the next text scripted for the
     question its prompt holds, encodes it, appends `<|im_end|>` and cuts it to `max_tokens` (as a server would).
-    Log-probs are distinct (-0.001, -0.002, ...) so any misalignment shows. Records requests and outputs."""
+    Log-probs are distinct (-0.001, -0.002, ...) so any misalignment shows. Each output carries the weights
+    version `weights_version` as verl's server client reports it. Records requests and outputs."""
 
     def __init__(self, tok, scripts: dict[str, list[str]]):
         self.tok = tok
         self.scripts = {q: list(texts) for q, texts in scripts.items()}
         self.requests: list[dict[str, Any]] = []
         self.outputs: list[TokenOutput] = []
+        self.weights_version = 0
         self._lp = itertools.count(1)
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
@@ -117,7 +129,8 @@ class ScriptedServer:
         [question] = [q for q in self.scripts if q in text]
         ids = self.tok.encode(self.scripts[question].pop(0), add_special_tokens=False)
         ids = (ids + [self.tok.convert_tokens_to_ids("<|im_end|>")])[: sampling_params["max_tokens"]]
-        self.outputs.append(TokenOutput(token_ids=ids, log_probs=[-next(self._lp) / 1000 for _ in ids]))
+        self.outputs.append(TokenOutput(token_ids=ids, log_probs=[-next(self._lp) / 1000 for _ in ids],
+                                        extra_fields=weights_fields(self.weights_version)))
         return self.outputs[-1]
 
 
@@ -144,7 +157,8 @@ class ModelServer:
                                   max(0, sampling_params["top_k"]))
         request = GenRequest(request_id, tuple(prompt_ids), sampling_params["max_tokens"], next(self._seed))
         out = await self.engine.agenerate(request, sampling)
-        self.outputs.append(TokenOutput(token_ids=list(out.ids), log_probs=list(out.logprobs)))
+        self.outputs.append(TokenOutput(token_ids=list(out.ids), log_probs=list(out.logprobs),
+                                        extra_fields=weights_fields(0)))
         return self.outputs[-1]
 
 

@@ -6,6 +6,7 @@ Expected ids, masks and log-probs are written out by hand, token by token."""
 from __future__ import annotations
 
 import hydra
+import numpy as np
 import pytest
 from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
 
@@ -109,11 +110,10 @@ async def test_output_is_the_trajectory_token_by_token_and_verl_postprocesses_it
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("saar_enabled", [True, False])
-async def test_a_rolled_back_call_is_replaced_by_its_fix(tok, make_worker, scripted, batch, sandbox_pools,
-                                                         saar_enabled):
+@pytest.mark.parametrize("saar", [True, False])
+async def test_a_rolled_back_call_is_replaced_by_its_fix(tok, make_worker, scripted, batch, sandbox_pools, saar):
     server = scripted({X_QUESTION: [say("Compute.\n", FAILING), say("Define x first.\n", FIXED), "\\boxed{42}"]})
-    worker = make_worker(server, saar_enabled=saar_enabled)
+    worker = make_worker(server, saar=saar)
     data = await worker.generate_sequences(batch([X_QUESTION]))
 
     prompt = enc(tok, PROMPT_TEXT.replace(QUESTION, X_QUESTION))
@@ -127,7 +127,7 @@ async def test_a_rolled_back_call_is_replaced_by_its_fix(tok, make_worker, scrip
     row = unpadded(data, 0)
     stats = data.non_tensor_batch["saar_stats"][0]
 
-    if saar_enabled:  # shallow splice (similarity 0.8 >= 0.5): reasoning of the failed turn, call of the fix
+    if saar:  # shallow splice (similarity 0.8 >= 0.5): reasoning of the failed turn, call of the fix
         cut1 = gen1.index(tok.convert_tokens_to_ids("<tool_call>"))
         cut2 = gen2.index(tok.convert_tokens_to_ids("<tool_call>"))
         assert gen1[:cut1] == enc(tok, "Compute.\n")
@@ -151,6 +151,42 @@ async def test_a_rolled_back_call_is_replaced_by_its_fix(tok, make_worker, scrip
         assert stats["final_failures_by_class"] == {"NameError": 1}
     assert data.non_tensor_batch["finish_reason"].tolist() == ["answer"]
     assert len({r["request_id"] for r in server.requests}) == 1
+
+
+class VersionBumpingServer:
+    """The scripted server whose weights version rises by one after every generation (as in verl's asynchronous
+    training, where weights change during a trajectory)."""
+
+    def __init__(self, server, first_version: int):
+        self.server = server
+        server.weights_version = first_version
+
+    async def generate(self, request_id, **kwargs):
+        out = await self.server.generate(request_id, **kwargs)
+        self.server.weights_version += 1
+        return out
+
+
+@pytest.mark.asyncio
+async def test_the_weights_versions_reach_verls_trainers(tok, make_worker, scripted, batch, sandbox_pools):
+    """verl 0.9.1's V1 trainer (its default) tags every output with min/max_global_steps from `extra_fields` and
+    reads them as ints (`AgentLoopWorkerTQ._agent_loop_postprocess`, `trainer_base._compute_metrics`); without them
+    its first step fails with a TypeError. Kept as verl's ToolAgentLoop keeps them: the first generation's fields,
+    the last generation's max. Breakages checked: output fields without the server's (the step-1 crash), the max
+    kept from the first generation. The V1 worker itself runs in test_main_ppo (slow)."""
+    server = scripted({QUESTION: [say("Let me compute.\n", "print(6 * 7)"), "\\boxed{42}"]})
+    worker = make_worker(VersionBumpingServer(server, first_version=3))
+    loop = instantiate(worker)
+    out = await loop.run(dict(SAMPLING), raw_prompt=[{"role": "user", "content": QUESTION}])
+    assert [out.extra_fields[k] for k in ("global_steps", "min_global_steps", "max_global_steps")] == [3, 3, 4]
+    tags = [{"min_global_steps": out.extra_fields.get("min_global_steps"),
+             "max_global_steps": out.extra_fields.get("max_global_steps")}]  # as AgentLoopWorkerTQ writes them
+    assert np.array([t["max_global_steps"] for t in tags], dtype=int) - np.array(  # as the V1 trainer reads them
+        [t["min_global_steps"] for t in tags], dtype=int) + 1 == [2]  # trajectory_spans: two weight versions
+    server.scripts[QUESTION] = [say("Let me compute.\n", "print(6 * 7)"), "\\boxed{42}"]
+    data = await worker.generate_sequences(batch([QUESTION]))  # the legacy worker: non-tensor columns
+    assert (data.non_tensor_batch["min_global_steps"].tolist(), data.non_tensor_batch["max_global_steps"].tolist()) == (
+        [5], [6])
 
 
 @pytest.mark.asyncio

@@ -14,8 +14,9 @@ again with the same parameters, which resumes their records (or skips them, if t
 are not rerun. Trials count towards `search.trials` across restarts.
 
 A resumed search continues rather than replays: the sampler is seeded from `search.sampler_seed` and the number of
-trials already in the study (a fresh sampler with the bare seed would draw the points it drew before the kill).
-A search is thus reproducible given the points at which it was restarted, not across them. A point that repeats an
+trials already in the study (a fresh sampler with the bare seed would draw the points it drew before the kill;
+restoring the sampler's saved state instead would need a save after every ask, and a kill between the two would
+still replay a point). A search is thus reproducible given the points at which it was restarted, not across them. A point that repeats an
 earlier trial's (finished or in flight), which a small discrete space makes likely, is not run: it is reported,
 marked PRUNED (which TPE counts as a poor result there, steering it elsewhere) and not counted; once the trials
 hold every point of an all-integer space, the search stops short of `search.trials`. Not protected: two drivers on

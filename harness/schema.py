@@ -147,12 +147,12 @@ class VerlSchema:
 
 @dataclass
 class SearchSchema:
-    study: str = "search"  # the study's name; its storage is <runs_root>/../optuna/<study>.db (SQLite)
+    study: str = "search"  # the study's name; its storage is <runs_root>/optuna/<study>.db (SQLite)
     trials: int = 8  # trials to complete, counting those finished before a resume
     parallel: int = 2  # trials running at the same time
     metric: str = "eval.accuracy"  # a dotted key of the run's summary.json
     direction: str = "maximize"  # "maximize" | "minimize"
-    sampler_seed: int = 0  # seed of Optuna's TPE sampler
+    sampler_seed: int = 0  # seeds Optuna's TPE sampler, with the number of trials already in the study
     # dotted config key -> {type: float | int, low, high, log (optional)}
     space: dict[str, dict[str, Any]] = field(default_factory=dict)
 

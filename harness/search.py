@@ -7,20 +7,32 @@ optuna<3 and sqlalchemy<2 and runs trials in synchronous batches (the slowest tr
 batch back). Here `search.parallel` trials are in flight at all times: when one finishes, it is told and another is
 asked for.
 
-The study lives in SQLite at `<runs_root>/../optuna/<study>.db`. A trial is an ordinary run record, named by its
-config hash, so a killed driver loses nothing: rerun the same command and trials left RUNNING are marked failed and
-asked again with the same parameters, which resumes their records (or skips them, if they had finished); finished
-trials are not rerun. Trials count towards `search.trials` across restarts.
+The study lives with the runs it records, in SQLite at `<runs_root>/optuna/<study>.db` (the jobs' logs beside it,
+in `<study>.submitit/`); the driver's first line names it. A trial is an ordinary run record, named by its config
+hash, so a killed driver loses nothing: rerun the same command and trials left RUNNING are marked failed and asked
+again with the same parameters, which resumes their records (or skips them, if they had finished); finished trials
+are not rerun. Trials count towards `search.trials` across restarts.
+
+A resumed search continues rather than replays: the sampler is seeded from `search.sampler_seed` and the number of
+trials already in the study (a fresh sampler with the bare seed would draw the points it drew before the kill;
+restoring the sampler's saved state instead would need a save after every ask, and a kill between the two would
+still replay a point). A search is thus reproducible given the points at which it was restarted, not across them. A point that repeats an
+earlier trial's (finished or in flight), which a small discrete space makes likely, is not run: it is reported,
+marked PRUNED (which TPE counts as a poor result there, steering it elsewhere) and not counted; once the trials
+hold every point of an all-integer space, the search stops short of `search.trials`. Not protected: two drivers on
+one study at once (each would fail the other's trials as left by a killed driver).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import submitit
 from hydra import compose, initialize_config_dir
@@ -41,6 +53,17 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
         else:
             raise schema.ConfigError(f"search.space.{key}.type={spec['type']!r}; valid: float, int")
     return params
+
+
+def space_size(space: dict[str, Any]) -> float:
+    """How many points the space holds: the product of its integer ranges; infinite with a float key."""
+    return math.prod(spec["high"] - spec["low"] + 1 if spec["type"] == "int" else math.inf for spec in space.values())
+
+
+def sampler_seed(seed: int, trials_before: int) -> int:
+    """The TPE sampler's seed for a driver that finds `trials_before` trials in its study: a new stream per start,
+    and not the stream another seed's search starts with (as `seed + trials_before` would be)."""
+    return int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
 
 
 def trial_config(base: DictConfig, params: dict[str, Any]) -> DictConfig:
@@ -86,26 +109,47 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
     if spec.direction not in ("maximize", "minimize"):
         raise schema.ConfigError(f"search.direction={spec.direction!r}; valid: maximize, minimize")
     schema.validate(cfg)
-    root = Path(cfg.runs_root).resolve().parent / "optuna"
+    root = Path(cfg.runs_root).resolve() / "optuna"
     root.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=spec.study, storage=f"sqlite:///{root / spec.study}.db",
-                                direction=spec.direction, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed))
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        log(f"trial {t.number} was left running by a killed driver: failing it and asking its parameters again")
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params)
+                                direction=spec.direction, load_if_exists=True)
+    before = study.get_trials(deepcopy=False)
+    seed = sampler_seed(spec.sampler_seed, len(before))
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
     ex = executor(launcher, root / f"{spec.study}.submitit")
+    log(f"study {spec.study} in {root / spec.study}.db (job logs beside it, in {ex.folder.name}/): "
+        f"{len(before)} trials so far; TPE seed {seed}")
+    for t in before:
+        if t.state == optuna.trial.TrialState.RUNNING:
+            log(f"trial {t.number} was left running by a killed driver: failing it and asking its parameters again")
+            study.enqueue_trial(t.params)  # before failing it: a kill in between cannot lose its parameters
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    space = OmegaConf.to_container(spec.space)
     running: dict[int, submitit.Job] = {}
     failed = 0
+    exhausted = False
 
     def finished() -> int:
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
-    while finished() + len(running) < spec.trials or running:
-        while len(running) < spec.parallel and finished() + len(running) < spec.trials:
+    while not exhausted and finished() + len(running) < spec.trials or running:
+        while not exhausted and len(running) < spec.parallel and finished() + len(running) < spec.trials:
             trial = study.ask()
-            trial_cfg = trial_config(cfg, suggest(trial, OmegaConf.to_container(spec.space)))
+            params = suggest(trial, space)
+            tried = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                                         optuna.trial.TrialState.RUNNING))
+                     if t.number != trial.number]  # finished or in flight
+            earlier = next((t for t in tried if t.params == params), None)
+            if earlier is not None:  # not run, not counted; TPE takes a pruned trial for a poor one
+                log(f"trial {trial.number}: {params} repeats trial {earlier.number}: pruned, not run")
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                distinct = {tuple(sorted(t.params.items())) for t in tried}
+                exhausted = len(distinct) >= space_size(space)
+                if exhausted:
+                    log(f"the trials hold all {len(distinct)} points of the search space: "
+                        f"stopping at {finished() + len(running)} of {spec.trials} trials")
+                continue
+            trial_cfg = trial_config(cfg, params)
             schema.validate(trial_cfg)
             running[trial.number] = ex.submit(run, trial_cfg)
             log(f"trial {trial.number}: {trial.params} -> job {running[trial.number].job_id}")
@@ -132,6 +176,7 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
 
 def main(argv: list[str]) -> None:
     cli.check_overrides(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver's own lines say what Optuna's would
     schema.register()
     with initialize_config_dir(str(cli.CONF), version_base="1.3"):
         cfg = compose("sweep", overrides=[*argv, cli.searchpath_override()], return_hydra_config=True)

@@ -155,9 +155,11 @@ def check_versions(args: argparse.Namespace) -> list[Finding]:
     locked = locked_versions(args.lock)
     found, failures = [], []
 
+    shown = "gpu/requirements.lock" if args.lock == LOCK else str(args.lock)
+
     def fix(name: str, version: str) -> str:
-        return (f"install {name}=={version}: the whole lock, uv pip install -r {args.lock.name}, or in verl's "
-                f"container pip install --no-deps {name}=={version} (docs/cluster.md, Install)")
+        return (f"install the lock (uv pip sync {shown}), or in verl's image pip install --no-deps {name}=={version} "
+                "(docs/cluster.md, Install)")
 
     for name in LOCKED:
         want = locked[name]
@@ -169,7 +171,7 @@ def check_versions(args: argparse.Namespace) -> list[Finding]:
         if have.split("+")[0] != want:  # a local build tag (2.11.0+cu130) is the same release
             failures.append(fail(f"{name} {have} is installed, {want} locked", fix(name, want)))
         found.append(f"{name} {have}")
-    return failures or [ok(f"{', '.join(found)}, as {args.lock.name} locks")]
+    return failures or [ok(f"{', '.join(found)}, as {shown} locks")]
 
 
 # --- model --------------------------------------------------------------------------------------------------------
@@ -280,8 +282,11 @@ def check_data(args: argparse.Namespace) -> list[Finding]:
         try:
             _, converted = prepare_data.convert(name, path, args.chat_format)
         except ValueError as e:  # DataError: the file; ValueError: an unknown benchmark name
-            failures.append(fail(f"{name}: {e}", "correct the file, or point --train / --eval (in slurm/: "
-                                 "CLEANER_TRAIN_FILE, CLEANER_EVAL_SETS, CLEANER_DATA_ROOT) at a valid one"))
+            first = str(e).splitlines()[0]  # a missing benchmark's message goes on to list where to put it
+            first = first.rsplit(". ", 1)[0] + "." if first.endswith(":") else first
+            failures.append(fail(first if first.startswith(f"{name}:") else f"{name}: {first}",
+                                 "correct the file, or point --train / --eval (in slurm/: CLEANER_TRAIN_FILE, "
+                                 "CLEANER_EVAL_SETS, CLEANER_DATA_ROOT) at a valid one"))
             continue
         left = sum(converted.left_out.values())
         found.append(f"{name} {len(converted.rows)} rows" + (f" ({left} left out)" if left else ""))
@@ -386,13 +391,15 @@ def schema_default(cls: str, field: str) -> object:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.preflight", description=__doc__.split("\n\n")[0],
-                                epilog="Exit status: 2 if any check failed, else 0. The checks: see docs/cluster.md.")
+    p = argparse.ArgumentParser(prog="python -m harness.preflight", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description=__doc__[:__doc__.index("\n\nThis module")],
+                                epilog="What each failure means and its fix: docs/cluster.md, Preflight.")
     p.add_argument("--gpus", type=int, default=4, help="GPUs this node must show; 0 skips the count (a login node) "
                                                         "(default: 4, the scripts' one node of 4)")
     p.add_argument("--attn-implementation", choices=ATTENTION_MODULES, default="flash_attention_2",
                    help="the attention verl's actor uses (default: verl's, %(default)s)")
-    p.add_argument("--lock", type=Path, default=LOCK, help="the GPU lock the versions come from (default: %(default)s)")
+    p.add_argument("--lock", type=Path, default=LOCK, help="the GPU lock the versions come from (default: the "
+                                                           "checkout's gpu/requirements.lock)")
     p.add_argument("--model", type=Path, help="the model folder (a Hugging Face checkpoint)")
     p.add_argument("--train", type=Path, help="the training set (Open-AgentRL-30K format)")
     p.add_argument("--eval", action="append", default=[], metavar="NAME[=FILE]",
@@ -400,7 +407,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-format", default="hermes", help="the chat format the prompts are built for (default: "
                                                            "%(default)s, the paper presets')")
     p.add_argument("--runs", type=Path, default=REPO / "results" / "runs",
-                   help="the runs root, where checkpoints go (default: %(default)s)")
+                   help="the runs root, where checkpoints go (default: the checkout's results/runs)")
     p.add_argument("--keep-checkpoints", type=int, default=schema_default("VerlSchema", "keep_checkpoints"),
                    help="checkpoints verl keeps, 0 for all (default: verl.keep_checkpoints' default, %(default)s)")
     p.add_argument("--nodes", type=int, default=1, help="nodes in the job (default: %(default)s)")

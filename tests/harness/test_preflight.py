@@ -70,6 +70,7 @@ def findings(*argv):
     """{check: [(status, text), ...]} of an in-process run, and its exit status."""
     out = {}
     for name, f in preflight.run(preflight.parser().parse_args([str(a) for a in argv])):
+        assert "\n" not in f.text  # one line per finding
         out.setdefault(name, []).append((f.status, f.text))
     return out, 2 if any(s == "FAIL" for fs in out.values() for s, _ in fs) else 0
 
@@ -129,11 +130,13 @@ def test_a_bad_data_file_fails_naming_the_row(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"data_source": "math_dapo", "prompt": [{"role": "user", "content": "1+1?"}],
                                "reward_model": {"style": "rule"}}) + "\n")
-    found, status = findings("--gpus", 0, "--train", bad, "--eval", f"aime24={aime}", "--eval", "aime26")
+    found, status = findings("--gpus", 0, "--train", bad, "--eval", f"aime24={aime}", "--eval", "aime26", "--eval",
+                             f"aime25={tmp_path / 'absent.jsonl'}")
     assert status == 2
-    assert [s for s, _ in found["data"]] == ["FAIL", "FAIL"]  # one line per bad input; aime24 is fine
+    assert [s for s, _ in found["data"]] == ["FAIL", "FAIL", "FAIL"]  # one line per bad input; aime24 is fine
     assert found["data"][0][1].startswith(f"train: {bad}: row 0: reward_model has no 'ground_truth'")
     assert found["data"][1][1].startswith("aime26: unknown data set 'aime26'")
+    assert found["data"][2][1].startswith(f"aime25: {tmp_path / 'absent.jsonl'}: no such file; fix: ")
     ok = findings("--gpus", 0, "--train", train, "--eval", f"aime24={aime}")[0]
     assert only(ok, "data") == ("ok", "train 3 rows, aime24 1 rows")
 

@@ -74,7 +74,7 @@ def ok(text: str) -> Finding:
 
 
 def fail(text: str, fix: str) -> Finding:
-    return Finding("FAIL", f"{text}; fix: {fix}")
+    return Finding("FAIL", f"{text.rstrip('.')}; fix: {fix}")
 
 
 def skip(text: str) -> Finding:

@@ -57,8 +57,6 @@ ATTENTION_MODULES = {"flash_attention_2": "flash_attn", "sdpa": "torch", "eager"
 FLASH_ATTN_WHEEL = ("https://github.com/verl-project/verl-wheelhouse/releases/download/flash-attention-v2.8.3/"
                     "flash_attn-2.8.3-cp312-cp312-linux_x86_64.whl")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}  # config.json's torch_dtype, for .bin weights
-SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 @dataclass(frozen=True)

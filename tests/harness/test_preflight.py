@@ -22,13 +22,14 @@ from harness.records import REPO
 
 # two tensors: 2 x 3 float32 and 4 bfloat16 = 10 parameters
 TENSORS = {"a": ("F32", [2, 3]), "b": ("BF16", [4])}
+DTYPE_BYTES = {"F32": 4, "BF16": 2}
 
 
 def safetensors_bytes(tensors: dict) -> bytes:
     """A safetensors file: 8-byte header length, the JSON header, the data (zeros)."""
     header, offset = {}, 0
     for name, (dtype, shape) in tensors.items():
-        size = preflight.SAFETENSORS_DTYPES[dtype] * (shape[0] * (shape[1] if len(shape) > 1 else 1))
+        size = DTYPE_BYTES[dtype] * (shape[0] * (shape[1] if len(shape) > 1 else 1))
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(header).encode()

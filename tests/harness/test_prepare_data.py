@@ -266,3 +266,12 @@ def test_cli_filters_then_converts(tmp_path):
     assert "; left out 1: no difficulty statistics" in filtered_line
     assert pq.read_table(filtered).equals(pq.read_table(train).take(FILTER_KEPT))  # the input's rows, as they were
     assert wrote_line.startswith("wrote train: 7 rows -> ")
+
+
+def test_a_jsonl_input_is_filtered_to_json_lines(tmp_path):
+    train, stats = filter_files(tmp_path)
+    rows = prepare_data.read_rows(train)
+    src = write_jsonl(tmp_path / "train.jsonl", rows)
+    out, kept, _ = prepare_data.filter_train(src, stats, prepare_data.AUTHORS_KEEP, tmp_path / "out")
+    assert out.suffix == ".jsonl" and kept == len(FILTER_KEPT)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [rows[i] for i in FILTER_KEPT]

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run purify sft report test test-slow bench lock
+.PHONY: run purify sft report test test-slow bench lock gpu-lock gpu-lock-check
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv .venv
@@ -36,3 +36,21 @@ bench: $(STAMP)
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==.*/torch==2.13.0/' > requirements.lock.new
 	(echo '# Resolved set for Python 3.11 on Linux, used as pip constraints by `make`. Regenerate: make lock'; cat requirements.lock.new) > requirements.lock && rm requirements.lock.new
+
+# The GPU nodes' lock (docs/cluster.md): this package's dependencies and gpu/requirements.in, with the overrides in
+# gpu/overrides.txt, resolved from PyPI as it was on GPU_LOCK_DATE for Linux x86-64 with glibc 2.34 (sglang's wheels
+# are manylinux_2_34) and CPython 3.12. Resolution only: nothing is downloaded but metadata, nothing installed.
+GPU_LOCK_DATE := 2026-12-04T00:00:00Z
+GPU_COMPILE = UV_PYTHON_DOWNLOADS=never .venv/bin/uv pip compile --quiet pyproject.toml gpu/requirements.in \
+	--overrides gpu/overrides.txt --python-platform x86_64-manylinux_2_34 --python-version 3.12 \
+	--exclude-newer $(GPU_LOCK_DATE) --custom-compile-command "make gpu-lock"
+
+gpu-lock: $(STAMP)
+	rm -f gpu/requirements.lock.new && $(GPU_COMPILE) -o gpu/requirements.lock.new
+	mv gpu/requirements.lock.new gpu/requirements.lock
+
+# CI: resolve again and compare; fails when the set no longer resolves or differs from the committed lock
+gpu-lock-check: $(STAMP)
+	tmp=$$(mktemp); $(GPU_COMPILE) -o $$tmp && diff -u gpu/requirements.lock $$tmp; status=$$?; rm -f $$tmp; \
+	[ $$status = 0 ] || echo "gpu/requirements.lock: the set no longer resolves, or resolves differently (above): \
+	run make gpu-lock and review the diff" >&2; exit $$status

@@ -2,8 +2,10 @@
 
     python -m harness.prepare_data --out DIR --train Open-AgentRL-30K.parquet --eval aime24=FILE --eval gpqa_diamond=F
     python -m harness.prepare_data --out DIR --eval aime25       (the data root, CLEANER_DATA_ROOT, finds the file)
+    python -m harness.prepare_data --out DIR --train Open-AgentRL-30K.parquet --filter STATS.jsonl   (the 7B set)
 
-`python -m harness.train` with cluster=verl does the same itself, into the run's `verl/data/`.
+`python -m harness.train` with cluster=verl does the same itself, into the run's `verl/data/` (the filter aside:
+point `data.train_path` at the filtered file).
 
 Output: one parquet per input, `<out>/<name>.<chat format>.<first 12 hex of the input's SHA-256>.parquet`, so the
 path follows from the input's content; a rerun converts again and leaves an identical existing file untouched
@@ -16,7 +18,7 @@ path follows from the input's content; a rerun converts again and leaves an iden
     ability       the row's own `ability` when it has one, else the kind
     reward_model  {style: "rule", ground_truth: text}: math, the gold answer as written; choice (GPQA), the gold
                   letter; code, JSON tests (a benchmark: a list of {input, output, testtype}; a training row: its
-                  own JSON as written, a list of tests or the APPS layout {inputs, outputs, fn_name?})
+                  own tests in their own layout, a list of tests or the APPS layout {inputs, outputs, fn_name?})
     extra_info    {index: row number, id, kind: math | choice | code, split: train | test, func_name, starter_code,
                   upstream: the rest of the row's own extra_info / the problem's metadata but its solution, as
                   JSON}
@@ -25,9 +27,11 @@ path follows from the input's content; a rerun converts again and leaves an iden
 Open-AgentRL-30K (`Gen-Verse/Open-AgentRL-30K`). Its card could not be read offline; its format here is inferred
 from the code that consumes it (the CLEANER and DemyAgent training scripts read `prompt[0].content`,
 `data_source`, `reward_model.ground_truth`, `ability`, `extra_info.index`; their code grader takes the ground truth
-as JSON in the APPS or LeetCode layout; a third-party converter also accepts `reward_model` and `extra_info`
-stored as JSON strings). Accepted: rows (`.parquet`, `.jsonl`, `.json`) with `data_source` (text), `prompt` (a chat
-list; the question is its last user message) and `reward_model` (an object, or its JSON) holding `ground_truth`;
+in the APPS or LeetCode layout, as JSON text, an object or a Python literal; a third-party converter also accepts
+`reward_model` and `extra_info` stored as JSON strings). Accepted: rows (`.parquet`, `.jsonl`, `.json`) with
+`data_source` (text), `prompt` (a chat list; the question is its last user message) and `reward_model` (an object,
+or its JSON) holding `ground_truth` (a code row's tests in any of the grader's three forms, read by
+`cleaner.data.livecodebench.decode_tests` and written as JSON);
 `ability` and `extra_info` (an object, its JSON, or absent) are optional. A row is code when its data_source
 contains "code" (the authors' rule), else math; a math question loses the known instruction wrappers
 (`cleaner.data.math_sets.strip_instruction`). A code row's tests must be what the project's code grader reads
@@ -35,6 +39,19 @@ contains "code" (the authors' rule), else math; a math question loses the known 
 ({import_prefix, test_code, entry_point}, which the authors' grader also handles) cannot be graded here and is
 left out, and the count is reported; any other malformed row is an error. Benchmarks are read by
 `cleaner.data.load`, in every format it accepts.
+
+The 7B recipe's difficulty filter (`--filter STATS`; the paper trains 7B "on a difficulty-filtered set" and does
+not say how): the authors' own filter, from their repository (`filter_dataset_by_statistics.py` with the shares of
+their `data_filter.sh`). STATS holds per-prompt statistics, one JSON object per line with `uid` and `success_rate`
+(the share of 8 rollouts that solved it; the authors' file, `Open-AgentRL-30K.filtered.parquet.success.jsonl` in
+their repository, does not say which model rolled out). A row's uid is its `uid` column, else its row number. Rows
+are grouped by success rate and by code or not; of each group a share is kept, `int(count x share)` rows drawn
+without replacement with numpy's legacy generator seeded `42 + int(1000 x rate)` (code) or `43 + ...` (the rest),
+the authors' draw, so the same files give the authors' subset. Default shares (`AUTHORS_KEEP`): rate 0 and 1
+dropped (no learning signal in a group that is all wrong or all right), 1/8 at 0.8, 2/8 at 0.9, the rest kept. A
+row without statistics is dropped (as theirs); a rate with no share listed is an error. The kept rows are written
+in the input's own format (parquet rows exactly as read; other formats as JSON lines) to `<out>/train.filtered.
+<12 hex>.<ext>`, then converted as usual.
 
 The reward function picks its grader by `data_source`; the training set's sources (math_dapo, ...) are not among
 the names it knows, so `PreparedData.kinds` maps every data source of the converted files to its kind, for
@@ -56,12 +73,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from cleaner import bench, data, verl_plugin
-from cleaner.data.livecodebench import lcb_problems
+from cleaner.data.livecodebench import decode_tests, lcb_problems
 from cleaner.data.math_sets import strip_instruction
 from cleaner.data.rows import DataError, Problem, column, gold_text, read_rows, verl_question
 from harness.schema import ConfigError
@@ -82,6 +100,9 @@ SCHEMA = pa.schema([
 # fields, and a worked solution has no business travelling beside the prompt
 BENCH_META_LEFT_OUT = ("tests", "func_name", "starter_code", "solution")
 CHECK_LAYOUT = {"import_prefix", "test_code", "entry_point"}  # LeetCode check functions: not gradable here
+# the authors' difficulty filter (data_filter.sh): success rate of 8 rollouts -> share of its prompts kept
+AUTHORS_KEEP = {0.0: 0.0, 0.125: 0.8, 0.25: 0.9, 0.375: 1.0, 0.5: 1.0, 0.625: 1.0, 0.75: 1.0, 0.875: 1.0, 1.0: 0.0}
+RATE_TOLERANCE = 1e-3  # a statistic's success rate matches a listed rate within this (the authors' epsilon)
 
 
 @dataclass
@@ -114,23 +135,17 @@ def _object(value: Any, where: str) -> dict:
     return value
 
 
-def _gradable_code(row: dict, source: str, path: Path, i: int) -> bool:
-    """Whether the project's code grader reads this row's tests (module docstring); False for LeetCode check
-    functions; a DataError for anything else it cannot read."""
-    gold = row["reward_model"]["ground_truth"]
-    if not isinstance(gold, str):
-        raise DataError(f"row {i} reward_model.ground_truth: code tests must be JSON text, got {type(gold).__name__}")
-    try:
-        tests = json.loads(gold)
-    except json.JSONDecodeError as e:
-        raise DataError(f"row {i} reward_model.ground_truth: code tests are not JSON ({e})") from None
+def _code_tests(row: dict, source: str, path: Path, i: int) -> str | None:
+    """The row's tests as JSON text, in the layout the project's code grader reads (module docstring); None for
+    LeetCode check functions; a DataError for anything else it cannot read."""
+    tests = decode_tests(row["reward_model"]["ground_truth"], f"row {i} reward_model.ground_truth")
     if isinstance(tests, dict) and CHECK_LAYOUT <= tests.keys():
-        return False
+        return None
     try:
-        lcb_problems(source, path, [row])
+        lcb_problems(source, path, [{**row, "reward_model": {"ground_truth": tests}}])
     except DataError as e:  # its message says row 0: the one-row list it was given
         raise DataError(f"row {i} ({source}): {str(e).removeprefix('row 0').lstrip(': ')}") from None
-    return True
+    return json.dumps(tests)
 
 
 def _row(problem: Problem, kind: str, index: int, split: str, data_source: str, ability: str, ground_truth: str,
@@ -142,6 +157,11 @@ def _row(problem: Problem, kind: str, index: int, split: str, data_source: str, 
                            "func_name": meta.get("func_name"), "starter_code": meta.get("starter_code"),
                            "upstream": json.dumps(upstream, sort_keys=True, default=str) if upstream else None},
             "agent_name": verl_plugin.AGENT_NAME}
+
+
+def source_kind(data_source: str) -> str:
+    """A training row's kind by its data_source: code when it contains "code" (the authors' rule), else math."""
+    return "code" if "code" in data_source.lower() else "math"
 
 
 def train_rows(path: Path, chat_format: str) -> Converted:
@@ -156,13 +176,13 @@ def train_rows(path: Path, chat_format: str) -> Converted:
             raise DataError(f"row {i}: reward_model has no 'ground_truth' (keys: {', '.join(reward_model)})")
         extra = row.get("extra_info")
         upstream = {} if extra is None else _object(extra, f"row {i} extra_info")
-        kind = "code" if "code" in source.lower() else "math"
+        kind = source_kind(source)
         question, instruction = verl_question(row, i), None
         if kind == "code":
-            if not _gradable_code({**row, "reward_model": reward_model, "extra_info": upstream}, source, path, i):
+            gold = _code_tests({**row, "reward_model": reward_model, "extra_info": upstream}, source, path, i)
+            if gold is None:
                 out.left_out["code tests in the LeetCode check-function layout"] += 1
                 continue
-            gold = reward_model["ground_truth"]
         else:
             gold = gold_text(reward_model["ground_truth"], i)
             question, instruction = strip_instruction(question)
@@ -192,10 +212,10 @@ def output_path(name: str, source: Path, out_dir: Path, chat_format: str) -> Pat
     return out_dir / f"{name}.{chat_format}.{digest}.parquet"
 
 
-def prepare(name: str, source: Path | None, out_dir: Path, chat_format: str) -> tuple[Path, Converted, bool]:
-    """Convert one input (`name` "train", or a benchmark; `source` None: the benchmark's file found by
-    `cleaner.data`); (output path, the conversion, whether the file was written: False when an identical one was
-    there already)."""
+def convert(name: str, source: Path | None, chat_format: str) -> tuple[Path, Converted]:
+    """One input's verl rows, in memory (`name` "train", or a benchmark; `source` None: the benchmark's file found
+    by `cleaner.data`): (the input's path, the conversion). A DataError names the file; no row left is one too.
+    The checks every file gets, shared by `prepare` and `harness.preflight`."""
     if name == TRAIN:
         if source is None:
             raise DataError("the training set needs a file")
@@ -208,6 +228,13 @@ def prepare(name: str, source: Path | None, out_dir: Path, chat_format: str) -> 
         converted = eval_rows(name, source, chat_format)
     if not converted.rows:
         raise DataError(f"{source}: no row left to train or evaluate on ({dict(converted.left_out)})")
+    return source, converted
+
+
+def prepare(name: str, source: Path | None, out_dir: Path, chat_format: str) -> tuple[Path, Converted, bool]:
+    """Convert one input (`convert`) and write it; (output path, the conversion, whether the file was written:
+    False when an identical one was there already)."""
+    source, converted = convert(name, source, chat_format)
     out = output_path(name, source, out_dir, chat_format)
     table = pa.Table.from_pylist(converted.rows, schema=SCHEMA)
     if out.exists() and pq.read_table(out).equals(table):
@@ -217,6 +244,80 @@ def prepare(name: str, source: Path | None, out_dir: Path, chat_format: str) -> 
     pq.write_table(table, tmp)
     tmp.replace(out)
     return out, converted, True
+
+
+def parse_keep(spec: str) -> dict[float, float]:
+    """`--filter-keep` text, "rate:share,rate:share,..." (the authors' --success_rate_ratios), as a dict."""
+    keep = {}
+    for pair in spec.split(","):
+        rate, sep, share = pair.partition(":")
+        try:
+            keep[float(rate)] = float(share)
+        except ValueError:
+            raise DataError(f"--filter-keep: {pair!r} is not rate:share (e.g. 0.125:0.8)") from None
+        if not (sep and 0 <= float(rate) <= 1 and 0 <= float(share) <= 1):
+            raise DataError(f"--filter-keep: {pair!r} is not rate:share with both in [0, 1]")
+    return keep
+
+
+def read_stats(path: Path) -> dict[str, float]:
+    """uid -> success rate from a statistics file (module docstring)."""
+    stats = {}
+    for i, row in enumerate(read_rows(path)):
+        uid, rate = str(column(row, "uid", i)), column(row, "success_rate", i)
+        if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise DataError(f"{path}: row {i} (uid {uid}): success_rate {rate!r} is not a number in [0, 1]")
+        stats[uid] = float(rate)
+    return stats
+
+
+def difficulty_filter(rows: list[dict], stats: dict[str, float], keep: dict[float, float]) -> tuple[list[int],
+                                                                                                     Counter]:
+    """The authors' difficulty filter (module docstring): (the kept rows' indices in file order, why -> rows left
+    out)."""
+    groups: dict[tuple[float, bool], list[int]] = {}
+    left_out = Counter()
+    for i, row in enumerate(rows):
+        uid = str(row["uid"]) if "uid" in row else str(i)
+        if uid not in stats:
+            left_out["no difficulty statistics"] += 1
+            continue
+        rate = next((r for r in keep if abs(r - stats[uid]) <= RATE_TOLERANCE), None)
+        if rate is None:
+            raise DataError(f"row {i} (uid {uid}): success rate {stats[uid]:g} has no share in --filter-keep "
+                            f"(rates: {', '.join(f'{r:g}' for r in keep)})")
+        code = source_kind(str(column(row, "data_source", i))) == "code"
+        groups.setdefault((rate, code), []).append(i)
+    kept = []
+    for (rate, code), members in groups.items():
+        n = int(len(members) * keep[rate])
+        if n >= len(members):
+            kept += members
+        elif n > 0:
+            seed = (42 if code else 43) + int(rate * 1000)
+            kept += np.random.RandomState(seed).choice(members, size=n, replace=False).tolist()
+        if n < len(members):
+            left_out[f"difficulty filter, success rate {rate:g}"] += len(members) - n
+    return sorted(kept), left_out
+
+
+def filter_train(source: Path, stats_path: Path, keep: dict[float, float], out_dir: Path) -> tuple[Path, int, Counter]:
+    """Write the rows of `source` that the difficulty filter keeps, in its own format; (the file, rows kept, why ->
+    rows left out)."""
+    rows = read_rows(source)
+    kept, left_out = difficulty_filter(rows, read_stats(stats_path), keep)
+    digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in (source, stats_path))
+                            + json.dumps(sorted(keep.items())).encode()).hexdigest()[:12]
+    parquet = source.suffix.lower() == ".parquet"
+    out = out_dir / f"{TRAIN}.filtered.{digest}.{'parquet' if parquet else 'jsonl'}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if parquet:
+        pq.write_table(pq.read_table(source).take(kept), tmp)
+    else:
+        tmp.write_text("".join(json.dumps(rows[i]) + "\n" for i in kept))
+    tmp.replace(out)
+    return out, len(kept), left_out
 
 
 def prepare_config_data(data_cfg: DictConfig, out_dir: Path, chat_format: str) -> PreparedData:
@@ -236,6 +337,16 @@ def prepare_config_data(data_cfg: DictConfig, out_dir: Path, chat_format: str) -
     return PreparedData(files.pop(TRAIN), files, dict(sorted(kinds.items())), left_out)
 
 
+def eval_spec(spec: str) -> tuple[str, Path | None]:
+    """`--eval` text, NAME or NAME=FILE, as (name, file or None)."""
+    name, sep, path = spec.partition("=")
+    return name, Path(path) if sep else None
+
+
+def _left(left_out: Counter) -> str:
+    return "".join(f"; left out {n}: {why}" for why, n in left_out.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.prepare_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for the verl parquet files")
@@ -243,19 +354,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", action="append", default=[], metavar="NAME[=FILE]",
                         help=f"a benchmark ({', '.join(sorted(bench.KINDS))}), with its file or found by cleaner.data")
     parser.add_argument("--chat-format", default="hermes", help="the chat format the prompts are built for")
+    parser.add_argument("--filter", type=Path, metavar="STATS",
+                        help="difficulty-filter --train first by these per-prompt statistics (JSON lines with uid, "
+                             "success_rate), as the authors did for 7B")
+    parser.add_argument("--filter-keep", default=",".join(f"{r:g}:{s:g}" for r, s in AUTHORS_KEEP.items()),
+                        metavar="RATE:SHARE,...", help="share of the prompts kept per success rate (default: the "
+                                                       "authors', %(default)s)")
     args = parser.parse_args(argv)
-    jobs = ([(TRAIN, args.train)] if args.train else []) + [
-        (spec.split("=", 1)[0], Path(spec.split("=", 1)[1]) if "=" in spec else None) for spec in args.eval]
+    if args.filter and not args.train:
+        parser.error("--filter filters the training set: give --train")
+    jobs = ([(TRAIN, args.train)] if args.train else []) + [eval_spec(spec) for spec in args.eval]
     if not jobs:
         parser.error("nothing to convert: give --train and/or --eval")
     for name, source in jobs:
         try:
+            if name == TRAIN and args.filter:
+                source, kept, left_out = filter_train(source, args.filter, parse_keep(args.filter_keep), args.out)
+                print(f"filtered {name}: {kept} rows -> {source}{_left(left_out)}", flush=True)
             out, converted, written = prepare(name, source, args.out, args.chat_format)
-        except ValueError as e:  # DataError: the file; ValueError: an unknown benchmark or chat format
+        except ValueError as e:  # DataError: a file; ValueError: an unknown benchmark or chat format
             print(f"error: {name}: {e}", file=sys.stderr, flush=True)
             return 2
-        left = "".join(f"; left out {n}: {why}" for why, n in converted.left_out.items())
-        print(f"{'wrote' if written else 'unchanged'} {name}: {len(converted.rows)} rows -> {out}{left}", flush=True)
+        print(f"{'wrote' if written else 'unchanged'} {name}: {len(converted.rows)} rows -> {out}"
+              f"{_left(converted.left_out)}", flush=True)
     return 0
 
 

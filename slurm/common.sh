@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # What the sbatch scripts in this folder share; they source it (it is not run on its own). It reads the parameters,
-# exports what Ray's workers need, brings Ray up over the job's nodes and calls the harness, which composes the
-# verl command from the run config (no verl override is written here). See slurm/README.md.
+# exports what Ray's workers need, finds the job's nodes, runs the preflight (python -m harness.preflight), brings
+# Ray up over the nodes and calls the harness, which composes the verl command from the run config (no verl
+# override is written here). See docs/cluster.md.
 #
 # Parameters: environment variables, each with a default. The layout comes from SLURM: `sbatch --nodes=2
 # --gpus-per-node=8 slurm/train_4b.sh` gives cluster.nodes=2, cluster.gpus_per_node=8.
@@ -16,6 +17,7 @@
 #                       (default: $CLEANER_REPO/models); CLEANER_MODEL names one checkpoint folder directly
 #   CLEANER_GPUS_PER_NODE  GPUs per node (default: SLURM_GPUS_ON_NODE, else 4)
 #   CLEANER_RAY_PORT    the Ray head's port (default: 6379)
+#   CLEANER_HEAD_ADDRESS  the Ray head's address (default: the first of `hostname --ip-address` on the first node)
 #   CLEANER_DRY_RUN=1   print the Ray commands and the verl command instead of running them (for tests and checks)
 
 set -euo pipefail
@@ -67,27 +69,52 @@ cleaner_bg() {
     fi
 }
 
+# The job's nodes, one name per line from scontrol; the Ray head runs on the first, at HEAD_ADDRESS
+mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+if (( ${#NODES[@]} != NNODES )); then
+    echo "error: SLURM_NNODES=$NNODES but SLURM_JOB_NODELIST names ${#NODES[@]} nodes" >&2
+    exit 1
+fi
+if [[ -n ${CLEANER_HEAD_ADDRESS:-} ]]; then
+    HEAD_ADDRESS=$CLEANER_HEAD_ADDRESS
+elif [[ $CLEANER_DRY_RUN == 1 ]]; then
+    HEAD_ADDRESS=${NODES[0]}  # a dry run does not resolve the head's address
+else
+    HEAD_ADDRESS=$(srun --nodes=1 --ntasks=1 -w "${NODES[0]}" hostname --ip-address | awk '{print $1}')
+fi
+
+# preflight MODEL OVERRIDES...: python -m harness.preflight for this job, on this node (the head) before Ray starts:
+# GPUs, attention kernel, locked versions, the model folder, the data files, disk for the checkpoints, the head's
+# address and port. It runs every check and stops the job (exit status 2) listing every failure with its fix. A
+# verl.keep_checkpoints=N among the run's OVERRIDES sizes the disk check.
+preflight() {
+    local model=$1 spec arg args
+    shift
+    args=(--gpus "$GPUS_PER_NODE" --nodes "$NNODES" --head-address "$HEAD_ADDRESS" --ray-port "$CLEANER_RAY_PORT"
+          --model "$model" --train "$CLEANER_TRAIN_FILE" --runs "$CLEANER_RUNS")
+    # shellcheck disable=SC2086  # CLEANER_EVAL_SETS is a space-separated list
+    for spec in $CLEANER_EVAL_SETS; do
+        args+=(--eval "$spec")
+    done
+    for arg in "$@"; do
+        if [[ $arg == verl.keep_checkpoints=* ]]; then
+            args+=(--keep-checkpoints "${arg#*=}")
+        fi
+    done
+    cleaner_do "$CLEANER_PYTHON" -m harness.preflight "${args[@]}"
+}
+
 # start_ray: a Ray head on the job's first node and a worker on each other node, each through its own srun step;
-# exports RAY_ADDRESS, which the harness and verl's driver join. Node names come from scontrol, one per line.
+# exports RAY_ADDRESS, which the harness and verl's driver join.
 start_ray() {
-    local nodes_array head_node head_ip node
-    mapfile -t nodes_array < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
-    if (( ${#nodes_array[@]} != NNODES )); then
-        echo "error: SLURM_NNODES=$NNODES but SLURM_JOB_NODELIST names ${#nodes_array[@]} nodes" >&2
-        exit 1
-    fi
-    head_node=${nodes_array[0]}
-    if [[ $CLEANER_DRY_RUN == 1 ]]; then
-        head_ip=$head_node  # a dry run does not resolve the head's address
-    else
-        head_ip=$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address | awk '{print $1}')
-    fi
-    export RAY_ADDRESS="$head_ip:$CLEANER_RAY_PORT"
-    echo "Ray head: $head_node ($RAY_ADDRESS), $NNODES node(s) x $GPUS_PER_NODE GPU(s)" >&2
-    cleaner_bg srun --nodes=1 --ntasks=1 -w "$head_node" "$CLEANER_RAY" start --head --node-ip-address="$head_ip" \
-        --port="$CLEANER_RAY_PORT" --num-cpus="$CPUS_PER_NODE" --num-gpus="$GPUS_PER_NODE" --block
+    local node
+    export RAY_ADDRESS="$HEAD_ADDRESS:$CLEANER_RAY_PORT"
+    echo "Ray head: ${NODES[0]} ($RAY_ADDRESS), $NNODES node(s) x $GPUS_PER_NODE GPU(s)" >&2
+    cleaner_bg srun --nodes=1 --ntasks=1 -w "${NODES[0]}" "$CLEANER_RAY" start --head \
+        --node-ip-address="$HEAD_ADDRESS" --port="$CLEANER_RAY_PORT" --num-cpus="$CPUS_PER_NODE" \
+        --num-gpus="$GPUS_PER_NODE" --block
     [[ $CLEANER_DRY_RUN == 1 ]] || sleep 10
-    for node in "${nodes_array[@]:1}"; do
+    for node in "${NODES[@]:1}"; do
         cleaner_bg srun --nodes=1 --ntasks=1 -w "$node" "$CLEANER_RAY" start --address="$RAY_ADDRESS" \
             --num-cpus="$CPUS_PER_NODE" --num-gpus="$GPUS_PER_NODE" --block
     done

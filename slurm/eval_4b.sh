@@ -15,7 +15,8 @@
 # shellcheck source=slurm/common.sh
 source "${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 
+model=${CLEANER_MODEL:-$CLEANER_MODELS/Qwen3-4B-RA-SFT}
+preflight "$model" "$@"
 start_ray
-model="model.path=${CLEANER_MODEL:-$CLEANER_MODELS/Qwen3-4B-RA-SFT}"
-run_harness preset=qwen3_4b "$model" test_time_saar=true "$@"
-run_harness preset=qwen3_4b "$model" test_time_saar=false "$@"
+run_harness preset=qwen3_4b "model.path=$model" test_time_saar=true "$@"
+run_harness preset=qwen3_4b "model.path=$model" test_time_saar=false "$@"

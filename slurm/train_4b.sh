@@ -16,5 +16,7 @@
 # shellcheck source=slurm/common.sh
 source "${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 
+model=${CLEANER_MODEL:-$CLEANER_MODELS/Qwen3-4B-RA-SFT}
+preflight "$model" "$@"
 start_ray
-run_harness preset=qwen3_4b "model.path=${CLEANER_MODEL:-$CLEANER_MODELS/Qwen3-4B-RA-SFT}" "$@"
+run_harness preset=qwen3_4b "model.path=$model" "$@"

@@ -11,8 +11,10 @@ contest_date, starter_code, difficulty, public_test_cases (JSON list of tests), 
 plain JSON or as base64(zlib(pickle(json string)))), metadata (JSON; LeetCode rows name `func_name`). The id is
 `<name>/<question_id>`.
 
-verl / Open-AgentRL format: the question is the user message (kept as written); `reward_model.ground_truth` is a
-JSON string (plain, or compressed as above) in one of two layouts:
+verl / Open-AgentRL format: the question is the user message (kept as written); `reward_model.ground_truth` holds
+the tests in any form the authors' grader accepts: JSON text, the object itself (a dict or list, as a parquet struct
+or a JSON file stores it), or a Python literal (`"{'inputs': [...], ...}"`, read with `ast.literal_eval`, which
+evaluates no code), or the compressed form above; in one of two layouts:
 - a list of {input, output, testtype} tests, as upstream; `func_name` and `starter_code` then come from
   `extra_info` (or `extra_info.metadata`, a dict or its JSON) when present;
 - the APPS layout {"inputs": [...], "outputs": [...], "fn_name"?: name}: tests are functional when `fn_name` is
@@ -22,11 +24,13 @@ All tests of a verl row count as public (the format does not tell them apart). T
 `<name>/<extra_info.question_id>` when present, else the row index.
 
 Decoding the compressed form unpickles data from the file with an unpickler that refuses every global, so only
-plain values (a str) load; a file cannot run code through it.
+plain values (a str) load; a file cannot run code through it. `decode_tests` is the one parser of tests, for the
+loaders, `harness.prepare_data` and the reward function alike.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import io
@@ -41,7 +45,7 @@ from cleaner.data.rows import (
     Problem,
     column,
     is_verl,
-    verl_ground_truth,
+    verl_gold,
     verl_meta,
     verl_question,
 )
@@ -56,19 +60,29 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
 
 
-def decode_tests(blob: str, where: str) -> Any:
-    """The JSON value in `blob`: plain JSON, or base64(zlib(pickle(json string))) as LiveCodeBench stores it."""
-    if not isinstance(blob, str):
-        raise DataError(f"{where}: expected a JSON string, got {type(blob).__name__}")
+def decode_tests(value: Any, where: str) -> Any:
+    """The tests in `value`: a dict or list as it is; text as JSON, else as a Python literal holding a dict or a list
+    (`ast.literal_eval`), else as base64(zlib(pickle(json string))), LiveCodeBench's compressed form."""
+    if isinstance(value, (dict, list)):
+        return value
+    if not isinstance(value, str):
+        raise DataError(f"{where}: expected tests as text, an object or a list, got {type(value).__name__}")
     try:
-        return json.loads(blob)
+        return json.loads(value)
     except json.JSONDecodeError:
         pass
     try:
-        inner = _PlainUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(blob, validate=True)))).load()
+        literal = ast.literal_eval(value)
+    except (ValueError, SyntaxError, RecursionError):  # not a literal (a base64 blob is not one either)
+        literal = None
+    if isinstance(literal, (dict, list)):
+        return literal
+    try:
+        inner = _PlainUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(value, validate=True)))).load()
         return json.loads(inner)
     except (binascii.Error, zlib.error, pickle.UnpicklingError, EOFError, TypeError, ValueError) as e:
-        raise DataError(f"{where}: neither JSON nor base64(zlib(pickle(json))) ({type(e).__name__}: {e})") from None
+        raise DataError(f"{where}: neither JSON, a Python literal, nor base64(zlib(pickle(json))) "
+                        f"({type(e).__name__}: {e})") from None
 
 
 def _tests(value: Any, where: str) -> list[dict]:
@@ -138,7 +152,7 @@ def _apps_tests(gt: dict, where: str) -> list[dict]:
 def _verl_problem(name: str, path: Path, row: dict, i: int) -> Problem:
     where = f"row {i} reward_model.ground_truth"
     question = verl_question(row, i)
-    gt = decode_tests(verl_ground_truth(row, i), where)
+    gt = decode_tests(verl_gold(row, i), where)
     extra = {k: v for k, v in (row.get("extra_info") or {}).items() if v is not None}  # parquet fills None
     info = {**_json_dict(extra.get("metadata") or {}, f"row {i} extra_info.metadata"), **extra}
     if isinstance(gt, dict):

@@ -119,12 +119,17 @@ def verl_question(row: dict, i: int) -> str:
     return users[-1]["content"]
 
 
-def verl_ground_truth(row: dict, i: int) -> str:
-    """`reward_model.ground_truth` of a verl row, as a string."""
+def verl_gold(row: dict, i: int) -> Any:
+    """`reward_model.ground_truth` of a verl row, as stored (text, or an object for code tests)."""
     reward_model = column(row, "reward_model", i)
     if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
         raise DataError(f"row {i}: verl 'reward_model' has no 'ground_truth'")
-    return gold_text(reward_model["ground_truth"], i)
+    return reward_model["ground_truth"]
+
+
+def verl_ground_truth(row: dict, i: int) -> str:
+    """`reward_model.ground_truth` of a verl row, as a string."""
+    return gold_text(verl_gold(row, i), i)
 
 
 def verl_meta(row: dict) -> dict:

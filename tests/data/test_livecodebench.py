@@ -1,5 +1,6 @@
 """LiveCodeBench v6 from fixture files built here: upstream `code_generation_lite` rows (plain and
-base64-zlib-pickled private tests, stdin and functional), the verl / Open-AgentRL parquet, and malformed rows."""
+base64-zlib-pickled private tests, stdin and functional), the verl / Open-AgentRL parquet, tests in each form the
+authors' grader accepts (JSON text, the object, a Python literal), and malformed rows."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cleaner.data import DataError, load
+from cleaner.data.livecodebench import decode_tests
 
 
 def packed(value) -> str:
@@ -96,8 +98,8 @@ def test_verl_parquet_three_ground_truth_layouts(tmp_path):
 
 @pytest.mark.parametrize("row, message", [
     (upstream_row(private_test_cases=base64.b64encode(zlib.compress(pickle.dumps(len))).decode()),
-     r"row 0 private_test_cases: neither JSON nor .*refusing to load global builtins\.len"),
-    (upstream_row(private_test_cases="eJy%%%not base64"), r"row 0 private_test_cases: neither JSON nor base64"),
+     r"row 0 private_test_cases: neither JSON, a Python literal, nor .*refusing to load global builtins\.len"),
+    (upstream_row(private_test_cases="eJy%%%not base64"), r"row 0 private_test_cases: neither JSON, a Python literal, nor base64"),
     (upstream_row(public_test_cases=json.dumps([{"input": "1", "output": "1", "testtype": "interactive"}])),
      r"row 0 public_test_cases: test 0 has testtype 'interactive'; valid: stdin, functional"),
     (upstream_row(public_test_cases=json.dumps([{"input": "1"}])),
@@ -111,3 +113,37 @@ def test_malformed_lcb(tmp_path, row, message):
     path = write_jsonl(tmp_path / "lcb.jsonl", [row])
     with pytest.raises(DataError, match=message):
         load("livecodebench_v6", path=path)
+
+
+APPS = {"inputs": [[[2, 7, 11], 9]], "outputs": [[0, 1]], "fn_name": "twoSum"}
+
+
+@pytest.mark.parametrize("ground_truth", [
+    json.dumps(APPS),                  # JSON text
+    APPS,                              # the object itself, as a JSON file or a parquet struct stores it
+    repr(APPS),                        # a Python literal: "{'inputs': [[[2, 7, 11], 9]], ...}"
+    repr(STDIN_PUBLIC),                # a Python literal of the list layout
+    packed(APPS),                      # LiveCodeBench's compressed form
+], ids=["json", "object", "literal-apps", "literal-list", "compressed"])
+def test_tests_in_each_form_the_authors_grader_accepts(tmp_path, ground_truth):
+    """Each form gives the same tests. Checked red: without the literal branch (literal ids fail), without the
+    object branch (object fails with 'expected tests as text')."""
+    [problem] = load("livecodebench_v6", path=write_jsonl(tmp_path / "lcb.jsonl", [verl_row(ground_truth, {})]))
+    if ground_truth == repr(STDIN_PUBLIC):
+        assert problem.meta["tests"] == STDIN_PUBLIC and problem.meta["func_name"] is None
+    else:
+        assert problem.meta["tests"] == [{"input": "[2, 7, 11]\n9", "output": "[0, 1]", "testtype": "functional"}]
+        assert problem.meta["func_name"] == "twoSum"
+
+
+def test_a_literal_is_parsed_never_evaluated(tmp_path):
+    """Code in the place of a literal is refused, and nothing of it runs (checked on the host: no file appears).
+    Checked red: with `eval` in place of `ast.literal_eval` the file is created."""
+    marker = tmp_path / "ran"
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text('x') or {{'inputs': [], 'outputs': []}}"
+    with pytest.raises(DataError, match="row 0 reward_model.ground_truth: neither JSON, a Python literal, nor base64"):
+        load("livecodebench_v6", path=write_jsonl(tmp_path / "lcb.jsonl", [verl_row(code, {})]))
+    assert not marker.exists()
+    assert decode_tests("12", "x") == 12  # JSON first: a number is JSON (and then not a list of tests)
+    with pytest.raises(DataError, match="x: expected tests as text, an object or a list, got float"):
+        decode_tests(1.5, "x")

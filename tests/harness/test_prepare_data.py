@@ -1,6 +1,7 @@
 """harness.prepare_data from fixture files written here: Open-AgentRL-30K-format training rows (objects and JSON
-strings, math and code, a LeetCode check-function row), benchmarks in their upstream formats, malformed inputs,
-idempotent reruns, the CLI, and the output read back by verl's own RLHFDataset."""
+strings, math and code, code tests in each form the authors' grader accepts, a LeetCode check-function row),
+benchmarks in their upstream formats, malformed inputs, idempotent reruns, the CLI, the authors' difficulty filter
+on hand-computed cases, and the output read back by verl's own RLHFDataset."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -118,7 +120,7 @@ def test_benchmarks_are_read_by_cleaner_data_and_keep_their_gold(tmp_path):
     ([train_row(), train_row(prompt="What is 1 + 1?")], "row 1: verl 'prompt' must be a chat list"),
     ([train_row(reward_model={"style": "rule"})], "row 0: reward_model has no 'ground_truth'"),
     ([train_row(reward_model="{not json")], "row 0 reward_model: neither an object nor JSON"),
-    ([train_row("train-code-apps", gold="def f(): pass")], "row 0 reward_model.ground_truth: code tests are not JSON"),
+    ([train_row("train-code-apps", gold="def f(): pass")], "row 0 reward_model.ground_truth: neither JSON, a Python literal, nor base64"),
     ([train_row("train-code-apps", gold=json.dumps({"inputs": ["1"]}))], "row 0 (train-code-apps): "),
     ([train_row(extra_info=[1, 2])], "row 0 extra_info: expected an object, got list"),
 ], ids=["no-data-source", "prompt-text", "no-ground-truth", "reward-model-json", "code-not-json", "code-layout",
@@ -189,3 +191,87 @@ def test_cli_converts_reports_and_refuses_malformed_input(tmp_path):
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert [line.split()[0] for line in again.stdout.splitlines()] == ["unchanged", "unchanged"]
     assert "\nerror: aime25: aime25: no data file found" in "\n" + again.stderr
+
+
+@pytest.mark.parametrize("gold", [APPS_TESTS, json.loads(APPS_TESTS), repr(json.loads(APPS_TESTS))],
+                         ids=["json", "object", "literal"])
+def test_code_tests_in_any_accepted_form_are_written_as_json(tmp_path, gold):
+    """Checked red: with the ground truth written as given, the object row fails (parquet string column) and the
+    literal row is written as a Python literal."""
+    src = write_jsonl(tmp_path / "train.jsonl", [train_row("train-code-taco-easy", "Read n and print 2n.", gold)])
+    row = prepare_data.prepare("train", src, tmp_path / "out", "hermes")[1].rows[0]
+    assert row["reward_model"]["ground_truth"] == APPS_TESTS
+
+
+# The difficulty filter, hand-computed (authors' shares): row -> (data source, success rate; None: no statistics)
+FILTER_ROWS = [("math_dapo", 0.0),                              # 0: rate 0, share 0: dropped
+               *[("math_dapo", 0.125)] * 5,                     # 1-5: share 0.8 of 5 = 4 kept, one drawn out
+               *[("train-code-taco-easy", 0.25)] * 3,           # 6-8: share 0.9 of 3 = int(2.7) = 2 kept
+               ("train-code-taco-easy", 1.0),                   # 9: rate 1, share 0: dropped
+               ("mega-science", 0.5),                           # 10: share 1: kept
+               ("math_dapo", None)]                             # 11: no statistics: dropped
+# the draws, numpy's RandomState: seed 43 + 125 (not code) over rows 1-5 leaves out row 2; seed 42 + 250 (code) over
+# rows 6-8 leaves out row 6 (the non-code seed, 43 + 250, would leave out row 8)
+FILTER_KEPT = [1, 3, 4, 5, 7, 8, 10]
+
+
+def filter_files(tmp_path, rows=FILTER_ROWS):
+    train = write_parquet(tmp_path / "train.parquet", [
+        train_row(source, f"Problem {i}.", APPS_TESTS if "code" in source else str(i))
+        for i, (source, _) in enumerate(rows)])
+    stats = write_jsonl(tmp_path / "stats.jsonl", [{"uid": str(i), "data_source": source, "success_rate": rate,
+                                                    "successes": int(rate * 8), "attempts": 8}
+                                                   for i, (source, rate) in enumerate(rows) if rate is not None])
+    return train, stats
+
+
+def test_the_difficulty_filter_keeps_the_authors_shares(tmp_path):
+    """Checked red: seeds swapped between code and the rest (row 8 dropped instead of 6), round() in place of int()
+    (3 x 0.9 keeps all three), rows without statistics kept, a share of 0 applied as 1."""
+    train, stats = filter_files(tmp_path)
+    kept, left_out = prepare_data.difficulty_filter(prepare_data.read_rows(train), prepare_data.read_stats(stats),
+                                                    prepare_data.AUTHORS_KEEP)
+    assert kept == FILTER_KEPT
+    assert dict(left_out) == {"difficulty filter, success rate 0": 1, "difficulty filter, success rate 0.125": 1,
+                              "difficulty filter, success rate 0.25": 1, "difficulty filter, success rate 1": 1,
+                              "no difficulty statistics": 1}
+    # other shares: everything with statistics kept; a uid column, when there is one, joins instead of the row number
+    everything = {r: 1.0 for r in (0.0, 0.125, 0.25, 0.5, 1.0)}
+    rows = prepare_data.read_rows(train)
+    assert prepare_data.difficulty_filter(rows, prepare_data.read_stats(stats), everything)[0] == list(range(11))
+    by_uid = [{**row, "uid": 100 + i} for i, row in enumerate(rows)]
+    assert prepare_data.difficulty_filter(by_uid, {"110": 0.5, "103": 0.125}, everything)[0] == [3, 10]
+
+
+def test_the_filter_refuses_rates_without_a_share_and_bad_shares(tmp_path):
+    train, stats = filter_files(tmp_path, [("math_dapo", 0.3)])
+    with pytest.raises(DataError, match=r"row 0 \(uid 0\): success rate 0.3 has no share in --filter-keep \(rates: "
+                                        r"0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1\)"):
+        prepare_data.difficulty_filter(prepare_data.read_rows(train), prepare_data.read_stats(stats),
+                                       prepare_data.AUTHORS_KEEP)
+    with pytest.raises(DataError, match="'0.5:2' is not rate:share with both in"):
+        prepare_data.parse_keep("0:0,0.5:2")
+    assert prepare_data.parse_keep("0:0,0.125:0.8,1:1") == {0.0: 0.0, 0.125: 0.8, 1.0: 1.0}
+
+
+def test_cli_filters_then_converts(tmp_path):
+    train, stats = filter_files(tmp_path)
+    cmd = [sys.executable, "-m", "harness.prepare_data", "--out", str(tmp_path / "out"), "--train", str(train),
+           "--filter", str(stats)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    filtered_line, wrote_line = done.stdout.splitlines()
+    filtered = Path(filtered_line.split(" -> ")[1].split(";")[0])
+    assert filtered_line.startswith("filtered train: 7 rows -> ") and filtered.name.startswith("train.filtered.")
+    assert "; left out 1: no difficulty statistics" in filtered_line
+    assert pq.read_table(filtered).equals(pq.read_table(train).take(FILTER_KEPT))  # the input's rows, as they were
+    assert wrote_line.startswith("wrote train: 7 rows -> ")
+
+
+def test_a_jsonl_input_is_filtered_to_json_lines(tmp_path):
+    train, stats = filter_files(tmp_path)
+    rows = prepare_data.read_rows(train)
+    src = write_jsonl(tmp_path / "train.jsonl", rows)
+    out, kept, _ = prepare_data.filter_train(src, stats, prepare_data.AUTHORS_KEEP, tmp_path / "out")
+    assert out.suffix == ".jsonl" and kept == len(FILTER_KEPT)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [rows[i] for i in FILTER_KEPT]

@@ -1,7 +1,8 @@
 """The sbatch scripts in slurm/: each passes `bash -n` and shellcheck, and a dry run (CLEANER_DRY_RUN=1) under fake
-SLURM variables, with a fake `scontrol` naming two nodes and an `srun` that must not be called, prints the Ray
-head and worker commands and the verl command that harness.train composes. What stays unverified: a real SLURM,
-Ray and GPUs (the scripts have not run on a cluster)."""
+SLURM variables, with a fake `scontrol` naming two nodes and an `srun` that must not be called, prints the
+preflight, the Ray head and worker commands and the verl command that harness.train composes; the printed
+preflight runs as printed. What stays unverified: a real SLURM, Ray and GPUs (the scripts have not run on a
+cluster)."""
 
 from __future__ import annotations
 
@@ -96,10 +97,18 @@ def verl_commands(out):
     return [shlex.split(line) for line in text.splitlines() if " -m verl.trainer.main_ppo " in line]
 
 
-def test_a_two_node_dry_run_prints_the_ray_bring_up_and_the_verl_command(cluster):
+def preflight_line(cluster, python, gpus, nodes, head, model, *extra):
+    root = cluster["root"]
+    return (f"{python} -m harness.preflight --gpus {gpus} --nodes {nodes} --head-address {head} --ray-port 6379 "
+            f"--model {root}/models/{model} --train {root}/Open-AgentRL-30K.parquet --runs {root}/runs --eval aime24 "
+            "--eval aime25 --eval gpqa_diamond --eval livecodebench_v6" + "".join(f" {e}" for e in extra))
+
+
+def test_a_two_node_dry_run_prints_the_preflight_the_ray_bring_up_and_the_verl_command(cluster):
     out, err = finish(start(cluster, "train_4b.sh", "seed=3"))
     lines = out.splitlines()
-    assert lines[:3] == [
+    assert lines[:4] == [
+        preflight_line(cluster, PYTHON, 8, 2, "gpu-01", "Qwen3-4B-RA-SFT"),
         (f"srun --nodes=1 --ntasks=1 -w gpu-01 {RAY} start --head --node-ip-address=gpu-01 --port=6379 "
          "--num-cpus=16 --num-gpus=8 --block"),
         f"srun --nodes=1 --ntasks=1 -w gpu-02 {RAY} start --address=gpu-01:6379 --num-cpus=16 --num-gpus=8 --block",
@@ -142,10 +151,29 @@ def test_each_script_calls_the_harness_with_its_recipe_on_one_node(cluster, tmp_
                                f"preset=qwen3_4b model.path={models}/Qwen3-4B-RA-SFT test_time_saar=false"]}
     for name, proc in procs.items():
         lines = finish(proc)[0].splitlines()
-        assert lines[0] == (f"srun --nodes=1 --ntasks=1 -w gpu-01 {tmp_path}/ray start --head "
+        model = "Qwen2.5-7B-RA-SFT" if name == "train_7b.sh" else "Qwen3-4B-RA-SFT"
+        assert lines[0] == preflight_line(cluster, fake, 4, 1, "gpu-01", model)
+        assert lines[1] == (f"srun --nodes=1 --ntasks=1 -w gpu-01 {tmp_path}/ray start --head "
                             "--node-ip-address=gpu-01 --port=6379 --num-cpus=16 --num-gpus=4 --block")
-        calls = lines[1:]
+        calls = lines[2:]
         assert len(calls) == len(expected[name]), lines  # no Ray worker on one node; one harness call per job
         for call, recipe in zip(calls, expected[name]):
             assert call.startswith("harness.train cluster.nodes=1 cluster.gpus_per_node=4 runs_root=")
             assert call.endswith(f" {recipe} seed=5 dry_run=true")
+
+
+def test_the_printed_preflight_runs_and_refuses_a_machine_without_gpus(cluster):
+    """The preflight line of a dry run, run as printed: its flags are the module's, the fixture's data pass its
+    data check, and on this machine it stops the job (exit status 2) for the GPUs and the absent model folder. A
+    verl.keep_checkpoints override reaches its disk check; CLEANER_HEAD_ADDRESS replaces the head's address
+    (numeric here, so nothing is looked up). Checked red: the keep override not passed on; the preflight call
+    removed from train_4b.sh (the first test)."""
+    out, _ = finish(start(cluster, "train_4b.sh", "verl.keep_checkpoints=5", CLEANER_HEAD_ADDRESS="192.0.2.7"))
+    line = out.splitlines()[0]
+    assert line == preflight_line(cluster, PYTHON, 8, 2, "192.0.2.7", "Qwen3-4B-RA-SFT", "--keep-checkpoints 5")
+    assert "--node-ip-address=192.0.2.7 " in out.splitlines()[1]
+    done = subprocess.run(shlex.split(line), cwd=REPO, env=cluster["env"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    status = {row.split()[1].rstrip(":"): row.split()[0] for row in done.stdout.splitlines()[:-1]}
+    assert (status["gpus"], status["model"], status["data"], status["head"]) == ("FAIL", "FAIL", "ok", "ok")

@@ -46,6 +46,11 @@ def test_math_and_choice_cases(data_source, response, gold, expected):
     ("Just print twice the input.", STDIN_TESTS, (-1.0, "no_code")),
     ("```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```", APPS_FUNCTIONAL,
      (1.0, "passed")),
+    # the same tests as the object itself and as a Python literal, both of which the authors' grader accepts
+    ("```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```", json.loads(APPS_FUNCTIONAL),
+     (1.0, "passed")),
+    ("```python\nclass Solution:\n    def add(self, a, b):\n        return a - b\n```",
+     repr(json.loads(APPS_FUNCTIONAL)), (-1.0, "wrong_answer")),
 ])
 def test_code_cases_run_in_the_sandbox(response, gold, expected):
     result = compute_score("livecodebench_v6", response, gold, extra_info={"index": 0},

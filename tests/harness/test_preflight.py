@@ -1,0 +1,242 @@
+"""harness.preflight: one test per refusal, each on a fixture crafted here (a model folder missing its weights or
+a shard or cut short, a malformed data file, a loopback head address, a port held by a socket this test binds, a
+keep count no disk holds, no GPU, a lock naming other versions), the all-pass path with what this machine has,
+and the preflight under a Python without site-packages, as on a bare GPU node: every failure a line, no
+traceback. The fixture model's safetensors are written by hand, so the parameter counts are hand-computed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import socket
+import struct
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from harness import preflight
+from harness.records import REPO
+
+# two tensors: 2 x 3 float32 and 4 bfloat16 = 10 parameters
+TENSORS = {"a": ("F32", [2, 3]), "b": ("BF16", [4])}
+DTYPE_BYTES = {"F32": 4, "BF16": 2}
+
+
+def safetensors_bytes(tensors: dict) -> bytes:
+    """A safetensors file: 8-byte header length, the JSON header, the data (zeros)."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = DTYPE_BYTES[dtype] * (shape[0] * (shape[1] if len(shape) > 1 else 1))
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + bytes(offset)
+
+
+def write_model(folder, sharded=False):
+    """A complete model folder: config, weights (one file, or two shards with their index), tokenizer, template."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3", "torch_dtype": "bfloat16"}))
+    if sharded:
+        shards = {name: f"model-0000{i + 1}-of-00002.safetensors" for i, name in enumerate(TENSORS)}
+        for name, shard in shards.items():
+            (folder / shard).write_bytes(safetensors_bytes({name: TENSORS[name]}))
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
+    else:
+        (folder / "model.safetensors").write_bytes(safetensors_bytes(TENSORS))
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    return folder
+
+
+def write_data(tmp_path):
+    train = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist([{"data_source": "math_dapo", "prompt": [{"role": "user", "content": "1+1?"}],
+                                          "reward_model": {"ground_truth": "2"}}] * 3), train)
+    aime = tmp_path / "aime24.jsonl"
+    aime.write_text(json.dumps({"id": 60, "problem": "Find 2 + 3.", "answer": "5", "url": "", "solution": ""}) + "\n")
+    return train, aime
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def findings(*argv):
+    """{check: [(status, text), ...]} of an in-process run, and its exit status."""
+    out = {}
+    for name, f in preflight.run(preflight.parser().parse_args([str(a) for a in argv])):
+        assert "\n" not in f.text  # one line per finding
+        out.setdefault(name, []).append((f.status, f.text))
+    return out, 2 if any(s == "FAIL" for fs in out.values() for s, _ in fs) else 0
+
+
+def only(found, name):
+    [(status, text)] = found[name]
+    return status, text
+
+
+def test_no_arguments_on_a_machine_without_gpus_exits_2_naming_the_missing_gpus():
+    """Checked red: the comparison inverted (fewer GPUs than expected pass)."""
+    done = subprocess.run([sys.executable, "-m", "harness.preflight"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("FAIL  gpus: 0 of the 4 GPUs expected are visible (torch ")
+    assert "fix: run on a GPU node with the GPUs allocated" in lines[0]
+    assert lines[-1].startswith("preflight: ") and "failed: gpus" in lines[-1]
+    assert [line.split()[1] for line in lines[:-1]][-1] == "port:"  # every check ran, the last one too
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: (d / "model.safetensors").unlink(), "no weights (model.safetensors, model-*-of-*.safetensors"),
+    (lambda d: (d / "model.safetensors").write_bytes(safetensors_bytes(TENSORS)[:-5]),
+     f"model.safetensors is cut short: its header promises {len(safetensors_bytes(TENSORS))} bytes, the file has "
+     f"{len(safetensors_bytes(TENSORS)) - 5}"),
+    (lambda d: (d / "config.json").unlink(), "has no config.json"),
+    (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer (tokenizer.json, tokenizer.model"),
+    (lambda d: (d / "tokenizer_config.json").write_text("{}"), "has no chat template"),
+], ids=["no-weights", "truncated", "no-config", "no-tokenizer", "no-chat-template"])
+def test_an_incomplete_model_folder_fails_saying_what_is_missing(tmp_path, breakage, message):
+    """Checked red: truncation not compared with the file's size; a tokenizer_config.json without chat_template
+    counted as a template."""
+    folder = write_model(tmp_path / "model")
+    assert only(findings("--gpus", 0, "--model", folder)[0], "model")[0] == "ok"
+    breakage(folder)
+    status, text = only(findings("--gpus", 0, "--model", folder)[0], "model")
+    assert status == "FAIL" and message in text and "fix: " in text
+
+
+def test_a_sharded_model_needs_every_shard_and_counts_parameters_over_all(tmp_path):
+    """Checked red: parameters read from the first shard only (6, not 10)."""
+    folder = write_model(tmp_path / "model", sharded=True)
+    status, text = only(findings("--gpus", 0, "--model", folder)[0], "model")
+    assert status == "ok" and "2 weight file(s) with 10 parameters" in text
+    assert preflight.model_weights(folder)[1] == 10
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    status, text = only(findings("--gpus", 0, "--model", folder)[0], "model")
+    assert (status, text.split("; fix:")[0]) == (
+        "FAIL", f"{folder}: model.safetensors.index.json lists 2 shards, 1 missing: model-00002-of-00002.safetensors")
+
+
+def test_a_bad_data_file_fails_naming_the_row(tmp_path):
+    """The data check is prepare_data's conversion: a row without ground truth is named with its file.
+    Checked red: a data check that only tests the file exists."""
+    train, aime = write_data(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"data_source": "math_dapo", "prompt": [{"role": "user", "content": "1+1?"}],
+                               "reward_model": {"style": "rule"}}) + "\n")
+    found, status = findings("--gpus", 0, "--train", bad, "--eval", f"aime24={aime}", "--eval", "aime26", "--eval",
+                             f"aime25={tmp_path / 'absent.jsonl'}")
+    assert status == 2
+    assert [s for s, _ in found["data"]] == ["FAIL", "FAIL", "FAIL"]  # one line per bad input; aime24 is fine
+    assert found["data"][0][1].startswith(f"train: {bad}: row 0: reward_model has no 'ground_truth'")
+    assert found["data"][1][1].startswith("aime26: unknown data set 'aime26'")
+    assert found["data"][2][1].startswith(f"aime25: {tmp_path / 'absent.jsonl'}: no such file; fix: ")
+    ok = findings("--gpus", 0, "--train", train, "--eval", f"aime24={aime}")[0]
+    assert only(ok, "data") == ("ok", "train 3 rows, aime24 1 rows")
+
+
+@pytest.mark.parametrize("address, text", [
+    ("127.0.1.1", "head address 127.0.1.1 is loopback (127.0.1.1): the other 1 node(s) cannot reach it"),
+    ("::1", "head address ::1 is loopback (::1)"),
+    ("", "2 nodes but no --head-address"),
+])
+def test_a_loopback_head_address_fails_for_several_nodes(address, text):
+    """Checked red: only 127.0.0.1 treated as loopback (127.0.1.1, what `hostname --ip-address` gives on
+    Debian-style hosts, passes)."""
+    status, found = only(findings("--gpus", 0, "--nodes", 2, "--head-address", address)[0], "head")
+    assert status == "FAIL" and found.startswith(text) and "CLEANER_HEAD_ADDRESS" in found
+    assert only(findings("--gpus", 0, "--nodes", 1, "--head-address", "127.0.0.1")[0], "head")[0] == "skip"
+
+
+def test_a_port_in_use_fails():
+    """A socket this test binds and listens on (loopback) holds the port; once it is closed the port is free.
+    Checked red: the check binding port 0 (any free port) instead of --ray-port."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        status, text = only(findings("--gpus", 0, "--ray-port", port)[0], "port")
+    assert status == "FAIL" and text.startswith(f"port {port} is taken on this node (Address already in use)")
+    assert only(findings("--gpus", 0, "--ray-port", port)[0], "port") == ("ok", f"{port} free")  # closed: free again
+
+
+def test_too_little_disk_fails_with_the_estimate(tmp_path):
+    """10 parameters x 12 bytes = 120 bytes per checkpoint; 10**12 kept = 120,000 GB, more than any disk here.
+    Checked red: the bytes per parameter at 4 (weights only), the peak of keep 1 at 1."""
+    folder = write_model(tmp_path / "model")
+    status, text = only(findings("--gpus", 0, "--model", folder, "--runs", tmp_path / "runs",
+                                 "--keep-checkpoints", 10**12)[0], "disk")
+    assert status == "FAIL" and text.split(" free under ")[1].startswith(
+        f"{tmp_path / 'runs'}, 120,000.0 GB needed: 1000000000000 checkpoints x 10 parameters x 12 bytes")
+    status, text = only(findings("--gpus", 0, "--model", folder, "--keep-checkpoints", 0)[0], "disk")
+    assert status == "FAIL" and "keep_checkpoints 0 keeps every checkpoint" in text
+    assert preflight.checkpoint_bytes(4_000_000_000, 3) == (3, 144_000_000_000)  # the issue's 48 GB per 4B checkpoint
+    assert preflight.checkpoint_bytes(4_000_000_000, 1) == (2, 96_000_000_000)  # keep 1: the new one is saved first
+
+
+def test_a_version_other_than_the_lock_fails(tmp_path):
+    """A lock naming other versions of what is installed here. Checked red: the local build tag (+cpu) compared
+    too, so the matching torch fails."""
+    torch_version = importlib.metadata.version("torch")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"verl==0.0.1\n    # via -r x\nsglang==0.5.12\ntorch=={torch_version.split('+')[0]}\n"
+                    "transformers==1.0 ; sys_platform == 'linux'\n")
+    found = findings("--gpus", 0, "--lock", lock)[0]["versions"]
+    assert [(s, t.split("; fix:")[0]) for s, t in found] == [
+        ("FAIL", f"verl {importlib.metadata.version('verl')} is installed, 0.0.1 locked"),
+        ("FAIL", "sglang is not installed (0.5.12 locked)"),
+        ("FAIL", f"transformers {importlib.metadata.version('transformers')} is installed, 1.0 locked")]
+
+
+def test_everything_passes_with_what_this_machine_has(tmp_path, monkeypatch):
+    """No GPU count (--gpus 0), sdpa attention (torch), versions against a lock of what is installed (sglang is
+    not), a complete model, valid data, room for 3 checkpoints, a routable head address (TEST-NET-1, resolved
+    without a query), a free port."""
+    monkeypatch.setattr(preflight, "LOCKED", ("verl", "torch", "transformers"))
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("".join(f"{n}=={importlib.metadata.version(n).split('+')[0]}\n" for n in preflight.LOCKED))
+    train, aime = write_data(tmp_path)
+    found, status = findings("--gpus", 0, "--attn-implementation", "sdpa", "--lock", lock, "--model",
+                             write_model(tmp_path / "model"), "--train", train, "--eval", f"aime24={aime}", "--runs",
+                             tmp_path / "runs", "--keep-checkpoints", 3, "--nodes", 2, "--head-address", "192.0.2.10",
+                             "--ray-port", free_port())
+    assert status == 0
+    assert {name: [s for s, _ in fs] for name, fs in found.items()} == {
+        "gpus": ["skip"], "attention": ["ok"], "versions": ["ok"], "model": ["ok"], "data": ["ok"], "disk": ["ok"],
+        "head": ["ok"], "port": ["ok"]}
+    assert "3 checkpoints x 10 parameters x 12 bytes" in only(found, "disk")[1]
+    assert only(found, "head")[1] == "192.0.2.10 (192.0.2.10) for 2 nodes"
+
+
+def test_without_site_packages_each_missing_module_is_a_failure_line(tmp_path):
+    """As on a GPU node with a bare Python: -S hides every installed package, so torch, flash_attn, verl and the
+    data loaders are missing; the preflight still runs every check and prints no traceback.
+    Checked red: a top-level `import torch` in the module (it then cannot start)."""
+    train, _ = write_data(tmp_path)
+    done = subprocess.run([sys.executable, "-S", "-m", "harness.preflight", "--model", write_model(tmp_path / "m"),
+                           "--train", train, "--keep-checkpoints", "3", "--ray-port", str(free_port())], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
+    lines = [line.split("; fix:")[0] for line in done.stdout.splitlines()]
+    assert lines == [
+        "FAIL  gpus: cannot run: No module named 'torch'",
+        "FAIL  attention: flash_attention_2 needs flash_attn, which does not import (No module named 'flash_attn')",
+        "FAIL  versions: verl is not installed (0.9.1 locked)",
+        "FAIL  versions: sglang is not installed (0.5.12 locked)",
+        "FAIL  versions: torch is not installed (2.11.0 locked)",
+        "FAIL  versions: transformers is not installed (5.9.0 locked)",
+        f"ok    model: {tmp_path / 'm'}: config (qwen3), 1 weight file(s) with 10 parameters, tokenizer, chat template",
+        lines[7],  # data: the first third-party module prepare_data imports
+        lines[8],  # disk: depends on the free space here
+        "skip  head: one node: Ray's workers are local",
+        lines[10],
+        "preflight: 4 of 8 checks failed: gpus, attention, versions, data"]
+    assert lines[7].startswith("FAIL  data: cannot run: No module named ")
+    assert lines[8].startswith("ok    disk: ") and lines[10].startswith("ok    port: ")

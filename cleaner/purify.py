@@ -368,6 +368,16 @@ def build_trajectory(trajectory_id: str, prompt_text: str, turns: list[LoggedTur
     return Trajectory(trajectory_id, prompt, tuple(out), meta=meta)
 
 
+def trajectory_from_messages(record: dict[str, Any], tokenizer: Any, fmt: chat.ChatFormat) -> Trajectory:
+    """The token-level trajectory of one `{"id": ..., "messages": [...]}` record, read as the CLI reads it (the
+    lab's SFT data is built this way); `PurifyInputError` when it cannot be read."""
+    log = _read_messages(record)
+    prompt_text, turns, _ = read_log(log, ReadOptions(fmt))
+    ids = iter(encode_texts(tokenizer, texts_to_encode(prompt_text, turns)))
+    meta = {key: v for key, v in record.items() if key not in ("id", "messages")}
+    return build_trajectory(str(record["id"]), prompt_text, turns, ids, tokenizer, meta)
+
+
 def purify_turns(turns: tuple[Turn, ...], cfg: saar.SaarConfig, applies: bool) -> tuple[tuple[Turn, ...], saar.SaarStats]:
     """Walk the logged turns once; at each model error (when SAAR applies) run one failure event over the next
     turns with `saar.step`, and keep what it leaves in place."""
@@ -535,8 +545,7 @@ class Report:
         share = removed / self.tokens_before if self.tokens_before else 0.0
         rows = [
             ("trajectories", self.trajectories),
-            (f"records rejected (see {self.rejected_path.name})" if self.rejected else "records rejected",
-             self.rejected),
+            ("records rejected", self.rejected),
             ("SAAR applied (draw with p)", s.get("saar_applied", 0)),
             ("first-attempt calls", s.get("first_attempt_calls", 0)),
             ("first-attempt failures (model errors)", s.get("first_attempt_failures", 0)),
@@ -553,7 +562,9 @@ class Report:
             ("tokens removed", f"{removed} ({share:.1%})"),
         ]
         width = max(len(name) for name, _ in rows)
-        return "\n".join(f"{name:<{width}}  {value:>14}" for name, value in rows)
+        table = "\n".join(f"{name:<{width}}  {value:>14}" for name, value in rows)
+        return table + (f"\nrejected records, each with its line number and reason: {self.rejected_path}"
+                        if self.rejected else "")
 
 
 def _beside(dst: Path, suffix: str) -> Path:

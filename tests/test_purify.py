@@ -481,7 +481,9 @@ def test_a_bad_record_among_good_ones_is_rejected_and_the_rest_purified(tmp_path
     assert "\n" not in rejected["reason"]
     unparsed = reason.startswith(("not valid JSON", "expected a JSON object", "holds a lone"))
     assert rejected["text" if unparsed else "record"] == (line if unparsed else json.loads(line))
-    assert re.search(r"records rejected \(see out\.rejected\.jsonl\)\s+1$", capsys.readouterr().out, re.MULTILINE)
+    printed = capsys.readouterr().out
+    assert re.search(r"^records rejected\s+1$", printed, re.MULTILINE)
+    assert printed.endswith(f"rejected records, each with its line number and reason: {out.with_name('out.rejected.jsonl')}\n")
 
 
 def test_strict_refuses_the_file_and_writes_nothing(tmp_path, capsys):

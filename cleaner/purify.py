@@ -486,18 +486,21 @@ class Item:
     """One readable record on its way through."""
 
     line: int
+    id: str  # the record's id, or "line N"
     record: dict[str, Any]
     shape: str
     log: Log
-    original: Trajectory
     read_as: dict[str, Any]
+    prompt_text: str
+    turns: list[LoggedTurn]
+    original: Trajectory | None = None  # once the whole file is tokenized
 
 
 def read_items(path: Path, tokenizer: Any, opts: ReadOptions, strict: bool) -> tuple[list[Item], list[Rejected]]:
     """Every record of `path` read into a trajectory, and those that could not be, with why. With `strict` the
     first record that cannot be read stops everything (`PurifyInputError` naming the file and line). All records
     are read as text first, then tokenized in one batch."""
-    read, rejected, seen = [], [], set()
+    items, rejected, seen = [], [], set()
     raw_lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")
     for lineno, raw in enumerate(raw_lines, 1):
         if not raw.strip():
@@ -519,13 +522,11 @@ def read_items(path: Path, tokenizer: Any, opts: ReadOptions, strict: bool) -> t
             rejected.append(Rejected(lineno, str(e), record))
             continue
         seen.add(rid)
-        read.append((lineno, record, shape, log, rid, prompt_text, turns, read_as))
-    ids = iter(encode_texts(tokenizer, [t for r in read for t in texts_to_encode(r[5], r[6])]))
-    items = []
-    for lineno, record, shape, log, rid, prompt_text, turns, read_as in read:
-        meta = {key: v for key, v in record.items() if key not in ("id",) + SHAPES[shape].keys}
-        traj = build_trajectory(rid, prompt_text, turns, ids, tokenizer, meta)
-        items.append(Item(lineno, record, shape, log, traj, {"shape": shape, **read_as}))
+        items.append(Item(lineno, rid, record, shape, log, {"shape": shape, **read_as}, prompt_text, turns))
+    ids = iter(encode_texts(tokenizer, [t for item in items for t in texts_to_encode(item.prompt_text, item.turns)]))
+    for item in items:
+        meta = {key: v for key, v in item.record.items() if key not in ("id",) + SHAPES[item.shape].keys}
+        item.original = build_trajectory(item.id, item.prompt_text, item.turns, ids, tokenizer, meta)
     return items, rejected
 
 
@@ -585,7 +586,8 @@ def run(
     opts = ReadOptions(chat.get_format(fmt), outputs_in, None if error_pattern is None else _compile(error_pattern))
     tok = load_tokenizer(tokenizer or "lab")
     items, rejected = read_items(src, tok, opts, strict)
-    purified = [purify(item.original, cfg, seed) for item in items]
+    originals = [item.original for item in items]
+    purified = [purify(t, cfg, seed) for t in originals]
     out_records = []
     for item, traj in zip(items, purified):
         if any(t.splices for t in traj.turns):
@@ -606,7 +608,7 @@ def run(
     return Report(
         trajectories=len(purified),
         rejected=len(rejected),
-        tokens_before=sum(len(item.original.ids) for item in items),
+        tokens_before=sum(len(t.ids) for t in originals),
         tokens_after=sum(len(t.ids) for t in purified),
         stats=saar.SaarStats.total([t.stats for t in purified]),
         tokenizer=tokenizer or "lab",

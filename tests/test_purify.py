@@ -297,6 +297,19 @@ def test_smollm2_purification_is_byte_exact(tmp_path, smol):
             assert message["content"] == message.get("prefill", "") + sampled
 
 
+def test_batched_encoding_equals_one_call_per_text(tok, smol):
+    """The file's texts are tokenized in one batch call; the ids must be those of `encode` text by text. Breakages
+    checked: the texts stripped of surrounding whitespace before the batch call."""
+    opts = purify.ReadOptions(chat.get_format("markdown"))
+    texts = []
+    for record in by_id(FENCED).values():
+        if record["id"] != "bare-fence":
+            prompt_text, turns, _ = purify.read_log(purify.Log(record["messages"], record["prompt_messages"]), opts)
+            texts += purify.texts_to_encode(prompt_text, turns)
+    for tokenizer in (tok, smol):
+        assert purify.encode_texts(tokenizer, texts) == [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
 # -- other shapes, outputs and wrappers --------------------------------------------------------------------------------
 
 

@@ -136,7 +136,8 @@ def parse_markdown(text: str) -> ParsedCall | None:
         return None
     end = text.find("```", m.end())
     if end < 0:
-        return _malformed(m.start(), text[m.end() :], "no closing ``` after the code", _FENCE_EXAMPLE, unterminated=True)
+        why = "no closing ``` after the code"
+        return _malformed(m.start(), text[m.end() :], why, _FENCE_EXAMPLE, unterminated=True)
     if _FENCE.search(text, end + 3):
         return _malformed(m.start(), text[m.end() : end], "more than one code block in one turn", _FENCE_EXAMPLE)
     return ParsedCall(m.start(), text[m.end() : end])
@@ -269,7 +270,8 @@ def locate_call(tokenizer: Any, ids: list[int] | tuple[int, ...], fmt: ChatForma
     call = fmt.parse(prefix + text)
     if call is None:
         return None
-    byte_start = max(0, len((prefix + text)[: call.start].encode("utf-8", errors="surrogateescape")) - len(prefix.encode()))
+    before_call = (prefix + text)[: call.start].encode("utf-8", errors="surrogateescape")
+    byte_start = max(0, len(before_call) - len(prefix.encode()))
     return bisect_right(offsets, byte_start) - 1, call
 
 

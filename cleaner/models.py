@@ -40,7 +40,8 @@ def smollm2_gguf() -> str:
 BUNDLED = {"smollm2-135m-instruct": smollm2_gguf, "smollm2": smollm2_gguf}
 
 
-def _checkpoint(name_or_path: str | Path, needs: tuple[str, ...], names: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
+def _checkpoint(name_or_path: str | Path, needs: tuple[str, ...],
+                names: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
     """(folder, from_pretrained keyword arguments) of a `.gguf` file, a name in `BUNDLED` or a folder holding one of
     the files in `needs`. A name, not a path, keeps a run's config and hash independent of where the package is
     installed. `names`: other names the caller accepts, listed in the error."""
@@ -50,8 +51,8 @@ def _checkpoint(name_or_path: str | Path, needs: tuple[str, ...], names: tuple[s
             raise FileNotFoundError(f"model file {path} does not exist")
         return path.parent, {"gguf_file": path.name}
     if not path.is_dir():
-        raise FileNotFoundError(f"{name_or_path} is neither a known name ({', '.join(names + tuple(BUNDLED))}), a .gguf "
-                                "file nor a folder")
+        known = ", ".join(names + tuple(BUNDLED))
+        raise FileNotFoundError(f"{name_or_path} is neither a known name ({known}), a .gguf file nor a folder")
     if not any((path / name).exists() for name in needs):
         raise FileNotFoundError(f"{path} holds no checkpoint (no {' or '.join(needs)} there)")
     return path, {}

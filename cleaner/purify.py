@@ -258,8 +258,8 @@ def _assistant_text(m: dict[str, Any], where: str) -> tuple[str, chat.ParsedCall
         raise PurifyInputError(f"{where} has {len(calls) if isinstance(calls, list) else 'malformed'} tool_calls; "
                                "one call per message can be purified")
     fn = calls[0].get("function") if isinstance(calls[0], dict) else None
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), (str, dict)):
-        raise PurifyInputError(f"{where}: tool_calls[0] must be {{\"function\": {{\"name\": str, \"arguments\": ...}}}}")
+    if not (isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(fn.get("arguments"), (str, dict))):
+        raise PurifyInputError(f'{where}: tool_calls[0] must be {{"function": {{"name": str, "arguments": ...}}}}')
     args = fn["arguments"] if isinstance(fn["arguments"], str) else json.dumps(fn["arguments"], ensure_ascii=False)
     name = json.dumps(fn["name"], ensure_ascii=False)
     separator = "\n" if content else ""
@@ -318,7 +318,8 @@ def read_log(log: Log, opts: ReadOptions) -> tuple[str, list[LoggedTurn], dict[s
         if call is None:
             if nxt is not None:
                 raise PurifyInputError(f"{where} makes no tool call ({opts.fmt.name} format), so it must be the last "
-                                       f"message, but message {k + 1} (role {nxt['role']!r}) follows{_hint(text, opts)}")
+                                       f"message, but message {k + 1} (role {nxt['role']!r}) follows"
+                                       + _hint(text, opts))
         elif nxt is None:
             calls.append({"message": k, "status": None, "error_type": None, "by": "cut" if cut else "no output"})
         elif nxt["role"] in OUTPUT_ROLES[opts.outputs_in]:

@@ -16,6 +16,7 @@ run: $(STAMP)
 
 purify: $(STAMP)
 	$(PY) -m cleaner.purify cleaner/examples/tool_errors.jsonl results/purify/tool_errors.purified.jsonl --tokenizer lab
+	$(PY) -m cleaner.purify cleaner/examples/fenced_code.jsonl results/purify/fenced_code.purified.jsonl --format markdown --error-pattern '^Error:' --tokenizer smollm2
 
 sft: $(STAMP)
 	$(PY) -m cleaner.lab.sft --out results/lab/sft

@@ -7,7 +7,8 @@ Two call formats (a registry, `FORMATS`):
 
 A call that cannot be parsed (bad JSON, no `code`, an unknown tool name, an unterminated call, two calls in one
 turn) is a model error: `parse_call` returns it with an observation text telling the model what was wrong. It never
-raises.
+raises. An unterminated call (the turn ended inside it) is marked apart: it was cut, so SAAR never takes it as a
+retry (`cleaner.saar.step`).
 
 Splitting a sampled turn into reasoning and call is done in one pass over the token ids: each id maps to its bytes
 (the byte-level BPE table, built once per tokenizer), the call is found in the decoded text by the same parser
@@ -42,22 +43,32 @@ class ParsedCall:
     start: int
     code: str
     error: str | None = None
+    unterminated: bool = False  # the text ended inside the call (no closing marker): it was cut, never complete
 
     @property
     def malformed(self) -> bool:
         return self.error is not None
 
 
+def user_turn_text(content: str) -> str:
+    """The token delta after a sampled `<|im_end|>`: close the assistant turn, a user turn holding `content`, and
+    the next assistant header."""
+    return f"\n{IM_START}user\n{content}{IM_END}\n{IM_START}assistant\n"
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     name: str
     parse: Callable[[str], ParsedCall | None]
-    tool_response: Callable[[str], str]  # tool output -> the text of the user turn that carries it
+    response_open: str  # the user turn shows a tool output as response_open + output + response_close
+    response_close: str
+
+    def tool_response(self, output: str) -> str:
+        return f"{self.response_open}{output}{self.response_close}"
 
     def observation_text(self, output: str) -> str:
-        """The token delta after a sampled `<|im_end|>`: close the assistant turn, a user turn with the tool
-        output, and the next assistant header."""
-        return f"\n{IM_START}user\n{self.tool_response(output)}{IM_END}\n{IM_START}assistant\n"
+        """The user turn that shows a tool output, as a token delta (`user_turn_text`)."""
+        return user_turn_text(self.tool_response(output))
 
 
 FORMATS = Registry("chat format")
@@ -69,7 +80,7 @@ _CODE_FIELD = re.compile(r'"code"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _HERMES_EXAMPLE = '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "print(1 + 1)"}}\n</tool_call>'
 
 
-def _malformed(start: int, body: str, why: str, example: str) -> ParsedCall:
+def _malformed(start: int, body: str, why: str, example: str, unterminated: bool = False) -> ParsedCall:
     m = _CODE_FIELD.search(body)
     code = body
     if m is not None:
@@ -77,7 +88,8 @@ def _malformed(start: int, body: str, why: str, example: str) -> ParsedCall:
             code = json.loads(f'"{m.group(1)}"')
         except json.JSONDecodeError:
             pass  # an invalid escape inside the string: keep the raw body
-    return ParsedCall(start, code, f"Error: malformed tool call: {why}. Write exactly one call, like:\n{example}")
+    error = f"Error: malformed tool call: {why}. Write exactly one call, like:\n{example}"
+    return ParsedCall(start, code, error, unterminated)
 
 
 def parse_hermes(text: str) -> ParsedCall | None:
@@ -89,7 +101,7 @@ def parse_hermes(text: str) -> ParsedCall | None:
     body = text[body_start:] if end < 0 else text[body_start:end]
 
     def malformed(why: str) -> ParsedCall:
-        return _malformed(start, body, why, _HERMES_EXAMPLE)
+        return _malformed(start, body, why, _HERMES_EXAMPLE, unterminated=end < 0)
 
     if end < 0:
         return malformed("no closing </tool_call>")
@@ -124,14 +136,15 @@ def parse_markdown(text: str) -> ParsedCall | None:
         return None
     end = text.find("```", m.end())
     if end < 0:
-        return _malformed(m.start(), text[m.end() :], "no closing ``` after the code", _FENCE_EXAMPLE)
+        why = "no closing ``` after the code"
+        return _malformed(m.start(), text[m.end() :], why, _FENCE_EXAMPLE, unterminated=True)
     if _FENCE.search(text, end + 3):
         return _malformed(m.start(), text[m.end() : end], "more than one code block in one turn", _FENCE_EXAMPLE)
     return ParsedCall(m.start(), text[m.end() : end])
 
 
-FORMATS.register("hermes")(ChatFormat("hermes", parse_hermes, lambda out: f"<tool_response>\n{out}\n</tool_response>"))
-FORMATS.register("markdown")(ChatFormat("markdown", parse_markdown, lambda out: f"```output\n{out}\n```"))
+FORMATS.register("hermes")(ChatFormat("hermes", parse_hermes, "<tool_response>\n", "\n</tool_response>"))
+FORMATS.register("markdown")(ChatFormat("markdown", parse_markdown, "```output\n", "\n```"))
 
 
 def hermes_call_text(code: str) -> str:
@@ -173,8 +186,11 @@ def truncate_middle(text: str, max_chars: int) -> str:
     return text[:head] + marker + text[len(text) - tail:]
 
 
+UNTERMINATED = "UnterminatedToolCall"  # error_type of a call the turn ended inside (never complete)
+
+
 def malformed_result(call: ParsedCall) -> ToolResult:
-    return ToolResult("malformed", call.error or "", "MalformedToolCall")
+    return ToolResult("malformed", call.error or "", UNTERMINATED if call.unterminated else "MalformedToolCall")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,21 +213,39 @@ def _bytes_to_unicode() -> dict[int, str]:
 _BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
 
 
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _decoder_steps(tokenizer: Any) -> list[str]:
+    """The types of the tokenizer's decoder, in order: ["ByteLevel"], or the steps of a `Sequence` decoder (a
+    tokenizer that transformers builds from a GGUF file has ["ByteFallback", "Fuse", "Replace", "ByteLevel"])."""
+    decoder = tokenizer.backend_tokenizer.decoder
+    if decoder is None:
+        return []
+    state = json.loads(decoder.__getstate__())
+    return [step["type"] for step in state.get("decoders", [state])]
+
+
 @lru_cache(maxsize=8)
 def token_bytes(tokenizer: Any) -> tuple[bytes, ...]:
     """The bytes each token id stands for, for every id of `tokenizer` (a transformers fast tokenizer).
 
-    Exact for byte-level BPE vocabularies (GPT-2, Qwen, SmolLM2, the lab tokenizer). For other vocabularies each id
-    is decoded on its own, which is exact only where a token never holds part of a multi-byte character."""
+    Exact for byte-level BPE vocabularies (GPT-2, Qwen, SmolLM2, the lab tokenizer), whether the decoder is a plain
+    `ByteLevel` or a `Sequence` that holds one: a token holding part of a multi-byte character gets exactly its
+    bytes. Other tokens (a vocabulary without a byte-level alphabet) are decoded on their own, which is exact only
+    where a token never holds part of a multi-byte character."""
     size = len(tokenizer)
     added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
-    byte_level = type(tokenizer.backend_tokenizer.decoder).__name__ == "ByteLevel"
+    steps = _decoder_steps(tokenizer)
+    byte_level, byte_fallback = "ByteLevel" in steps, "ByteFallback" in steps
     table = []
     for i, piece in enumerate(pieces):
         if i in added:
             table.append(added[i].encode())
-        elif byte_level and piece is not None:
+        elif byte_fallback and piece is not None and (m := _BYTE_FALLBACK.fullmatch(piece)):
+            table.append(bytes([int(m.group(1), 16)]))
+        elif byte_level and piece is not None and all(c in _BYTE_DECODER for c in piece):
             table.append(bytes(_BYTE_DECODER[c] for c in piece))
         else:
             table.append(tokenizer.decode([i]).encode())
@@ -223,18 +257,21 @@ def decode(tokenizer: Any, ids: tuple[int, ...] | list[int]) -> str:
     return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
 
 
-def locate_call(tokenizer: Any, ids: list[int] | tuple[int, ...], fmt: ChatFormat) -> tuple[int, ParsedCall] | None:
+def locate_call(tokenizer: Any, ids: list[int] | tuple[int, ...], fmt: ChatFormat,
+                prefix: str = "") -> tuple[int, ParsedCall] | None:
     """Index of the first token of the tool call in a sampled turn, and the parsed call; None without a call.
-    One pass over the ids: byte offsets per token, one decode, one parse, one bisection."""
+    One pass over the ids: byte offsets per token, one decode, one parse, one bisection. `prefix` is text the turn
+    continues without having sampled it (a forced prefill); the call may begin inside it, and then at token 0."""
     table = token_bytes(tokenizer)
     pieces = [table[i] for i in ids]
     offsets = list(accumulate((len(p) for p in pieces), initial=0))
     # surrogateescape keeps one character per undecodable byte, so character offsets map back to bytes exactly
     text = b"".join(pieces).decode("utf-8", errors="surrogateescape")
-    call = fmt.parse(text)
+    call = fmt.parse(prefix + text)
     if call is None:
         return None
-    byte_start = len(text[: call.start].encode("utf-8", errors="surrogateescape"))
+    before_call = (prefix + text)[: call.start].encode("utf-8", errors="surrogateescape")
+    byte_start = max(0, len(before_call) - len(prefix.encode()))
     return bisect_right(offsets, byte_start) - 1, call
 
 
@@ -254,12 +291,14 @@ def split_turn(
     logprobs: list[float] | tuple[float, ...] | None,
     fmt: ChatFormat,
     provenance: Provenance = Provenance.ORIGINAL,
+    prefix: str = "",
 ) -> SplitTurn:
     """Cut one generation (ids as sampled, ending with `<|im_end|>` unless it hit the length limit) into
-    reasoning / call / stop spans. Log-probs are cut at the same indices, so they stay aligned."""
+    reasoning / call / stop spans. Log-probs are cut at the same indices, so they stay aligned. `prefix`: see
+    `locate_call`."""
     ids = tuple(ids)
     end = len(ids) - 1 if ids and ids[-1] == tokenizer.convert_tokens_to_ids(IM_END) else len(ids)
-    found = locate_call(tokenizer, ids[:end], fmt)
+    found = locate_call(tokenizer, ids[:end], fmt, prefix)
     cut = end if found is None else found[0]
 
     def span(a: int, b: int) -> Span:

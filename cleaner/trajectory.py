@@ -124,7 +124,7 @@ class Turn:
     result: ToolResult | None = None
     observation: Span | None = None
     splices: tuple[SpliceRecord, ...] = ()
-    meta: dict[str, Any] = field(default_factory=dict)  # extra keys of the source chat messages, kept verbatim
+    meta: dict[str, Any] = field(default_factory=dict)  # where it came from (offline: its source message index)
 
     @property
     def spans(self) -> tuple[Span, ...]:

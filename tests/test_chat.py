@@ -67,6 +67,21 @@ def test_markdown_calls():
     assert "more than one" in MARKDOWN.parse("```python\na\n```\n```python\nb\n```").error
 
 
+@pytest.mark.parametrize(
+    "fmt, text, unterminated",
+    [
+        (MARKDOWN, "```python\nprint(1)\n", True),  # the turn ended inside the fence
+        (MARKDOWN, "```python\na\n```\n```python\nb\n```", False),
+        (HERMES, '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "1"}}', True),
+        (HERMES, '<tool_call>\n{"name": "code_interpreter"}\n</tool_call>', False),
+    ],
+)
+def test_unterminated_calls_are_marked(fmt, text, unterminated):
+    call = fmt.parse(text)
+    assert call.malformed and call.unterminated is unterminated
+    assert chat.malformed_result(call).error_type == (chat.UNTERMINATED if unterminated else "MalformedToolCall")
+
+
 def test_observation_text_is_the_qwen3_tool_turn():
     assert HERMES.observation_text("42") == (
         "\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
@@ -111,6 +126,33 @@ def test_fence_starting_inside_a_token_goes_to_the_call(tok):
     assert split.reasoning.text + split.call.text == text
     assert split.call.text.lstrip().startswith("```python")  # the token holding " ```" belongs to the call
     assert split.parsed.code == "print(1)\n"
+
+
+def test_split_turn_with_a_prefill_finds_a_call_that_starts_inside_it(tok):
+    """Breakages checked: `locate_call` parsing only the sampled text (no call found)."""
+    ids = tok.encode("print(1)\n```", add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
+    split = chat.split_turn(tok, ids, None, MARKDOWN, prefix="```python\n")
+    assert (split.reasoning.ids, split.call.ids, split.parsed.code) == ((), tuple(ids[:-1]), "print(1)\n")
+    split = chat.split_turn(tok, ids, None, MARKDOWN, prefix="Let me compute.\n")  # a prefill without the call
+    assert split.parsed is None and split.reasoning.ids == tuple(ids[:-1])
+
+
+def test_token_bytes_are_exact_under_a_sequence_decoder():
+    """The decoder transformers builds for a GGUF tokenizer (SmolLM2's): ByteFallback, Fuse, Replace, ByteLevel.
+    Tokens holding part of a multi-byte character get exactly their bytes. Breakages checked: only a plain
+    ByteLevel decoder treated as byte-level ("≡" came back as U+FFFD)."""
+    from tokenizers import decoders
+
+    from cleaner.lab.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(["plain ascii words only"] * 50, vocab_size=300)
+    tokenizer.backend_tokenizer.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("▁", " "), decoders.ByteLevel()])
+    text = "x ≡ 3 (mod 7), y ≠ 2 → 中文"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    table = chat.token_bytes(tokenizer)
+    assert [table[i] for i in tokenizer.encode("≡", add_special_tokens=False)] == [b"\xe2", b"\x89", b"\xa1"]
+    assert chat.decode(tokenizer, ids) == tokenizer.decode(ids) == text
 
 
 @settings(max_examples=60, deadline=None)

@@ -151,6 +151,23 @@ def test_retry_without_a_call_abandons_and_keeps_the_failure(make):
     assert (stats.rollbacks_abandoned, stats.lookahead_calls, stats.final_failures) == (1, 0, 1)
 
 
+def test_unterminated_retry_abandons_and_keeps_the_failure(make):
+    """A retry that ends inside its call (cut; the parser marks it `chat.UNTERMINATED`) was not executed: the
+    lookahead ends as abandoned, the failure stays, and the retry follows as an ordinary turn whose own failure
+    event the next turn (no call) abandons too. Breakages checked: `saar.executed` without its UNTERMINATED check
+    (the cut retry was spliced over the executed failure)."""
+    t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError", "ZeroDivisionError")
+    cut = chat.hermes_call_text(SUM10).removesuffix("\n</tool_call>")
+    t1 = make.turn("Sum instead.\n", raw_call=cut, status="malformed", output=chat.get_format("hermes").parse(cut).error,
+                   error_type=chat.UNTERMINATED)
+    t2 = make.turn("I give up: \\boxed{0}.")
+    out, stats = purify_turns((t0, t1, t2), SaarConfig(), applies=True)
+    assert out == (t0, t1, t2)
+    assert (stats.rollbacks_triggered, stats.rollbacks_abandoned, stats.lookahead_calls, stats.first_attempt_calls,
+            stats.final_failures) == (2, 2, 0, 2, 2)
+    assert stats.rollbacks_triggered_by_class == {"ZeroDivisionError": 1, "malformed": 1}
+
+
 def test_infrastructure_failure_during_lookahead_interrupts(make, expect):
     t0 = make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError", "ZeroDivisionError")
     t1 = make.turn("Sum.\n", SUM10, "infra_error", "Sandbox unavailable")
@@ -166,6 +183,11 @@ def test_step_reports_each_outcome(make):
     assert saar.step(fail, make.turn("b\n", DIV0, "timeout", "timed out"), 1, cfg)[1] is None
     assert saar.step(fail, make.turn("b\n", DIV0, "timeout", "timed out"), 2, cfg)[1] is Outcome.EXHAUSTED
     assert saar.step(fail, make.turn("no call"), 1, cfg) == (fail, Outcome.ABANDONED)
+    cut = make.turn("b\n", raw_call="<tool_call>\n{", status="malformed", output="Error", error_type=chat.UNTERMINATED)
+    assert saar.step(fail, cut, 1, cfg) == (fail, Outcome.ABANDONED)
+    bad = make.turn("b\n", raw_call="<tool_call>\n{</tool_call>", status="malformed", output="Error",
+                    error_type="MalformedToolCall")
+    assert saar.step(fail, bad, 1, cfg)[1] is None  # a complete call that does not parse is a failed retry
 
 
 @pytest.mark.parametrize(

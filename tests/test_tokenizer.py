@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cleaner.lab.tokenizer import SPECIAL_TOKENS, build_tokenizer, load_tokenizer, seed_corpus
+from cleaner.lab.tokenizer import SPECIAL_TOKENS, build_tokenizer, seed_corpus
+from cleaner.models import load_tokenizer
 
 
 def test_same_corpus_same_vocabulary(tok):

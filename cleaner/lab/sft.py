@@ -93,7 +93,7 @@ def _examples(cfg: SftConfig, tokenizer) -> list[tuple[list[int], list[int], lis
     digits = {i for i in range(len(tokenizer)) if chat.token_bytes(tokenizer)[i].isdigit()}
     out = []
     for r in records:
-        traj = trajectory_from_messages(r, tokenizer, fmt, f"sft:{r['id']}")
+        traj = trajectory_from_messages(r, tokenizer, fmt)
         ids, mask = traj.ids, traj.loss_mask
         out.append((ids, mask, [int(m and i in digits) for i, m in zip(ids, mask)]))
     return out

@@ -2,8 +2,7 @@
 ChatML chat template that renders tool results as Qwen3 does (a user turn holding `<tool_response>`).
 
 Built in about a second from a corpus generated here, so nothing is downloaded; the same corpus and size give the
-same vocabulary. The lab model uses it; `load_tokenizer` also opens any local Hugging Face tokenizer folder
-(for example Qwen3's), so the purifier can count tokens as a real model would.
+same vocabulary. The lab model uses it; `cleaner.models.load_tokenizer("lab")` returns it.
 """
 
 from __future__ import annotations
@@ -13,10 +12,9 @@ import keyword
 import random
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from cleaner import chat
 from cleaner.lab import sft_data, tasks
@@ -117,9 +115,3 @@ def lab_tokenizer() -> PreTrainedTokenizerFast:
     """The lab's tokenizer: 2000 tokens trained on `seed_corpus()`. Built once per process (about a second)."""
     return build_tokenizer(seed_corpus())
 
-
-def load_tokenizer(name_or_path: str) -> Any:
-    """`lab` for the built-in tokenizer, or a local Hugging Face tokenizer folder (nothing is downloaded)."""
-    if name_or_path == "lab":
-        return lab_tokenizer()
-    return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)

@@ -13,7 +13,9 @@ The loop, top to bottom:
 2. Execute the call. On success, or on a failure when SAAR does not apply, commit the turn and go to 1.
 3. On a model error when SAAR applies, the turn goes *in place* (not committed) and the lookahead starts: generate
    a retry after the history plus the turn in place and its error, execute it, and `saar.step` replaces the turn
-   in place by the retry. Repeat up to K times; then commit what is in place and go to 1.
+   in place by the retry. Repeat up to K times; then commit what is in place and go to 1. A retry that is not
+   executed (no call, cut by the budget, or ending inside its call) is abandoned: the turn in place is committed
+   and the retry follows it as an ordinary turn (step 2 for it, when it was answered with its parse error).
 
 Limits. `max_turns` counts the assistant turns of the final trajectory and `max_response_tokens` its tokens after
 the prompt (sampled and rendered); the final trajectory never exceeds either. Retries replace the turn in place, so
@@ -150,19 +152,24 @@ class Episode:
         turn = replace(self.pending, result=replace(result, output=output),
                        observation=chat.observation_span(self.tokenizer, self.fmt, output))
         self.pending = None
-        if self.in_place is None:
-            self.stats.count_call(turn, lookahead=False)
-            if self.stats.saar_applied and saar.triggers(turn.result):
-                self.stats.count_trigger(turn)
-                self.in_place, self.retries = turn, 0
-            else:
-                self.committed.append(turn)
-        else:
+        if self.in_place is not None:
             self.retries += 1
-            self.stats.count_call(turn, lookahead=True)
-            self.in_place, outcome = saar.step(self.in_place, turn, self.retries, self.cfg.saar)
-            if outcome is not None:
+            in_place, outcome = saar.step(self.in_place, turn, self.retries, self.cfg.saar)
+            if outcome is saar.Outcome.ABANDONED:  # an unterminated retry: the failure stays, the retry follows it
                 self._end_lookahead(outcome)
+            else:
+                self.stats.count_call(turn, lookahead=True)
+                self.in_place = in_place
+                if outcome is not None:
+                    self._end_lookahead(outcome)
+                self.action = self._next()
+                return
+        self.stats.count_call(turn, lookahead=False)
+        if self.stats.saar_applied and saar.triggers(turn.result):
+            self.stats.count_trigger(turn)
+            self.in_place, self.retries = turn, 0
+        else:
+            self.committed.append(turn)
         self.action = self._next()
 
     def trajectory(self) -> Trajectory:

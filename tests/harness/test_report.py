@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cleaner import chat
-from cleaner.purify import read_records, trajectory_from_messages
+from cleaner.purify import trajectory_from_messages
 from cleaner.trajectory import write_jsonl
 from harness import report
 
@@ -84,8 +84,8 @@ def runs(tmp_path, tok):
     smol = write_record(root, "smol", model="smollm2_135m", steps=0,
                         evaluation={"math500": {"saar_off": eval_metrics(0.125, 0.125, 40.0, {"1": 0.125, "2": 0.25}),
                                                 "saar_on": eval_metrics(0.25, 0.16, 44.0, {"1": 0.25, "2": 0.375})}})
-    records = read_records(REPO / "cleaner" / "examples" / "tool_errors.jsonl")
-    trajs = [trajectory_from_messages(r, tok, chat.get_format("hermes"), r["id"]) for r in records]
+    records = map(json.loads, (REPO / "cleaner" / "examples" / "tool_errors.jsonl").read_text().splitlines())
+    trajs = [trajectory_from_messages(r, tok, chat.get_format("hermes")) for r in records]
     write_jsonl(smol / "samples.jsonl", [t for t in trajs if t.id == "nameerror-fixed"])
     (root / "unfinished").mkdir()
     (root / "unfinished" / "config.yaml").write_text("seed: 0\n")  # no summary.json: not in the report

@@ -105,6 +105,24 @@ def test_malformed_call_is_answered_without_execution(tok, expect):
     assert traj.stats["rollbacks_triggered_by_class"] == {"malformed": 1}
 
 
+def test_unterminated_retry_is_abandoned_not_spliced(tok, expect):
+    """Online, a retry that closes its turn inside its call is answered with the parser's error but never run: the
+    executed failure stays, the retry follows it as an ordinary turn (and starts its own failure event, which the
+    answer abandons). Breakages checked: `saar.executed` without its UNTERMINATED check (the retry's tokens replaced
+    the executed call and its error); `Episode.on_tool_result` without its abandoned branch (the retry turn was
+    lost)."""
+    cut = "Sum instead.\n" + chat.hermes_call_text(OTHER).removesuffix("\n</tool_call>")  # ends inside the call
+    traj, t, obs, engine, runner = rollout(tok, [say("Divide.\n", DIV0), cut, "\\boxed{45}"])
+    error = chat.observation_span(tok, HERMES, HERMES.parse(cut).error)
+    expect(traj, [(traj.prompt, PROMPT), (t[0].reasoning, ORIG), (t[0].call, ORIG), (t[0].stop, ORIG), (obs[DIV0], OBS),
+                  (t[1].reasoning, ORIG), (t[1].call, ORIG), (t[1].stop, ORIG), (error, OBS),
+                  (t[2].reasoning, ORIG), (t[2].stop, ORIG)])
+    assert runner.calls == [("q/0", DIV0)]  # the cut call never ran
+    s = traj.stats
+    assert (s["rollbacks_triggered"], s["rollbacks_abandoned"], s["first_attempt_calls"], s["lookahead_calls"],
+            s["final_failures"]) == (2, 2, 2, 0, 2)
+
+
 def test_turn_limit_reached_during_lookahead_when_retries_count(tok, expect):
     cfg = RolloutConfig(max_turns=2, retries_count_against_limits=True)
     traj, t, obs, engine, _ = rollout(tok, [say("Divide.\n", DIV0), say("Again.\n", DIV0)], cfg)

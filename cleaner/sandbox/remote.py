@@ -28,11 +28,10 @@ import asyncio
 import json
 import os
 import re
-import signal
 from typing import Any
 
 from cleaner.sandbox.config import SandboxConfig
-from cleaner.sandbox.result import ExecutionResult
+from cleaner.sandbox.result import MAX_ERROR_TYPE_CHARS, ExecutionResult, signal_name, valid_text
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
 
@@ -68,7 +67,7 @@ def map_response(body: dict[str, Any], max_output_bytes: int) -> tuple[str, str,
     if body.get("status") == "SandboxError" or not isinstance(run, dict) or run.get("status") == "Error":
         message = body.get("message") or (run or {}).get("stderr") or "no run result"
         return "infra_error", "", f"SandboxError: the SandboxFusion server failed: {message}\n", None, 0.0
-    stdout, stderr = run.get("stdout") or "", run.get("stderr") or ""
+    stdout, stderr = valid_text(run.get("stdout")), valid_text(run.get("stderr"))
     duration_s = float(run.get("execution_time") or 0.0)
     if len(stdout.encode()) + len(stderr.encode()) > max_output_bytes:
         stdout = stdout.encode()[:max_output_bytes].decode("utf-8", "replace")
@@ -84,11 +83,11 @@ def map_response(body: dict[str, Any], max_output_bytes: int) -> tuple[str, str,
     lines = [line for line in stderr.splitlines() if line.strip()]
     match = _EXCEPTION_LINE.match(lines[-1]) if lines else None
     if match is not None:
-        error_type = match.group(1).rsplit(".", 1)[-1]
+        error_type = match.group(1).rsplit(".", 1)[-1][:MAX_ERROR_TYPE_CHARS]
         return ("memory_limit" if error_type == "MemoryError" else "error"), stdout, stderr, \
             (None if error_type == "MemoryError" else error_type), duration_s
     if isinstance(code, int) and code < 0:
-        return "error", stdout, stderr, signal.Signals(-code).name, duration_s
+        return "error", stdout, stderr, signal_name(-code), duration_s
     return "error", stdout, stderr, "SystemExit", duration_s
 
 

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 
@@ -47,12 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remote-url", default=None, help="SandboxFusion server, for --backend remote")
     args = parser.parse_args(argv)
     if args.code is not None:
-        code = args.code
+        raw = os.fsencode(args.code)  # argv is decoded with surrogateescape: this gives its bytes back
     elif args.file == "-":
-        code = sys.stdin.read()
+        raw = sys.stdin.buffer.read()
     else:
-        with open(args.file, encoding="utf-8") as f:
-            code = f.read()
+        with open(args.file, "rb") as f:
+            raw = f.read()
+    try:
+        code = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        parser.error(f"the code is not valid UTF-8 ({exc})")
     try:
         config = replace(defaults, timeout_s=args.timeout_s, cpu_time_s=args.cpu_time_s or args.timeout_s,
                          memory_mb=args.memory_mb, max_output_chars=args.max_output_chars, backend=args.backend,

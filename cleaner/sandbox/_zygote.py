@@ -531,7 +531,10 @@ def _run_cell_code(code, filename, namespace):
     except SystemExit as exc:
         if _exit_is_clean(exc.code):
             return "ok", None
-        print(f"SystemExit: {exc.code}", file=sys.stderr)
+        try:
+            print(f"SystemExit: {exc.code}", file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - a code whose str() raises, or a broken stderr
+            os.write(2, b"SystemExit\n")
         return "error", "SystemExit"
     except MemoryError as exc:
         _print_exception(exc, 1)

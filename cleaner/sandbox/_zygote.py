@@ -46,6 +46,7 @@ descriptors at start). Requests: {"op": "run", "code", "filename", "session"}, {
 import builtins
 import ctypes
 import errno
+import gc
 import json
 import linecache
 import os
@@ -1389,6 +1390,7 @@ def main():
         _write_all(proto_out, _encode({"hello": False, "error": f"{type(exc).__name__}: {exc}"}))
         raise
     _std_streams()
+    gc.freeze()  # a cell's garbage collections skip what it inherited, so they do not copy those pages
     zygote.serve({"hello": True, "seccomp": seccomp, "preloaded": list(cfg["preload_modules"])})
 
 

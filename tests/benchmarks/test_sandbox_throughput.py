@@ -9,6 +9,8 @@ the machine's cores bound every method alike). Concurrency: 1, 8, 64 calls in fl
 issuing a call to its result, so it includes waiting for a free worker.
 Sessions: a cell after N = 10 successful cells vs a fresh session's first cell vs a one-off call, and the cost of
 rebuilding the same state by replaying the 10 cells (what a stateless executor has to do).
+Preloading: a cell that imports numpy and sympy and uses them, in a one-worker pool that preloads both
+(`preload_modules`) vs one that only has their site-packages on the path (each call imports them).
 
 Run: .venv/bin/python -m pytest -o addopts="--import-mode=importlib -p no:cacheprovider" \\
          tests/benchmarks/test_sandbox_throughput.py --benchmark-only
@@ -22,11 +24,12 @@ import os
 import shutil
 import statistics
 import time
+from dataclasses import replace
 
 import pytest
 
 from cleaner.sandbox import SandboxConfig, SandboxPool
-from cleaner.sandbox.backends import SANDBOX_ENV, plan, real_python
+from cleaner.sandbox.backends import SANDBOX_ENV, plan, preload_paths, real_python
 from cleaner.sandbox.remote import replay_program
 
 CONFIG = SandboxConfig(timeout_s=10.0, cpu_time_s=10.0)
@@ -38,8 +41,10 @@ CALLS = {"print(1)": 200, "50ms CPU": 60}
 CONCURRENCY = (1, 8, 64)
 SESSION_CELL = "y = sum(range(1000))"
 HISTORY = [f"x{i} = sum(range(300_000))" for i in range(10)]  # each prior cell does ~5-10 ms of work
+PRELOAD_CELL = "import numpy, sympy\nprint(int(numpy.arange(10).sum()), sympy.Integer(3) + 1)"
 SUMMARY: dict[tuple[str, str, int], dict[str, float]] = {}
 SESSION_SUMMARY: dict[str, float] = {}
+PRELOAD_SUMMARY: dict[str, float] = {}
 HAVE_BWRAP = shutil.which("bwrap") is not None
 
 
@@ -158,10 +163,33 @@ def test_session_replay_cost(benchmark) -> None:
     SESSION_SUMMARY.update(result)
 
 
+async def preload_costs(repeats: int) -> dict[str, float]:
+    """Median latency of PRELOAD_CELL, one call at a time, with and without preloading."""
+    preloaded = replace(CONFIG, workers=1, preload_modules=("numpy", "sympy"))
+    on_path = replace(CONFIG, workers=1, python_paths=tuple(preload_paths(("numpy", "sympy"))))
+    out = {}
+    for name, config in (("preloaded_ms", preloaded), ("imported_per_call_ms", on_path)):
+        async with SandboxPool(config) as pool:
+            assert (await pool.run(PRELOAD_CELL)).stdout == "45 4\n"
+            latencies = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                assert (await pool.run(PRELOAD_CELL)).ok
+                latencies.append(time.perf_counter() - t0)
+        out[name] = 1000 * statistics.median(latencies)
+    return out
+
+
+def test_preload_cost(benchmark) -> None:
+    result = benchmark.pedantic(lambda: asyncio.run(preload_costs(10)), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    PRELOAD_SUMMARY.update(result)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def print_summary(request):
     yield
-    if not SUMMARY and not SESSION_SUMMARY:
+    if not SUMMARY and not SESSION_SUMMARY and not PRELOAD_SUMMARY:
         return
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
@@ -186,3 +214,6 @@ def write_summary(write) -> None:
                       f"{r['p99_ms']:.1f} | {ratio} |")
     if SESSION_SUMMARY:
         write("session cost (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in SESSION_SUMMARY.items()))
+    if PRELOAD_SUMMARY:
+        write("import numpy, sympy in a cell (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                                      PRELOAD_SUMMARY.items()))

@@ -742,10 +742,11 @@ class _Cgroups:
 class _Holder:
     """A session's frozen state process, known by a pidfd (so a reused pid is never mistaken for it)."""
 
-    def __init__(self, pid, sock, uid, scratch):
+    def __init__(self, pid, sock, uid, scratch, pidfd=None, scratch_bytes=0):
         self.pid, self.sock, self.uid, self.scratch = pid, sock, uid, scratch
-        self.pidfd = os.pidfd_open(pid)
-        self.scratch_bytes = 0  # what its scratch directory holds (bytes + _INODE_BYTES per file), when measured
+        self.pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
+        self.scratch_bytes = scratch_bytes  # what its scratch directory holds (bytes + _INODE_BYTES per file)
+        self.signal(signal.SIGSTOP)  # frozen from the start: it runs only while the zygote talks to it
 
     def signal(self, sig):
         try:
@@ -1087,9 +1088,7 @@ class Zygote:
             finally:
                 os._exit(0)
         theirs.close()
-        holder = _Holder(pid, ours, uid, scratch)
-        holder.signal(signal.SIGSTOP)
-        return holder
+        return _Holder(pid, ours, uid, scratch)
 
     def _reset_session(self, session_id, holder):
         """Give the session a fresh, empty state (its files stay), after its holder died or misbehaved."""
@@ -1126,10 +1125,7 @@ class Zygote:
         backup_pid = answer.get("pid") if answer else None
         backup_pidfd = _checked_child(backup_pid, {holder.pid}, backup_pid, holder.uid)
         if backup_pidfd is not None:
-            backup = _Holder.__new__(_Holder)
-            backup.pid, backup.sock, backup.uid, backup.scratch = answer["pid"], backup_ours, holder.uid, holder.scratch
-            backup.pidfd, backup.scratch_bytes = backup_pidfd, holder.scratch_bytes
-            backup.signal(signal.SIGSTOP)
+            backup = _Holder(backup_pid, backup_ours, holder.uid, holder.scratch, backup_pidfd, holder.scratch_bytes)
             call["descend"] = {backup.pid}  # its children, if any, are the call's
         if backup_pidfd is None or not _send(holder.sock, {"op": "go"}, [], control_deadline):
             for fd in (out_r, err_r, res_r):
@@ -1161,12 +1157,8 @@ class Zygote:
                     "session keeps its state from before this cell")
         _kill_group(cell_pid)
         if successor_pidfd is not None:
-            successor = _Holder.__new__(_Holder)
-            successor.pid, successor.sock, successor.uid, successor.scratch = (successor_pid, successor_ours,
-                                                                                holder.uid, holder.scratch)
-            successor.pidfd, successor.scratch_bytes = successor_pidfd, holder.scratch_bytes
-            successor.signal(signal.SIGSTOP)
-            self.holders[session_id] = successor
+            self.holders[session_id] = _Holder(successor_pid, successor_ours, holder.uid, holder.scratch,
+                                               successor_pidfd, holder.scratch_bytes)
             backup.drop()
         else:
             successor_ours.close()
@@ -1232,10 +1224,7 @@ class Zygote:
             self._remove_scratch(scratch)
             self.after_reply = lambda: self._sweep(holder.uid)
             return {"ok": False, "error": "the session's interpreter process did not answer"}
-        copy = _Holder.__new__(_Holder)
-        copy.pid, copy.sock, copy.uid, copy.scratch = answer["pid"], copy_ours, holder.uid, scratch
-        copy.pidfd, copy.scratch_bytes = pidfd, holder.scratch_bytes
-        copy.signal(signal.SIGSTOP)
+        copy = _Holder(copy_pid, copy_ours, holder.uid, scratch, pidfd, holder.scratch_bytes)
         if self.cgroups is not None:
             _Cgroups.move(self.cgroups.holders, copy.pid)
         self.holders[new_id] = copy

@@ -92,8 +92,12 @@ async def main(steps):
         if kind == "isolation":
             emit(isolation=pool.isolation)
             continue
+        if kind == "first_output_exists":  # a host-side check, while the pool runs
+            emit(exists=os.path.exists(first_output))
+            continue
         result = await (pool.run(code) if kind == "run" else session.run(code))
         emit(result=result.to_dict(), zygote=pool.worker_pids[0])
+        first_output = first_output if "first_output" in locals() else result.stdout.strip()
     await pool.close()
     emit(closed=True)
 asyncio.run(main(json.loads(sys.argv[1])))
@@ -101,8 +105,9 @@ asyncio.run(main(json.loads(sys.argv[1])))
 
 
 def run_rlimit_script(steps: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
-    """Run `steps` (("run" | "session", code), ("kill_zygote", "") or ("isolation", "")) in a fresh process
-    holding a rlimit pool,
+    """Run `steps` (("run" | "session", code), or ("kill_zygote" | "isolation" | "first_output_exists", ""): the
+    last checks on the host whether the path the first cell printed exists) in a fresh process holding a rlimit
+    pool,
     with an interpreter other users can read (see readable_python). Returns the JSON events and the log lines."""
     python = readable_python()
     if python is None:

@@ -79,7 +79,7 @@ async def test_bwrap_each_session_has_its_own_scratch_quota(pools, host):
     """Sessions on one worker used to share one small /tmp, so one could fill it and the others got ENOSPC. Each
     has its own quota now: a session over it is stopped (memory_limit) and its files removed, the others keep
     theirs and can still write. Breakages checked: the quota check switched off (C's 40 MB were kept, the
-    worker's /tmp held 100 MB), the worker's /tmp back at max_scratch_mb (B got ENOSPC)."""
+    worker's /tmp held 100 MB), the worker's /tmp sized to max_scratch_mb again (B got ENOSPC)."""
     pool = await pools.start(backend="bwrap", max_scratch_mb=32, memory_mb=512)
     tmp = f"/proc/{host.zygote(pool).pid}/root/tmp"
     # 10 MB files (a file may not exceed max_file_bytes, 16 MB)
@@ -99,8 +99,8 @@ async def test_bwrap_each_session_has_its_own_scratch_quota(pools, host):
 
 
 async def test_bwrap_scratch_files_of_a_one_off_call_are_removed_and_count_against_its_quota(pools, hostile, host):
-    """A one-off call's files go with it; more than max_scratch_mb stops it. Breakage checked: no quota check
-    during the call (the 40 MB were written: ok)."""
+    """A one-off call's files go with it; more than max_scratch_mb stops it. Breakage checked: no scratch check
+    in `_over_limits` (the 40 MB were written: ok)."""
     pool = await pools.start(backend="bwrap", max_scratch_mb=32, memory_mb=512)
     result = await hostile(pool, "for i in range(4):\n    open(f'{i}.bin', 'wb').write(b'x' * (10 << 20))\n"
                                  "import time\ntime.sleep(0.1)\nprint('kept')")
@@ -149,13 +149,15 @@ async def test_bwrap_host_unix_sockets_are_unreachable(bwrap_pool, hostile, tmp_
 
 async def test_rlimit_scratch_directories_are_removed_even_when_the_supervisor_dies(host):
     """The rlimit backend's scratch directories live on the host; when the supervisor is killed (here from
-    outside, with a call's files in place), the pool removes them, and at close its own directory. Breakage
-    checked: no removal in _Worker.kill (the killed worker's directory stayed)."""
+    outside, with a session's files in place), the pool removes them as it restarts the worker, and at close its
+    own directory. Breakage checked: no removal in _Worker.kill (the killed worker's directory stayed until
+    close)."""
     write = "import os\nopen('left.txt', 'w').write('x')\nos.mkdir('deep')\nprint(os.getcwd())"
     session_write = "import os\nopen('kept.txt', 'w').write('x')\nprint(os.getcwd())"
-    events, _logs = host.rlimit([("session", session_write), ("kill_zygote", ""), ("run", write),
-                                 ("run", "print('after')")])
-    first_scratch, second_scratch = events[0]["result"]["stdout"].strip(), events[1]["result"]["stdout"].strip()
+    events, _logs = host.rlimit([("session", session_write), ("first_output_exists", ""), ("kill_zygote", ""),
+                                 ("run", write), ("first_output_exists", ""), ("run", "print('after')")])
+    assert [e["exists"] for e in events if "exists" in e] == [True, False]
+    first_scratch, second_scratch = events[0]["result"]["stdout"].strip(), events[2]["result"]["stdout"].strip()
     assert events[-1] == {"closed": True}
     for path in (first_scratch, os.path.dirname(first_scratch), second_scratch, os.path.dirname(second_scratch)):
         assert not os.path.exists(path), path

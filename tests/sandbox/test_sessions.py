@@ -30,6 +30,8 @@ async def test_bwrap_successful_cell_state_persists(bwrap_pool):
 
 
 async def test_bwrap_state_after_failures_equals_the_successful_only_history(bwrap_pool):
+    """Breakage checked: the backup left in the holder's process group, which becomes the cell's (killed with
+    the failed cell: the state was lost)."""
     cells = [
         ("items = [1, 2]", "ok"),
         ("items.append(99)\nnew = 'partial'\n1 / 0", "error"),  # mutates existing state, then fails
@@ -67,8 +69,7 @@ async def test_bwrap_timed_out_cell_is_never_re_executed(bwrap_pool):
 async def test_bwrap_a_cell_that_kills_every_process_it_can_reach_breaks_at_most_its_own_session(bwrap_pool):
     """A cell SIGKILLs every other process of its uid (its parent is the supervisor, root's), which takes the
     frozen copy of its state: the cell itself succeeds and its state is kept; when it fails instead, its
-    session is reset, and nothing else is touched. Breakage checked: the backup in the cell's process group
-    (killed with it: the first cell lost its state)."""
+    session is reset, and nothing else is touched."""
     killer = ("import os, signal\nfor pid in map(int, filter(str.isdigit, os.listdir('/proc'))):\n"
               "    if pid != os.getpid():\n        try:\n            os.kill(pid, signal.SIGKILL)\n"
               "        except OSError:\n            pass\n")

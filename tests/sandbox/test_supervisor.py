@@ -49,8 +49,8 @@ async def test_bwrap_a_forged_successor_pid_is_refused_and_does_not_survive(bwra
     """A session cell names, in a forged report, a detached process of its own as the session's next state
     holder. The supervisor accepts only the cell's own child in the cell's process group: the call is an error,
     the session keeps its state from before the cell, and the detached process is killed with the call (it used
-    to be spared by the sweep as the new holder, and kept running). Breakage checked: `_checked_child` without
-    the process-group check (accepted; the sleeper survived)."""
+    to be spared by the sweep as the new holder, and kept running). Breakage checked: accepting any existing pid
+    as the successor (ok, and the sleeper survived as the session's holder)."""
     token = f"{uuid.uuid4().int % 10**6 + 10**6}.25"  # a unique sleep length, to find the process by argv
     code = (
         "import json, os, struct, subprocess\n"
@@ -78,8 +78,9 @@ async def test_bwrap_holders_run_no_code_between_calls(bwrap_pool, host):
     """A profile hook set by a cell runs in the process that takes over the session's state, and there spins
     forever: it used to burn a CPU between calls. Holders are frozen between calls, so the sandbox uses no CPU
     while idle; the next call finds the holder not answering and resets the session (an error of that call),
-    leaving the bystander untouched and nothing running. Breakages checked: no SIGSTOP of a new holder (the
-    idle sandbox used a CPU), no deadline on the holder's answer (the call hung)."""
+    leaving the bystander untouched and nothing running. Breakages checked: no SIGSTOP of holders (neither when
+    made nor by the sweep: the idle sandbox used a CPU), no deadline on the holder's answer (the call hung until
+    the pool's backstop: infra_error)."""
     spin = (
         "import os, sys\n"
         "cell = os.getpid()\n"

@@ -67,7 +67,8 @@ async def test_bwrap_death_by_a_signal_python_cannot_name_is_the_cells_error(bwr
 async def test_bwrap_a_forged_success_report_does_not_override_what_the_cell_did(bwrap_pool, hostile):
     """A cell writing report frames to its descriptors, then raising, hanging, exiting non-zero or being killed:
     the supervisor's observation decides (the first frame used to win). Breakages checked: accepting the first
-    frame (`_one_frame` without its length check: ok), taking the report before the exit (ok for the hang)."""
+    frame (`_one_frame` without its length check: ok), `_classify` taking the report before what it observed
+    (ok for the hang)."""
     check = await bystander(bwrap_pool)
     cases = [
         (forge("raise ValueError('after the forged report')"), ("error", "SandboxProtocolError")),
@@ -90,8 +91,8 @@ async def test_bwrap_reported_fields_are_checked(bwrap_pool, hostile):
     error_type, a status only the supervisor gives, extra keys, garbage, invalid UTF-8, JSON nested deeper than
     the parser's stack), alone on the channel and followed by a clean exit, voids the result; the result is
     always valid text that JSONL can hold. Breakages checked: `_valid_report` returning its input (the list
-    reached ExecutionResult: ValueError in the pool), `_one_frame` without catching RecursionError (the
-    supervisor died)."""
+    reached ExecutionResult: ValueError in the pool), `_one_frame` without catching RecursionError (a fault of
+    the supervisor: SandboxFault)."""
     check = await bystander(bwrap_pool)
     exit_clean = "os._exit(0)"
     reports = [

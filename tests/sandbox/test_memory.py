@@ -27,8 +27,7 @@ CHILDREN = (
 async def test_bwrap_processes_of_one_call_share_one_memory_limit(pools, hostile):
     """Six processes of 100 MB each fit under a 256 MB limit per process (RLIMIT_AS), not under 256 MB per call:
     the call is stopped as a memory_limit, not left to run (or time out). Two such processes (200 MB) pass.
-    Breakages checked: `_over_limits` without the watchdog (timeout), summing RSS only (the 2 x 100 MB case
-    with numpy-sized shared pages would trip it; PSS does not)."""
+    Breakage checked: `_over_limits` without the watchdog (timeout)."""
     pool = await pools.start(backend="bwrap", memory_mb=256, timeout_s=4.0)
     result = await hostile(pool, CHILDREN.format(n=6))
     assert (result.status, result.stdout) == ("memory_limit", ""), result

@@ -1077,17 +1077,18 @@ class Zygote:
 
     def _spawn_holder(self, uid, scratch):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        procs = None if self.cgroups is None else os.path.join(self.cgroups.holders, "cgroup.procs")
         pid = os.fork()
         if pid == 0:
             try:
                 ours.close()
-                _enter_cell_process(self.cfg, uid, scratch, {theirs.fileno()}, self._nproc_limit(True), procs)
+                _enter_cell_process(self.cfg, uid, scratch, {theirs.fileno()}, self._nproc_limit(True), None)
                 _detach_std_streams()
                 _holder_loop(theirs, _fresh_main_module())
             finally:
                 os._exit(0)
         theirs.close()
+        if self.cgroups is not None:  # by the zygote: the holder is frozen at once, maybe before its own setup
+            _Cgroups.move(self.cgroups.holders, pid)
         return _Holder(pid, ours, uid, scratch)
 
     def _reset_session(self, session_id, holder):
@@ -1127,6 +1128,8 @@ class Zygote:
         if backup_pidfd is not None:
             backup = _Holder(backup_pid, backup_ours, holder.uid, holder.scratch, backup_pidfd, holder.scratch_bytes)
             call["descend"] = {backup.pid}  # its children, if any, are the call's
+            if call["cgroup"] is not None:  # out of the call's cgroup, which an OOM kills as a whole
+                _Cgroups.move(self.cgroups.holders, backup.pid)
         if backup_pidfd is None or not _send(holder.sock, {"op": "go"}, [], control_deadline):
             for fd in (out_r, err_r, res_r):
                 os.close(fd)

@@ -6,7 +6,11 @@ Host-side checks: the `hostile` fixture (no process of the call survives, the ne
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from cleaner.sandbox import backends
 
 pytestmark = pytest.mark.asyncio
 
@@ -65,3 +69,24 @@ async def test_bwrap_memfds_are_refused(bwrap_pool, hostile):
     see it. Breakage checked: memfd_create missing from the seccomp filter (created)."""
     result = await hostile(bwrap_pool, "import os\nos.memfd_create('hidden')")
     assert (result.status, result.error_type) == ("error", "PermissionError"), result
+
+
+CGROUP_PARENT, CGROUP_REASON = backends.cgroup_parent()
+
+
+@pytest.mark.skipif(CGROUP_PARENT is None, reason=f"no cgroup v2 memory controller to delegate: {CGROUP_REASON}")
+async def test_bwrap_cgroup_v2_limits_each_call_in_a_cgroup_of_its_own_and_leaves_none(pools, hostile):
+    """Where the trainer's cgroup (or its parent) passes the memory controller, each call runs in its own cgroup
+    with memory.max, the kernel stops it, and the pool removes its cgroups at close. Skipped where no such
+    cgroup exists (the hello then says "watchdog", checked in test_pool)."""
+    before = {d for d in os.listdir(CGROUP_PARENT) if d.startswith("cleaner-sandbox-")}
+    pool = await pools.start(backend="bwrap", memory_mb=256, timeout_s=4.0)
+    assert pool.isolation["memory_limit"] == "cgroup"
+    where = await hostile(pool, "print(open('/proc/self/cgroup').read().split('0::')[-1].strip())")
+    assert "/w0/call-" in where.stdout, where
+    result = await hostile(pool, CHILDREN.format(n=6))
+    assert result.status == "memory_limit", result
+    within = await hostile(pool, CHILDREN.format(n=2).replace("time.sleep(5)", "time.sleep(0.3)"))
+    assert (within.status, within.stdout) == ("ok", "all done\n"), within
+    await pool.close()
+    assert {d for d in os.listdir(CGROUP_PARENT) if d.startswith("cleaner-sandbox-")} == before

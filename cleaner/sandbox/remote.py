@@ -18,8 +18,9 @@ with return code 0 -> `ok`; otherwise `error`, with `error_type` from the traceb
 The server is stateless, so a remote session replays its successful cells (output discarded) before each new
 cell, in one request. Unlike the local backend this re-executes earlier cells: their cost grows with the history,
 and code with side effects or randomness may not replay to the same state. Isolation, limits and time-out
-enforcement are the server's (SandboxFusion's defaults are weak: run it in its own container); `strict` does not
-apply here.
+enforcement are the server's (SandboxFusion's defaults are weak: run it in its own container); none of the local
+backend's guarantees (docs/sandbox.md) apply. Text from the server is made valid Unicode, and an error_type is
+at most a short identifier.
 """
 
 from __future__ import annotations

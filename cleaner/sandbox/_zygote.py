@@ -266,10 +266,10 @@ def _install_seccomp():
 # Process bookkeeping through /proc: the call's processes, their memory, the sweep.
 
 
-def _children(pid):
+def _children(pid, single_thread=False):
     out = []
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
+        tids = [pid] if single_thread else os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
@@ -309,12 +309,12 @@ def _is_zombie(pid):
 
 
 def _processes(me, spared, descend):
-    """This process's descendants, without `spared` and their subtrees, except that the subtrees of `descend`
-    (spared processes of the call's own session) are searched too."""
+    """The descendants of `me` (this process, which has one thread), without `spared` and their subtrees, except
+    that the subtrees of `descend` (spared processes of the call's own session) are searched too."""
     out, stack = [], [me]
     while stack:
         pid = stack.pop()
-        for child in _children(pid):
+        for child in _children(pid, single_thread=pid == me):
             if child not in spared:
                 out.append(child)
                 stack.append(child)
@@ -872,6 +872,8 @@ class Zygote:
 
     def _spared(self):
         """Pids of the live holders of all sessions (a dead one's pid may be reused: it is not spared)."""
+        if not self.holders:
+            return set()
         poller = select.poll()
         for holder in self.holders.values():
             poller.register(holder.pidfd, select.POLLIN)
@@ -953,8 +955,8 @@ class Zygote:
                 elif fd in open_fds and not drain(fd):
                     poller.unregister(fd)
                     open_fds.discard(fd)
-        if reason is None:
-            reason = self._over_limits(call)  # the last measurement, at its exit
+        if reason is None:  # the last measurement, at its exit (the memory of the exited cell is moot: what it
+            reason = self._over_limits(call, processes=False)  # left behind is swept)
         if exited or reason is not None:
             _kill(pidfd)
         _pid, exit_status, usage = os.wait4(pid, 0)
@@ -975,14 +977,17 @@ class Zygote:
             "duration_s": time.monotonic() - started,
         }
 
-    def _over_limits(self, call):
-        """What limit the running call is over, measured now: "memory_limit", "scratch_limit" or None."""
+    def _over_limits(self, call, processes=True):
+        """What limit the running call is over, measured now: "memory_limit", "scratch_limit" or None.
+        `processes`: measure the memory of its processes too (the watchdog)."""
         growth = self._scratch_used() - call["scratch_before"]
         if self.scratch_quota is not None and call["scratch_prior"] + growth > self.scratch_quota:
             return "scratch_limit"
         if call["cgroup"] is not None:
             return "memory_limit" if _Cgroups.oom_killed(call["cgroup"]) else None
         limit = self.cfg["memory_bytes"] - max(0, growth)  # files written to scratch are memory too (tmpfs)
+        if not processes:
+            return "memory_limit" if limit < 0 else None
         pids = _processes(self.me, self._spared(), call["descend"])
         if _rss_bytes(pids) > limit and _pss_bytes(pids) > limit:
             return "memory_limit"

@@ -1,22 +1,33 @@
-"""Run one cell in the sandbox and print the result as one JSON object.
+"""Run one cell in the sandbox and print the result as one JSON object (UTF-8, one line).
 
-    python -m cleaner.sandbox [--timeout-s T] [--memory-mb M] [--backend B] [--strict] (-c CODE | FILE)
+    python -m cleaner.sandbox [--timeout-s T] [--memory-mb M] [--backend B] [--preload-modules M,...] (-c CODE | FILE)
 
-Exit status 0 whenever the sandbox worked, whatever the code did (read "status"); 1 when the sandbox failed
-(status infra_error, or isolation refused under --strict); 2 for bad usage.
+The object is the ExecutionResult's fields, `tool_output` (what the model is shown) and `isolation` (what
+protected the cell: backend, uid isolation, how memory was limited, ...; see SandboxPool.isolation). Exit status 0
+whenever the sandbox worked, whatever the code did (read "status"); 1 when the sandbox failed (status
+infra_error, or the isolation asked for cannot be had here); 2 for bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 
 from cleaner.sandbox.backends import SandboxUnavailable
 from cleaner.sandbox.config import BACKENDS, SandboxConfig
-from cleaner.sandbox.pool import run_code
+from cleaner.sandbox.pool import open_pool
+
+
+async def _run(code: str, config: SandboxConfig) -> dict:
+    async with open_pool(config) as pool:
+        result = await pool.run(code)
+        isolation = getattr(pool, "isolation", {})
+    return {**result.to_dict(), "tool_output": result.to_tool_result().output, "isolation": isolation}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,34 +38,44 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("file", nargs="?", metavar="FILE", help="a file with the code to run ('-': stdin)")
     parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s, help="wall-clock limit (s)")
     parser.add_argument("--cpu-time-s", type=float, default=None, help="CPU-time limit (s); default: --timeout-s")
-    parser.add_argument("--memory-mb", type=int, default=defaults.memory_mb, help="address-space limit (MiB)")
+    parser.add_argument("--memory-mb", type=int, default=defaults.memory_mb, help="memory limit of the call (MiB)")
     parser.add_argument("--max-output-chars", type=int, default=defaults.max_output_chars,
                         help="characters of output in 'tool_output', cut in the middle")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend)
+    parser.add_argument("--preload-modules", default="", metavar="M,...",
+                        help="modules to import before the cell, e.g. numpy,sympy (their site-packages become "
+                             "importable)")
     parser.add_argument("--remote-url", default=None, help="SandboxFusion server, for --backend remote")
-    parser.add_argument("--strict", action="store_true", help="refuse to run without namespace isolation")
     args = parser.parse_args(argv)
     if args.code is not None:
-        code = args.code
+        raw = os.fsencode(args.code)  # argv is decoded with surrogateescape: this gives its bytes back
     elif args.file == "-":
-        code = sys.stdin.read()
+        raw = sys.stdin.buffer.read()
     else:
-        with open(args.file, encoding="utf-8") as f:
-            code = f.read()
+        with open(args.file, "rb") as f:
+            raw = f.read()
+    try:
+        code = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        parser.error(f"the code is not valid UTF-8 ({exc})")
     try:
         config = replace(defaults, timeout_s=args.timeout_s, cpu_time_s=args.cpu_time_s or args.timeout_s,
                          memory_mb=args.memory_mb, max_output_chars=args.max_output_chars, backend=args.backend,
-                         remote_url=args.remote_url, strict=args.strict)
+                         preload_modules=tuple(m for m in args.preload_modules.split(",") if m),
+                         remote_url=args.remote_url, workers=1)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     try:
-        result = run_code(code, config)
+        out = asyncio.run(_run(code, config))
     except SandboxUnavailable as exc:
         print(f"cleaner.sandbox: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({**result.to_dict(), "tool_output": result.to_tool_result().output}, ensure_ascii=False))
-    return 1 if result.status == "infra_error" else 0
+    # Bytes, not the locale's text stream: the object is UTF-8 whatever the terminal says (every string in it
+    # is valid text by construction).
+    sys.stdout.buffer.write(json.dumps(out, ensure_ascii=False).encode("utf-8") + b"\n")
+    sys.stdout.flush()
+    return 1 if out["status"] == "infra_error" else 0
 
 
 if __name__ == "__main__":

@@ -1,37 +1,58 @@
-"""The supervisor that runs inside one sandbox: it forks a process per cell and enforces the limits from outside it.
+"""The supervisor inside one sandbox: it forks a process per cell, enforces every limit from outside it, and alone
+decides each call's result.
 
 This file is not imported by the trainer. Its source is passed to a fresh interpreter started as
-`python -I -S -c <source> <config json>` (inside bubblewrap, or bare for the rlimit backend), so it uses the
-standard library only and imports nothing heavy: every cell is a fork of this small process.
+`python -I -S -c <source> <config json> [<cgroup dir>]` (inside bubblewrap, or bare for the rlimit backend), so it
+uses the standard library only (plus the modules the config asks it to preload, imported once here so that cells
+share them copy-on-write): every cell is a fork of this process.
 
 Process tree of one worker::
 
     zygote (this file; PR_SET_CHILD_SUBREAPER, so orphans come back to it)
-    |-- cell            one-off call: forked by the zygote, supervised by it, discarded afterwards
-    |-- holder          one per session: a process whose memory is the session's interpreter state
-    |   `-- cell        forked by the holder; on success a fork of it (a fresh process with the new state)
-    |                   replaces the holder, on failure it is discarded
-    `-- ...             nothing else survives a call: the sweep kills every other descendant
+    |-- cell        a one-off call: forked by the zygote, supervised by it, discarded afterwards
+    |-- holder      one per session, FROZEN (SIGSTOP) between calls: a process whose memory is the session's state
+    `-- ...         nothing else survives a call: the sweep kills every other descendant
 
-The zygote never runs model code. A cell, and a holder (a former cell), are untrusted: their memory may have been
-changed by model code, so the zygote takes nothing from them on trust beyond their own session's result, and it
-enforces wall-clock time, output size and clean-up itself. Per-process limits (memory, CPU time, file size,
-processes, open files) are rlimits set in the cell before model code runs, which the cell cannot raise.
+A session's call: the zygote thaws the session's holder H and sends it the cell. H forks a backup B (the state
+before the cell), reports it and waits; the zygote checks that B is H's own child, freezes it and says go. H then
+becomes the cell: it runs the model's code as the zygote's own child, so the zygote sees its exit status and CPU
+time. A cell that succeeds forks a successor S (the state after the cell, a fresh process: no CPU time, no
+threads), reports it and exits; S, checked to be the cell's child in the cell's process group, is frozen and
+becomes the holder, and B is killed. A cell that fails leaves B as the holder. So holders run no code between
+calls, a session's state is that of its successful cells only, and nothing is replayed.
+
+Trust. The zygote never runs model code. Cells, holders, backups and successors are untrusted: their memory may
+have been changed by model code. The zygote sends them nothing it needs back except through channels with a
+deadline, accepts a pid only after checking its parent, process group and uid, and decides the verdict itself:
+- what it observed comes first: the wall clock (timeout_s), the output cap, the memory of the call's processes
+  (cgroup v2, or its own watchdog), the scratch quota, death by a signal, the CPU limit, the exit status;
+- "ok" requires a clean exit (status 0) that it saw, after exactly one well-formed report from the cell;
+- a report only says what a script can choose (whether it ended with an exception, and the exception's class
+  name); its fields are checked (type, length, `error_type` a Python identifier) and anything else is the
+  cell's fault: status `error`, error_type `SandboxProtocolError`.
+Every event is classified (unknown signals, garbage, stalls); a fault of the zygote's own is logged to the
+trainer and charged to the call that caused it, without touching other sessions.
+
+Kernel-side limits set before model code runs, which a cell cannot raise: RLIMIT_AS (per process), RLIMIT_CPU,
+RLIMIT_FSIZE, RLIMIT_NPROC (exact with a uid per session), RLIMIT_NOFILE, RLIMIT_CORE = 0; a seccomp filter
+(x86-64, aarch64) that refuses SysV IPC, POSIX message queues, kernel keyrings, memfds, ptrace and cross-process
+memory access, and new namespaces (EPERM), so none of them can outlive a call or hide memory from the limit.
 
 Protocol with the trainer: length-prefixed JSON messages on the zygote's stdin/stdout (moved to private file
 descriptors at start). Requests: {"op": "run", "code", "filename", "session"}, {"op": "open"|"close", "session"},
-{"op": "fork", "session", "new"}; every request gets exactly one reply.
+{"op": "fork", "session", "new"}, {"op": "exit"}; every request but exit gets exactly one reply.
 """
 
 import builtins
 import ctypes
+import errno
+import gc
 import json
 import linecache
 import os
 import random
 import resource
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -41,13 +62,13 @@ import time
 import traceback
 import types
 
-# Small modules model code often uses, imported once here so that cells share them (copy-on-write) for free.
-for _name in ("math", "re", "itertools", "functools", "collections", "fractions", "decimal", "statistics"):
-    __import__(_name)
-
 _HEADER = struct.Struct(">I")
-_MAX_CONTROL_MESSAGE_BYTES = 1 << 16  # holder -> zygote messages are tiny; anything larger is a broken holder
+_MAX_REPORT_BYTES = 1 << 12  # a cell's or holder's message is a few dozen bytes; more is a broken process
+_MAX_ERROR_TYPE_CHARS = 128
+_REPORTED_STATUSES = ("ok", "error", "memory_limit")
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_SECCOMP = 22
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -55,7 +76,10 @@ _SWEEP_ROUNDS = 1000
 _MAX_FD = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # no fd of ours can be above it
 if _MAX_FD == resource.RLIM_INFINITY:
     _MAX_FD = 1 << 20
-_GRACE_S = 5.0  # how long a holder may take to answer the zygote beyond the cell's time limit (fork, load)
+_GRACE_S = 2.0  # how long a holder may take for a control step (fork, answer), beyond which its session is reset
+_TICK_S = 0.02  # how often the zygote measures a running call's memory and scratch files
+_INODE_BYTES = 1024  # what one file in a scratch directory costs the kernel, charged to the scratch quota
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def _prctl(option, value):
@@ -65,7 +89,8 @@ def _prctl(option, value):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Framing: a 4-byte big-endian length, then UTF-8 JSON.
+# Framing: a 4-byte big-endian length, then UTF-8 JSON. The trainer is trusted (blocking reads); everything a cell
+# or holder sends is read with a deadline, a size cap and a check of its content.
 
 
 def _encode(obj):
@@ -98,81 +123,153 @@ def _read_message(fd):
     return None if body is None else json.loads(body)
 
 
-def _send_with_fds(sock, obj, fds):
-    data = _encode(obj)
-    sent = socket.send_fds(sock, [data], fds)
-    if sent < len(data):  # (an empty sendall would fail if the peer has already acted and died)
-        sock.sendall(data[sent:])
+def _one_frame(buf):
+    """The message in `buf` if it holds exactly one well-formed frame whose body is a JSON object, else None
+    (nothing, a partial frame, two frames, garbage)."""
+    if len(buf) < _HEADER.size or len(buf) != _HEADER.size + _HEADER.unpack(bytes(buf[:_HEADER.size]))[0]:
+        return None
+    try:
+        msg = json.loads(bytes(buf[_HEADER.size:]))
+    except (ValueError, RecursionError):  # invalid UTF-8 or JSON, or nesting deep enough to exhaust the parser
+        return None
+    return msg if isinstance(msg, dict) else None
 
 
-def _recv_blocking(sock):
-    """Holder side: the next message from the zygote and the file descriptors sent with it; (None, []) on EOF."""
-    header, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 8)
-    if len(header) < _HEADER.size:
-        header += _recv_exact_sock(sock, _HEADER.size - len(header))
-    body = _recv_exact_sock(sock, _HEADER.unpack(header)[0]) if header else b""
-    if not header or body is None:
-        return None, fds
-    return json.loads(body), fds
+def _valid_report(msg):
+    """A cell's report if its fields are what a cell may report, else None."""
+    if msg is None or set(msg) - {"status", "error_type", "holder"}:
+        return None
+    status, error_type, holder = msg.get("status"), msg.get("error_type"), msg.get("holder")
+    if not (isinstance(status, str) and status in _REPORTED_STATUSES):
+        return None
+    if (status == "error") != (error_type is not None):
+        return None
+    if error_type is not None and not (isinstance(error_type, str) and error_type.isidentifier()
+                                       and len(error_type) <= _MAX_ERROR_TYPE_CHARS):
+        return None
+    if holder is not None and not (type(holder) is int and holder > 1):
+        return None
+    return msg
 
 
-def _recv_exact_sock(sock, n):
-    chunks = []
-    while n:
-        chunk = sock.recv(n)
+def _wait_fd(fd, events, deadline):
+    """Whether `fd` is ready for `events` before `deadline` (poll, not select: fd numbers may exceed 1024)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+
+def _send(sock, obj, fds, deadline):
+    """Send one message (and file descriptors) to an untrusted holder without ever blocking past `deadline`.
+    False if it could not be sent in time (the holder stopped reading, closed its end, or is frozen)."""
+    data = memoryview(_encode(obj))
+    sock.setblocking(False)
+    try:
+        while data:
+            if not _wait_fd(sock, select.POLLOUT, deadline):
+                return False
+            sent = socket.send_fds(sock, [data], fds) if fds else sock.send(data)
+            data, fds = data[sent:], []
+        return True
+    except OSError:
+        return False
+
+
+def _recv(sock, deadline):
+    """One message from an untrusted holder, or None if it closed, stalled past `deadline` or sent garbage."""
+    buf = bytearray()
+    want = _HEADER.size
+    sock.setblocking(False)
+    while len(buf) < want:
+        if not _wait_fd(sock, select.POLLIN, deadline):
+            return None
+        try:
+            chunk = sock.recv(want - len(buf))
+        except OSError:
+            return None
         if not chunk:
             return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _readable(sock, timeout_s):
-    """Whether `sock` has data within `timeout_s`. poll, not select: a zygote with many sessions holds sockets
-    whose numbers exceed select's limit of 1024."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(max(0.0, timeout_s) * 1000))
-
-
-def _recv_with_deadline(sock, deadline):
-    """Zygote side: one message from an untrusted holder, or None if it closed, stalled past `deadline` or sent
-    something malformed."""
-    buf = b""
-    want = _HEADER.size
-    have_header = False
-    while True:
-        while len(buf) < want:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not _readable(sock, remaining):
+        buf += chunk
+        if len(buf) == _HEADER.size:
+            want += _HEADER.unpack(bytes(buf))[0]
+            if want > _HEADER.size + _MAX_REPORT_BYTES:
                 return None
-            try:
-                chunk = sock.recv(want - len(buf))
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            buf += chunk
-        if have_header:
-            try:
-                msg = json.loads(buf)
-            except ValueError:
-                return None
-            return msg if isinstance(msg, dict) else None
-        want = _HEADER.unpack(buf)[0]
-        if want > _MAX_CONTROL_MESSAGE_BYTES:
-            return None
-        buf, have_header = b"", True
+    return _one_frame(buf)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Process bookkeeping: descendants through /proc, the sweep that kills everything that must not survive a call.
+# The seccomp filter, installed once in the zygote (so every cell inherits it and none can remove it). Refused with
+# EPERM: SysV IPC, POSIX message queues and keyrings (kernel objects that outlive a process), memfd_create (memory
+# outside any file system or mapping the limits see), ptrace and process_vm_* (another process's memory), unshare,
+# setns and clone with a namespace flag (a namespace of the cell's own). clone3 gets ENOSYS, so that the C library
+# falls back to clone, whose flags the filter can read. Other architectures run without the filter (the hello
+# says so).
+
+_SYSCALLS = {  # name: (x86-64 number, aarch64 number)
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "shmdt": (67, 197),
+    "semget": (64, 190), "semop": (65, 193), "semctl": (66, 191), "semtimedop": (220, 192),
+    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
+    "mq_open": (240, 180), "mq_unlink": (241, 181), "mq_timedsend": (242, 182), "mq_timedreceive": (243, 183),
+    "mq_notify": (244, 184), "mq_getsetattr": (245, 185),
+    "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
+    "memfd_create": (319, 279), "ptrace": (101, 117), "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271), "unshare": (272, 97), "setns": (308, 268),
+}
+_CLONE = (56, 220)
+_CLONE3 = (435, 435)
+_AUDIT_ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}
+_CLONE_NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 
 
-def _children(pid):
+def _seccomp_program(machine):
+    """The filter as BPF bytes for `machine`, or None where it is not supported."""
+    if machine not in _AUDIT_ARCH:
+        return None
+    column, audit_arch = _AUDIT_ARCH[machine]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    # (code, jump if true, jump if false, k); a string jump names one of the three returns at the end
+    program = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, eperm), (ld, 0, 0, 0)]  # foreign arch: refuse
+    if machine == "x86_64":
+        program.append((jge, "EPERM", 0, 0x40000000))  # the x32 ABI
+    program += [(jeq, "EPERM", 0, numbers[column]) for numbers in _SYSCALLS.values()]
+    program += [(jeq, "ENOSYS", 0, _CLONE3[column]), (jeq, 0, "ALLOW", _CLONE[column]),
+                (ld, 0, 0, 16), (jset, "EPERM", "ALLOW", _CLONE_NAMESPACE_FLAGS)]  # clone's flags, low 32 bits
+    labels = {"ALLOW": len(program), "EPERM": len(program) + 1, "ENOSYS": len(program) + 2}
+    program += [(ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys)]
+    out = b""
+    for i, (code, jt, jf, k) in enumerate(program):
+        jt = labels[jt] - i - 1 if isinstance(jt, str) else jt
+        jf = labels[jf] - i - 1 if isinstance(jf, str) else jf
+        out += struct.pack("HBBI", code, jt, jf, k)
+    return out
+
+
+def _install_seccomp():
+    """Install the filter in this process (needs PR_SET_NO_NEW_PRIVS). Returns whether it is installed."""
+    program = _seccomp_program(os.uname().machine)
+    if program is None:
+        return False
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
+    if _LIBC.prctl(_PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0) != 0:  # 2: SECCOMP_MODE_FILTER
+        err = ctypes.get_errno()
+        raise OSError(err, f"installing the seccomp filter: {os.strerror(err)}")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Process bookkeeping through /proc: the call's processes, their memory, the sweep.
+
+
+def _children(pid, single_thread=False):
     out = []
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
+        tids = [pid] if single_thread else os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
@@ -184,22 +281,74 @@ def _children(pid):
     return out
 
 
-def _is_zombie(pid):
+def _stat(pid):
+    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")
+        return None
+    return stat[stat.rfind(b")") + 2:].split()
 
 
-def _descendants(root):
-    out, stack = [], [root]
+def _real_uid(pid):
+    """The real uid of `pid` (from status: /proc/<pid> itself is root's for a non-dumpable process), or None."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _is_zombie(pid):
+    fields = _stat(pid)
+    return fields is None or fields[0] in (b"Z", b"X")
+
+
+def _processes(me, spared, descend):
+    """The descendants of `me` (this process, which has one thread), without `spared` and their subtrees, except
+    that the subtrees of `descend` (spared processes of the call's own session) are searched too."""
+    out, stack = [], [me]
     while stack:
-        for child in _children(stack.pop()):
-            out.append(child)
-            stack.append(child)
+        pid = stack.pop()
+        for child in _children(pid, single_thread=pid == me):
+            if child not in spared:
+                out.append(child)
+                stack.append(child)
+            elif child in descend:
+                stack.append(child)
     return out
+
+
+def _rss_bytes(pids):
+    """The resident sizes of `pids` added up: cheap, and an upper bound of their memory (shared pages count once
+    per process)."""
+    rss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                rss += int(f.read().split()[1]) * _PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            continue
+    return rss
+
+
+def _pss_bytes(pids):
+    """The memory of `pids` together: their proportional set sizes (a page shared by n processes counts 1/n to
+    each) and swap, added up. Exact for the call's processes, at the cost of a walk of their page tables."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith((b"Pss:", b"SwapPss:")):
+                        total += int(line.split()[1]) * 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def _reap():
@@ -212,42 +361,32 @@ def _reap():
             return
 
 
-def _reap_one(pid):
+def _kill(pidfd):
     try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
         pass
 
 
-def _sweep(keep):
-    """Kill every descendant of this process except the pids in `keep` (session holders), until none is left.
-    Orphans come back to us (we are a subreaper), so a process that detached with setsid or a double fork is
-    still found here. Killed processes cannot fork, so each round shrinks what is left."""
-    me = os.getpid()
-    for _ in range(_SWEEP_ROUNDS):
-        victims = [p for p in _descendants(me) if p not in keep and not _is_zombie(p)]
-        if not victims:
-            break
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        _reap()
-        time.sleep(0.001)
-    _reap()
+def _kill_group(pgid):
+    """SIGKILL a process group at once (a fork bomb cannot outrun it: a process with a pending SIGKILL cannot
+    fork); the sweep then finds what left the group."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
-def _kill_group(pid):
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _signal_name(sig):
+    """`SIGSEGV` for a signal Python can name, else `SIG<n>` (real-time signals 32-63): never raises."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The cell: what a freshly forked process does before, during and after running model code.
+# The cell: what a process does before, during and after running model code.
 
 
 def _fresh_main_module():
@@ -279,34 +418,52 @@ def _tasks_of_uid(uid):
     return count
 
 
-def _enter_cell_process(cfg, uid, scratch, keep_fds, nproc_limit):
-    """Turn a freshly forked process into a confined one: own process group, limits, unprivileged uid, scratch
-    directory as cwd and HOME, minimal environment, no other file descriptors. Runs for holders and one-off
-    cells; a session's cells inherit all of it from their holder."""
-    os.setpgid(0, 0)
-    _close_fds_except(keep_fds)
+def _use_scratch(scratch):
+    """Make `scratch` the cell's working directory, HOME, TMPDIR and first import path (as for a script). Run
+    before every cell: a session's copy (Session.fork) has a scratch directory of its own."""
     os.chdir(scratch)
     os.environ.update({"HOME": scratch, "TMPDIR": scratch})  # the rest is the zygote's minimal environment
     tempfile.tempdir = None
+    sys.path[:] = [scratch] + [p for p in sys.path if p not in _SCRATCH and p != scratch]
+    _SCRATCH[:] = [scratch]
+
+
+_BASE_PATH = []  # the zygote's sys.path
+_SCRATCH = []  # the scratch directory this process put first on sys.path
+
+
+def _enter_cell_process(cfg, uid, scratch, keep_fds, nproc_limit, cgroup_procs):
+    """Turn a process just forked by the zygote into a confined one: own process group, cgroup, limits,
+    unprivileged uid, scratch directory, minimal environment, no other file descriptors. For one-off cells and a
+    session's first holder; the rest of a session's processes inherit all of it."""
+    os.setpgid(0, 0)
+    if cgroup_procs is not None:
+        with open(cgroup_procs, "w") as f:
+            f.write("0")
+    _close_fds_except(keep_fds)
     cpu_soft = int(cfg["cpu_time_s"] + 0.999)
     limits = [
         (resource.RLIMIT_AS, cfg["memory_bytes"]),
         (resource.RLIMIT_FSIZE, cfg["max_file_bytes"]),
         (resource.RLIMIT_NOFILE, cfg["max_open_files"]),
         (resource.RLIMIT_CORE, 0),
+        # Soft limit sends SIGXCPU (reported as a time-out); the hard limit one second later is a SIGKILL.
+        (resource.RLIMIT_CPU, (cpu_soft, cpu_soft + 1)),
+        (resource.RLIMIT_NPROC, nproc_limit),
     ]
     for which, value in limits:
-        resource.setrlimit(which, (value, value))
-    # Soft limit sends SIGXCPU (reported as a time-out); the hard limit one second later is a SIGKILL.
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft, cpu_soft + 1))
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc_limit, nproc_limit))
+        resource.setrlimit(which, value if isinstance(value, tuple) else (value, value))
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
-        os.setuid(uid)
-    # As for `python script.py`: files the cell writes to its directory can be imported; extra paths last.
+        os.setuid(uid)  # which makes the process non-dumpable: its /proc files are root's
+    else:
+        _prctl(_PR_SET_DUMPABLE, 1)  # undo the zygote's own setting, so that it can read the cell's memory use
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
     sys.argv = [""]
-    sys.path[:] = [scratch] + [p for p in sys.path if p != scratch] + list(cfg["python_paths"])
+    sys.path[:] = list(_BASE_PATH)
+    _SCRATCH[:] = []
+    _use_scratch(scratch)
 
 
 def _redirect_std_streams(out_fd, err_fd):
@@ -352,6 +509,20 @@ def _print_exception(exc, skip_frames):
         os.write(2, f"{type(exc).__name__}\n".encode())
 
 
+def _exit_is_clean(code):
+    """As CPython at the end of a script: SystemExit(None) or an int equal to 0 (False included) ends cleanly; any
+    other value (0.0, '0', an object whose == says 0) does not. No method of the model's object is called."""
+    return code is None or (issubclass(type(code), int) and int.__eq__(code, 0))
+
+
+def _error_type(exc):
+    """The exception's class name, or that of its nearest ancestor whose name is a short identifier."""
+    for cls in type(exc).__mro__:
+        if cls.__name__.isidentifier() and len(cls.__name__) <= _MAX_ERROR_TYPE_CHARS:
+            return cls.__name__
+    return "BaseException"
+
+
 def _run_cell_code(code, filename, namespace):
     """Execute model code in `namespace`. Returns (status, error_type). The traceback goes to stderr, like an
     uncaught exception in a script, without this function's frame."""
@@ -359,16 +530,19 @@ def _run_cell_code(code, filename, namespace):
     try:
         exec(compile(code, filename, "exec", dont_inherit=True), namespace)
     except SystemExit as exc:
-        if exc.code is None or exc.code == 0:
+        if _exit_is_clean(exc.code):
             return "ok", None
-        print(f"SystemExit: {exc.code}", file=sys.stderr)
+        try:
+            print(f"SystemExit: {exc.code}", file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - a code whose str() raises, or a broken stderr
+            os.write(2, b"SystemExit\n")
         return "error", "SystemExit"
     except MemoryError as exc:
         _print_exception(exc, 1)
         return "memory_limit", None
     except BaseException as exc:  # noqa: BLE001 - whatever the model raised is its result
         _print_exception(exc, 1)
-        return "error", type(exc).__name__
+        return "error", _error_type(exc)
     return "ok", None
 
 
@@ -407,79 +581,158 @@ def _cell(code, filename, namespace, out_fd, err_fd):
     return status, error_type
 
 
-def _report(result_fd, message):
+def _report_and_exit(result_fd, message):
+    """The cell's last act: one report, then a clean exit (which the zygote must see for an `ok`)."""
     try:
         _write_all(result_fd, _encode(message))
-        os.close(result_fd)
-    except OSError:  # the model closed or broke the channel; the zygote sees no result
+    finally:
         os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Holders: a session's state lives in the memory of one process, which forks a cell per call.
+# Holders: a session's state lives in the memory of one process. It runs only while the zygote talks to it.
+
+
+def _recv_holder_request(sock):
+    """Holder side: block until the zygote's next request (the process is frozen meanwhile). Returns (message,
+    file descriptors sent with it); (None, []) at end of input."""
+    sock.setblocking(True)
+    header, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 8)
+    while header and len(header) < _HEADER.size:
+        more = sock.recv(_HEADER.size - len(header))
+        if not more:
+            return None, fds
+        header += more
+    if not header:
+        return None, fds
+    size = _HEADER.unpack(header)[0]
+    body = bytearray()
+    while len(body) < size:
+        more = sock.recv(size - len(body))
+        if not more:
+            return None, fds
+        body += more
+    return json.loads(body), fds
 
 
 def _holder_loop(sock, namespace):
-    """Serve one session until retired. This runs in a process whose memory model code has touched: a cell
-    can break its own session (say, by rebinding os.fork), never the zygote or another session."""
+    """A holder's life: wait for requests (frozen meanwhile); answer a fork; for a run, fork the backup, wait for
+    the go, then become the cell (run the code; on success fork the successor, which goes on with this loop as the
+    session's new holder). This runs in a process whose memory model code has touched, so it may misbehave: the
+    zygote checks all it says, gives it deadlines, and resets the session if it fails."""
     while True:
-        _reap()
-        msg, fds = _recv_blocking(sock)
-        if msg is None or msg["op"] == "retire":
+        msg, fds = _recv_holder_request(sock)
+        if msg is None or msg.get("op") not in ("run", "fork"):
             os._exit(0)
-        if msg["op"] == "fork":
-            (new_sock_fd,) = fds
-            pid = os.fork()
-            if pid == 0:
-                os.setpgid(0, 0)
-                sock.close()
-                os.chdir(msg["scratch"])
-                os.environ.update({"HOME": msg["scratch"], "TMPDIR": msg["scratch"]})
-                sock = socket.socket(fileno=new_sock_fd)
-                continue
-            os.close(new_sock_fd)
-            sock.sendall(_encode({"pid": pid}))
-            continue
-        out_fd, err_fd, result_fd, new_sock_fd = fds
-        go_r, go_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            # No parent-death signal: the cell outlives a holder it kills (the zygote, its subreaper, still
-            # supervises it). It starts once the holder has told the zygote its pid, so that a cell killing its
-            # holder at once cannot make that report go missing.
-            os.setpgid(0, 0)
-            sock.close()
-            os.close(go_w)
-            os.read(go_r, 1)
-            os.close(go_r)
-            status, error_type = _cell(msg["code"], msg["filename"], namespace, out_fd, err_fd)
-            if status != "ok":
-                _report(result_fd, {"status": status, "error_type": error_type})
+        if msg["op"] == "fork":  # a copy for a new session, forked through a middle process that exits, so
+            (copy_sock,) = fds    # that the copy is the zygote's child (it must see the copy's cells end)
+            pid_r, pid_w = os.pipe()
+            middle = os.fork()
+            if middle == 0:
+                copy = os.fork()
+                if copy == 0:  # the copy: it serves its own session from here
+                    os.close(pid_r)
+                    os.close(pid_w)
+                    sock.close()
+                    sock = socket.socket(fileno=copy_sock)
+                    continue
+                os.write(pid_w, str(copy).encode())
                 os._exit(0)
-            # Success: a fork of this process is the session's new state, a fresh process (no CPU time used,
-            # no threads) that serves in place of the old holder. The cell itself ends.
-            holder = os.fork()
-            if holder == 0:
-                os.setpgid(0, 0)
-                os.close(result_fd)
-                _detach_std_streams()
-                sock = socket.socket(fileno=new_sock_fd)
-                continue
-            _report(result_fd, {"status": "ok", "error_type": None, "holder": holder})
-            os._exit(0)
-        os.close(go_r)
-        for fd in fds:
-            os.close(fd)
+            os.close(pid_w)
+            os.close(copy_sock)
+            copy = os.read(pid_r, 32)
+            os.close(pid_r)
+            os.waitpid(middle, 0)
+            sock.sendall(_encode({"pid": int(copy or 0)}))
+            continue
+        out_fd, err_fd, result_fd, successor_sock, backup_sock = fds
+        pid = os.fork()
+        if pid == 0:  # the backup: the state before this cell, kept in case the cell fails
+            sock.close()
+            for fd in (out_fd, err_fd, result_fd, successor_sock):
+                os.close(fd)
+            sock = socket.socket(fileno=backup_sock)
+            continue
+        os.setpgid(pid, pid)  # its own group (set here, by the parent, before the zygote hears of it)
+        os.close(backup_sock)
         sock.sendall(_encode({"pid": pid}))
-        os.write(go_w, b"x")
-        os.close(go_w)
-        # Wait for the cell to end (report its exit status) or for the zygote's next word (retire on success).
-        pidfd = os.pidfd_open(pid)
-        ready = select.select([sock, pidfd], [], [])[0]
-        if pidfd in ready and sock not in ready:
-            _pid, status, usage = os.wait4(pid, 0)
-            sock.sendall(_encode({"exit": status, "cpu_s": usage.ru_utime + usage.ru_stime}))
-        os.close(pidfd)
+        go, _fds = _recv_holder_request(sock)
+        sock.close()
+        if go is None or go.get("op") != "go":
+            os._exit(0)
+        # This process is the cell now, and a child of the zygote (as its holder was).
+        os.setpgid(0, 0)
+        _use_scratch(msg["scratch"])
+        status, error_type = _cell(msg["code"], msg["filename"], namespace, out_fd, err_fd)
+        if status != "ok":
+            _report_and_exit(result_fd, {"status": status, "error_type": error_type})
+        # Success: a fork of this process, in its process group, is the session's new state.
+        try:
+            successor = os.fork()
+        except OSError:  # the zygote then keeps the state from before this cell
+            successor = None
+        if successor == 0:
+            os.close(result_fd)
+            _detach_std_streams()
+            sock = socket.socket(fileno=successor_sock)
+            continue
+        os.close(successor_sock)
+        _report_and_exit(result_fd, {"status": "ok", "error_type": None, "holder": successor})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory and pids per call through cgroup v2, where the trainer could delegate one to the worker.
+
+
+class _Cgroups:
+    """Per-call cgroups under the worker's cgroup `root` (the trainer put this zygote in root/supervisor): each call
+    runs in a fresh root/call-N with memory.max (and pids.max where the pids controller is delegated); frozen
+    holders wait in root/holders. A fresh cgroup per call, because the pages a call leaves to its session's new
+    holder stay charged to the cgroup they were allocated in (and move to root when it is removed)."""
+
+    def __init__(self, root, memory_bytes, max_pids):
+        self.root = root
+        with open(os.path.join(root, "cgroup.controllers")) as f:
+            controllers = f.read().split()
+        self.pids = "pids" in controllers
+        self.settings = {"memory.max": memory_bytes, "memory.swap.max": 0, "memory.oom.group": 1,
+                         **({"pids.max": max_pids} if self.pids else {})}
+        self.counter = 0
+        self.holders = os.path.join(root, "holders")
+
+    def new_call(self):
+        self.counter += 1
+        path = os.path.join(self.root, f"call-{self.counter}")
+        os.mkdir(path)
+        for name, value in self.settings.items():
+            if os.path.exists(os.path.join(path, name)):
+                with open(os.path.join(path, name), "w") as f:
+                    f.write(str(value))
+        return path
+
+    @staticmethod
+    def move(path, pid):
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except ProcessLookupError:  # it has just died
+            pass
+
+    @staticmethod
+    def oom_killed(path):
+        with open(os.path.join(path, "memory.events")) as f:
+            return any(line.split()[0] == "oom_kill" and int(line.split()[1]) > 0 for line in f)
+
+    @staticmethod
+    def remove(path):
+        for _ in range(100):  # its last processes may still be exiting
+            try:
+                os.rmdir(path)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.001)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -487,25 +740,77 @@ def _holder_loop(sock, namespace):
 
 
 class _Holder:
-    def __init__(self, pid, sock, uid, scratch):
+    """A session's frozen state process, known by a pidfd (so a reused pid is never mistaken for it)."""
+
+    def __init__(self, pid, sock, uid, scratch, pidfd=None, scratch_bytes=0):
         self.pid, self.sock, self.uid, self.scratch = pid, sock, uid, scratch
+        self.pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
+        self.scratch_bytes = scratch_bytes  # what its scratch directory holds (bytes + _INODE_BYTES per file)
+        self.signal(signal.SIGSTOP)  # frozen from the start: it runs only while the zygote talks to it
+
+    def signal(self, sig):
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def alive(self):
+        return not _wait_fd(self.pidfd, select.POLLIN, 0)  # a pidfd is readable once its process has exited
+
+    def drop(self):
+        """Kill it and release what the zygote holds of it (it is reaped by the next _reap)."""
+        self.signal(signal.SIGKILL)
+        self.sock.close()
+        os.close(self.pidfd)
+
+
+def _checked_child(pid, parents, pgrp, uid):
+    """A pidfd for `pid` if it is a live process whose parent is in `parents`, in process group `pgrp` (None: any)
+    and of `uid` (None: any), else None. The pidfd is opened first, so the checks are about that process."""
+    if type(pid) is not int or pid <= 1:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    fields = _stat(pid)
+    owner = _real_uid(pid)
+    if (fields is None or fields[0] in (b"Z", b"X") or int(fields[1]) not in parents
+            or (pgrp is not None and int(fields[2]) != pgrp) or (uid is not None and owner != uid)):
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _own_group(pid):
+    """Move a child of ours into a process group of its own; False if it cannot be (it ran execve, or left our
+    session)."""
+    try:
+        os.setpgid(pid, pid)
+        return True
+    except OSError:
+        return False
 
 
 class Zygote:
-    def __init__(self, cfg, proto_in, proto_out):
+    def __init__(self, cfg, proto_in, proto_out, cgroup_root):
         self.cfg = cfg
         self.proto_in, self.proto_out = proto_in, proto_out
+        self.me = os.getpid()
         self.holders = {}
         self.uids_in_use = set()
         self.uid_range = _usable_uid_range() if cfg["drop_uid"] else None
+        if cfg["drop_uid"] and self.uid_range is None:
+            raise OSError("cells must run under an unprivileged uid here, but this process cannot switch to one")
         self.one_off_uid = self._draw_uid()
-        if cfg["scratch_root"]:
-            self.scratch_root = cfg["scratch_root"]
-            self.own_scratch_root = False
-        else:
-            self.scratch_root = tempfile.mkdtemp(prefix="cleaner-sandbox-")
-            self.own_scratch_root = True
+        self.scratch_root = cfg["scratch_root"]
+        if cfg["scratch_bytes"] is None:  # rlimit: a directory of this worker's own in the pool's host directory
+            self.scratch_root = os.path.join(self.scratch_root, f"worker-{os.getpid()}")
+            os.mkdir(self.scratch_root)
         os.chmod(self.scratch_root, 0o711 if self.uid_range else 0o700)
+        self.scratch_quota = cfg["scratch_bytes"]  # None: not measured (the rlimit backend's shared /tmp)
+        self.cgroups = _Cgroups(cgroup_root, cfg["memory_bytes"], cfg["max_processes"] + 2) if cgroup_root else None
         # Without a uid per session the kernel counts every process and thread of the user (in its user
         # namespace) against RLIMIT_NPROC: allow max_processes beyond what the user ran when we started, plus
         # the holders. (Root is exempt from RLIMIT_NPROC: there the limit does nothing.)
@@ -513,6 +818,8 @@ class Zygote:
         self.tasks_before = _tasks_of_uid(os.getuid()) if shared_uid else 0
         self.counter = 0
         self.after_reply = None
+        self.helper = {name: next(p for p in (f"/usr/bin/{name}", f"/bin/{name}") if os.path.exists(p))
+                       for name in ("rm", "cp")}
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -534,223 +841,243 @@ class Zygote:
             os.chown(path, uid, uid)
         return path
 
+    def _run_helper(self, argv):
+        """Run a coreutils helper (rm, cp) as this process, with a deadline; whether it succeeded. These handle
+        any tree a cell can build (depth, special files, permissions) where Python's shutil would not."""
+        pid = os.posix_spawn(argv[0], argv, {"PATH": self.cfg["path"], "LANG": "C.UTF-8"})
+        pidfd = os.pidfd_open(pid)
+        done = _wait_fd(pidfd, select.POLLIN, time.monotonic() + self.cfg["timeout_s"] + _GRACE_S)
+        if not done:
+            _kill(pidfd)
+        os.close(pidfd)
+        _pid, status = os.waitpid(pid, 0)
+        return done and status == 0
+
     def _remove_scratch(self, path):
         try:
             os.rmdir(path)  # the common case: the cell wrote nothing
-            return
         except OSError:
-            pass
+            self._run_helper([self.helper["rm"], "-rf", "--one-file-system", path])
 
-        def unlock(_func, failed, _exc):
-            os.chmod(os.path.dirname(failed), 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed, ignore_errors=True)
-            else:
-                os.unlink(failed)
+    def _scratch_used(self):
+        if self.scratch_quota is None:
+            return 0
+        st = os.statvfs(self.scratch_root)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize + (st.f_files - st.f_ffree) * _INODE_BYTES
 
-        shutil.rmtree(path, onerror=unlock)
+    def _nproc_limit(self, session):
+        """RLIMIT_NPROC: the cell's max_processes, plus for a session its backup and its successor."""
+        extra = self.tasks_before + 3 * len(self.holders) + 1 if self.tasks_before else 0
+        return self.cfg["max_processes"] + (2 if session else 0) + extra
 
-    def _nproc_limit(self):
-        if self.tasks_before == 0:
-            return self.cfg["max_processes"]
-        return self.cfg["max_processes"] + self.tasks_before + len(self.holders) + 1
+    def _spared(self):
+        """Pids of the live holders of all sessions (a dead one's pid may be reused: it is not spared)."""
+        if not self.holders:
+            return set()
+        poller = select.poll()
+        for holder in self.holders.values():
+            poller.register(holder.pidfd, select.POLLIN)
+        dead = {fd for fd, _event in poller.poll(0)}
+        return {h.pid for h in self.holders.values() if h.pidfd not in dead}
 
-    def _may_belong_to(self, pid, holder):
-        """Whether a pid reported by `holder` (an untrusted process) may be acted on as one of its session's: a
-        process of the session's uid, never the zygote or another session's holder. It may have exited."""
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
-            return False
-        if any(h.pid == pid for h in self.holders.values() if h is not holder):
-            return False
-        if holder.uid is None:
-            return True
-        try:
-            return os.stat(f"/proc/{pid}").st_uid == holder.uid
-        except FileNotFoundError:
-            return True  # it has already ended
-
-    def _sweep(self):
-        _sweep({h.pid for h in self.holders.values()})
+    def _sweep(self, family_uid=None):
+        """Kill every descendant except the holders, until none is left. Orphans come back to us (we are a
+        subreaper), so a process that detached with setsid or a double fork is still found here. Holders of
+        `family_uid` (the call's session and those forked from it, which its cells could have thawed) are frozen
+        again and their subtrees searched too."""
+        family = {h.pid for h in self.holders.values() if h.uid == family_uid and h.signal(signal.SIGSTOP)}
+        for _ in range(_SWEEP_ROUNDS):
+            victims = [p for p in _processes(self.me, self._spared(), family) if not _is_zombie(p)]
+            if not victims:
+                break
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            _reap()
+            time.sleep(0.001)
+        _reap()
 
     # -- supervision of one running cell --------------------------------------------------------------------------
 
-    def _supervise(self, pid, out_r, err_r, res_r, started):
-        """Collect a running cell's output and result until it reports, dies, runs out of time or writes too
-        much. Returns a dict; the cell may still be alive (it is killed by the caller unless it succeeded)."""
+    def _supervise(self, pid, pidfd, out_r, err_r, res_r, started, call):
+        """Collect a running cell's output until it exits, runs out of time, writes too much or uses too much
+        memory or scratch space. Returns the observations; the cell is dead or killed when this returns."""
         cap = self.cfg["max_output_bytes"]
         deadline = started + self.cfg["timeout_s"]
-        stdout, stderr = bytearray(), bytearray()
+        stdout, stderr, result = bytearray(), bytearray(), bytearray()
         total = 0
-        result_buf = bytearray()
-        result = None
         reason = None
         poller = select.poll()
-        for fd in (out_r, err_r, res_r):
-            os.set_blocking(fd, False)
+        for fd in (out_r, err_r, res_r, pidfd):
+            os.set_blocking(fd, False) if fd != pidfd else None
             poller.register(fd, select.POLLIN)
-        try:
-            pidfd = os.pidfd_open(pid)  # readable once the cell has exited (Linux >= 5.3)
-            poller.register(pidfd, select.POLLIN)
-        except ProcessLookupError:  # a session cell that already ended (and was reaped by its holder)
-            pidfd = None
         open_fds = {out_r, err_r, res_r}
-
-        def take(fd, data):
-            nonlocal total, reason
-            total += len(data)
-            if fd == out_r:
-                stdout.extend(data[: max(0, cap - len(stdout))])
-            else:
-                stderr.extend(data)
-                del stderr[: max(0, len(stderr) - cap)]
-            if total > cap and reason is None:
-                reason = "output_limit"
 
         def drain(fd):
             """Read what is buffered; False at end of file."""
-            while reason is None:
+            nonlocal total, reason
+            while True:
                 try:
                     data = os.read(fd, 65536)
                 except BlockingIOError:
                     return True
                 if not data:
                     return False
-                if fd != res_r:
-                    take(fd, data)
-                elif len(result_buf) < _MAX_CONTROL_MESSAGE_BYTES:
-                    result_buf.extend(data)
-            return True
+                if fd == res_r:
+                    result.extend(data[: _MAX_REPORT_BYTES + _HEADER.size + 1 - len(result)])
+                    continue
+                total += len(data)
+                if fd == out_r:
+                    stdout.extend(data[: max(0, cap - len(stdout))])
+                else:
+                    stderr.extend(data)
+                    del stderr[: max(0, len(stderr) - cap)]
+                if total > cap:
+                    reason = "output_limit"
+                    return True
 
-        def parse_result():
-            if len(result_buf) < _HEADER.size:
-                return None
-            size = _HEADER.unpack(result_buf[: _HEADER.size])[0]
-            if len(result_buf) < _HEADER.size + size:
-                return None
-            try:
-                msg = json.loads(bytes(result_buf[_HEADER.size:_HEADER.size + size]))
-            except ValueError:
-                msg = None
-            return msg if isinstance(msg, dict) else {"status": "error", "error_type": "SandboxProtocolError"}
-
-        exited = pidfd is None
-        if exited:
-            drain(res_r)
-            result = parse_result()
-        while result is None and reason is None and not exited:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        exited = False
+        next_tick = started + _TICK_S
+        while reason is None and not exited:
+            now = time.monotonic()
+            if now >= deadline:
                 reason = "timeout"
                 break
-            for fd, _event in poller.poll(remaining * 1000):
+            if now >= next_tick:
+                reason = self._over_limits(call)
+                next_tick = now + _TICK_S
+                continue
+            for fd, _event in poller.poll((min(deadline, next_tick) - now) * 1000):
                 if fd == pidfd:
                     exited = True
                 elif fd in open_fds and not drain(fd):
                     poller.unregister(fd)
                     open_fds.discard(fd)
-            if exited and res_r in open_fds:
-                drain(res_r)
-            result = parse_result()
-        if reason is None:
-            # Everything the cell wrote before reporting or dying is in the pipes already: take it.
-            for fd in (out_r, err_r):
-                if fd in open_fds and reason is None:
-                    drain(fd)
-        for fd in (out_r, err_r, res_r) if pidfd is None else (out_r, err_r, res_r, pidfd):
+        if reason is None:  # the last measurement, at its exit (the memory of the exited cell is moot: what it
+            reason = self._over_limits(call, processes=False)  # left behind is swept)
+        if exited or reason is not None:
+            _kill(pidfd)
+        _pid, exit_status, usage = os.wait4(pid, 0)
+        # Everything it wrote before it ended is in the pipes already: take it (not what its children write later).
+        for fd in (out_r, err_r, res_r):
+            if fd in open_fds and (reason is None or fd == res_r):
+                drain(fd)
+        for fd in (out_r, err_r, res_r, pidfd):
             os.close(fd)
         return {
-            "result": result,
             "reason": reason,
+            "exit_status": exit_status,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "report": _valid_report(_one_frame(result)),
+            "reported": bool(result),
             "stdout": bytes(stdout),
             "stderr": bytes(stderr),
             "duration_s": time.monotonic() - started,
         }
 
-    def _classify(self, sup, exit_status, cpu_s):
-        """The reply for the trainer from a supervision record and, for a cell that did not report, its exit."""
-        limits = self.cfg
-        result, reason = sup["result"], sup["reason"]
-        note = ""
+    def _over_limits(self, call, processes=True):
+        """What limit the running call is over, measured now: "memory_limit", "scratch_limit" or None.
+        `processes`: measure the memory of its processes too (the watchdog)."""
+        growth = self._scratch_used() - call["scratch_before"]
+        if self.scratch_quota is not None and call["scratch_prior"] + growth > self.scratch_quota:
+            return "scratch_limit"
+        if call["cgroup"] is not None:
+            return "memory_limit" if _Cgroups.oom_killed(call["cgroup"]) else None
+        limit = self.cfg["memory_bytes"] - max(0, growth)  # files written to scratch are memory too (tmpfs)
+        if not processes:
+            return "memory_limit" if limit < 0 else None
+        pids = _processes(self.me, self._spared(), call["descend"])
+        if _rss_bytes(pids) > limit and _pss_bytes(pids) > limit:
+            return "memory_limit"
+        return None
+
+    def _classify(self, sup):
+        """The verdict from what was observed (module docstring): (status, error_type, note)."""
+        cfg, reason, exit_status, report = self.cfg, sup["reason"], sup["exit_status"], sup["report"]
         if reason == "output_limit":
-            status, error_type = "output_limit", None
-            note = (f"OutputLimitError: the cell wrote more than {limits['max_output_bytes']} bytes of output "
-                    "and was stopped")
-        elif reason == "timeout":
-            status, error_type = "timeout", None
-            note = f"TimeoutError: the cell did not finish within {limits['timeout_s']:g} s and was stopped"
-        elif result is not None:
-            status, error_type = result.get("status"), result.get("error_type")
-            if status not in ("ok", "error", "memory_limit"):
-                status, error_type = "error", "SandboxProtocolError"
-        elif exit_status is None:
-            status, error_type = "error", "ProcessDied"
-            note = "ProcessDied: the cell's process ended without reporting a result"
-        elif os.WIFSIGNALED(exit_status):
+            return "output_limit", None, (f"OutputLimitError: the cell wrote more than {cfg['max_output_bytes']} "
+                                          "bytes of output and was stopped")
+        if reason == "memory_limit":
+            return "memory_limit", None, (f"MemoryError: the cell's processes used more than "
+                                          f"{cfg['memory_bytes'] >> 20} MiB together and were stopped")
+        if reason == "scratch_limit":
+            return "memory_limit", None, (f"ScratchLimitError: the files in the cell's scratch directory exceeded "
+                                          f"{self.scratch_quota >> 20} MiB; the cell was stopped and its scratch "
+                                          "directory emptied")
+        if reason == "timeout":
+            return "timeout", None, (f"TimeoutError: the cell did not finish within {cfg['timeout_s']:g} s and "
+                                     "was stopped")
+        if os.WIFSIGNALED(exit_status):
             sig = os.WTERMSIG(exit_status)
-            cpu_limit = int(limits["cpu_time_s"] + 0.999)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s is not None and cpu_s >= cpu_limit):
-                status, error_type = "timeout", None
-                note = f"TimeoutError: the cell used more than {cpu_limit} s of CPU time and was stopped"
-            else:
-                name = signal.Signals(sig).name
-                status, error_type = "error", name
-                note = f"{name}: the cell's process was killed by signal {name}"
-        else:
-            code = os.WEXITSTATUS(exit_status)
-            status, error_type = "error", "SystemExit"
-            note = f"SystemExit: the process exited with status {code} (os._exit) before the cell finished"
+            cpu_limit = int(cfg["cpu_time_s"] + 0.999)
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and sup["cpu_s"] >= cpu_limit):
+                return "timeout", None, f"TimeoutError: the cell used more than {cpu_limit} s of CPU time and was stopped"
+            name = _signal_name(sig)
+            return "error", name, f"{name}: the cell's process was killed by signal {name}"
+        code = os.WEXITSTATUS(exit_status)
+        if code != 0:
+            return "error", "SystemExit", f"SystemExit: the process exited with status {code} before the cell finished"
+        if report is None and not sup["reported"]:
+            return "error", "SystemExit", "SystemExit: the process exited (os._exit) before the cell finished"
+        if report is None:
+            return "error", "SandboxProtocolError", ("SandboxProtocolError: the cell wrote to the sandbox's result "
+                                                      "channel; its result is void")
+        return report["status"], report["error_type"], ""
+
+    def _reply(self, sup, status, error_type, note):
         stderr = sup["stderr"].decode("utf-8", "replace")
         if note:
             stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + note + "\n"
-        return {
-            "status": status,
-            "error_type": error_type,
-            "stdout": sup["stdout"].decode("utf-8", "replace"),
-            "stderr": stderr,
-            "duration_s": sup["duration_s"],
-        }
+        return {"status": status, "error_type": error_type, "stdout": sup["stdout"].decode("utf-8", "replace"),
+                "stderr": stderr, "duration_s": sup["duration_s"]}
+
+    def _start_call(self, scratch_prior, descend):
+        """Per-call bookkeeping shared by one-off and session calls: the call's cgroup and the baselines."""
+        return {"cgroup": self.cgroups.new_call() if self.cgroups else None, "scratch_before": self._scratch_used(),
+                "scratch_prior": scratch_prior, "descend": descend}
+
+    def _end_call(self, call):
+        if call["cgroup"] is not None:
+            _Cgroups.remove(call["cgroup"])
 
     # -- operations ----------------------------------------------------------------------------------------------
 
     def run_one_off(self, code, filename):
         uid = self.one_off_uid
         scratch = self._make_scratch(uid)
+        call = self._start_call(0, set())
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
         started = time.monotonic()
+        procs = None if call["cgroup"] is None else os.path.join(call["cgroup"], "cgroup.procs")
         pid = os.fork()
         if pid == 0:
             try:
-                _enter_cell_process(self.cfg, uid, scratch, {out_w, err_w, res_w}, self._nproc_limit())
-                _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+                _enter_cell_process(self.cfg, uid, scratch, {out_w, err_w, res_w}, self._nproc_limit(False), procs)
                 status, error_type = _cell(code, filename, _fresh_main_module(), out_w, err_w)
-                _report(res_w, {"status": status, "error_type": error_type})
+                _report_and_exit(res_w, {"status": status, "error_type": error_type})
             finally:
                 os._exit(0)
         for fd in (out_w, err_w, res_w):
             os.close(fd)
-        sup = self._supervise(pid, out_r, err_r, res_r, started)
+        sup = self._supervise(pid, os.pidfd_open(pid), out_r, err_r, res_r, started, call)
         _kill_group(pid)
+        reply = self._reply(sup, *self._classify(sup))
 
         def clean_up():
-            _reap_one(pid)
             self._sweep()
+            self._end_call(call)
             self._remove_scratch(scratch)
 
-        if sup["result"] is None and sup["reason"] is None:  # died without a word: its exit status says how
-            _pid, exit_status, usage = os.wait4(pid, 0)
-            reply = self._classify(sup, exit_status, usage.ru_utime + usage.ru_stime)
-        else:
-            reply = self._classify(sup, None, None)
         self.after_reply = clean_up
         return reply
 
     def open_session(self, session_id):
         uid = self._draw_uid()
-        scratch = self._make_scratch(uid)
-        self.holders[session_id] = self._spawn_holder(uid, scratch)
+        self.holders[session_id] = self._spawn_holder(uid, self._make_scratch(uid))
         return {"ok": True}
 
     def _spawn_holder(self, uid, scratch):
@@ -759,166 +1086,218 @@ class Zygote:
         if pid == 0:
             try:
                 ours.close()
-                _enter_cell_process(self.cfg, uid, scratch, {theirs.fileno()}, self._nproc_limit() + 1)
+                _enter_cell_process(self.cfg, uid, scratch, {theirs.fileno()}, self._nproc_limit(True), None)
                 _detach_std_streams()
                 _holder_loop(theirs, _fresh_main_module())
             finally:
                 os._exit(0)
         theirs.close()
+        if self.cgroups is not None:  # by the zygote: the holder is frozen at once, maybe before its own setup
+            _Cgroups.move(self.cgroups.holders, pid)
         return _Holder(pid, ours, uid, scratch)
 
-    def _session_lost(self, session_id, holder, why):
-        """The holder died or misbehaved: kill what is left of it, give the session a fresh (empty) state."""
-        _kill_group(holder.pid)
-        holder.sock.close()
-        self.holders.pop(session_id)
-        self._sweep()
-        self.holders[session_id] = self._spawn_holder(holder.uid, holder.scratch)
-        return {
-            "status": "error",
-            "error_type": "SessionLost",
-            "stdout": "",
-            "stderr": f"SessionLost: the session's interpreter process {why} (for example killed by its own code); "
-                      "this cell did not run, and the session continues from an empty state\n",
-            "duration_s": 0.0,
-        }
+    def _reset_session(self, session_id, holder):
+        """Give the session a fresh, empty state (its files stay), after its holder died or misbehaved."""
+        holder.drop()
+        replacement = self._spawn_holder(holder.uid, holder.scratch)
+        replacement.scratch_bytes = holder.scratch_bytes
+        self.holders[session_id] = replacement
 
     def run_in_session(self, session_id, code, filename):
+        """Module docstring, "A session's call". Every step with the holder has a deadline; whatever goes wrong
+        on its side is the session's (its call is an error) and never another session's."""
         holder = self.holders[session_id]
+        if not holder.alive():
+            self._reset_session(session_id, holder)
+            self.after_reply = lambda: self._sweep(holder.uid)
+            return self._lost("was killed before this cell (by a cell of a session forked from the same state)")
+        call = self._start_call(holder.scratch_bytes, set())
+        if call["cgroup"] is not None:
+            _Cgroups.move(call["cgroup"], holder.pid)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
-        new_ours, new_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        started = time.monotonic()
-        fds = [out_w, err_w, res_w, new_theirs.fileno()]
-        try:
-            _send_with_fds(holder.sock, {"op": "run", "code": code, "filename": filename}, fds)
-            sent = True
-        except OSError:
-            sent = False
+        successor_ours, successor_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        backup_ours, backup_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.signal(signal.SIGCONT)
+        control_deadline = time.monotonic() + _GRACE_S
+        sent = _send(holder.sock, {"op": "run", "code": code, "filename": filename, "scratch": holder.scratch},
+                     [out_w, err_w, res_w, successor_theirs.fileno(), backup_theirs.fileno()], control_deadline)
         for fd in (out_w, err_w, res_w):
             os.close(fd)
-        new_theirs.close()
-        # No model code runs before the holder answers, but allow for a loaded machine.
-        reply = _recv_with_deadline(holder.sock, started + self.cfg["timeout_s"] + _GRACE_S) if sent else None
-        pid = reply.get("pid") if reply else None
-        if not self._may_belong_to(pid, holder):
+        successor_theirs.close()
+        backup_theirs.close()
+        answer = _recv(holder.sock, control_deadline) if sent else None
+        backup_pid = answer.get("pid") if answer else None
+        backup_pidfd = _checked_child(backup_pid, {holder.pid}, backup_pid, holder.uid)
+        if backup_pidfd is not None:
+            backup = _Holder(backup_pid, backup_ours, holder.uid, holder.scratch, backup_pidfd, holder.scratch_bytes)
+            call["descend"] = {backup.pid}  # its children, if any, are the call's
+            if call["cgroup"] is not None:  # out of the call's cgroup, which an OOM kills as a whole
+                _Cgroups.move(self.cgroups.holders, backup.pid)
+        if backup_pidfd is None or not _send(holder.sock, {"op": "go"}, [], control_deadline):
             for fd in (out_r, err_r, res_r):
                 os.close(fd)
-            new_ours.close()
-            return self._session_lost(session_id, holder, "did not start the cell" if sent else "is gone")
-        sup = self._supervise(pid, out_r, err_r, res_r, started)
-        result = sup["result"] or {}
-        new_holder = result.get("holder")
-        succeeded = sup["reason"] is None and result.get("status") == "ok" and isinstance(new_holder, int)
-        if succeeded and not self._may_belong_to(new_holder, holder):
-            new_ours.close()
-            return self._session_lost(session_id, holder, "reported an invalid successor")
-        if succeeded:
-            try:
-                holder.sock.sendall(_encode({"op": "retire"}))
-            except OSError:
-                pass
-            holder.sock.close()
-            holder.pid, holder.sock = new_holder, new_ours
-            self.after_reply = self._sweep
-            return self._classify(sup, None, None)
-        new_ours.close()
-        _kill_group(pid)
+            successor_ours.close()
+            backup_ours.close()
+            if backup_pidfd is not None:
+                backup.drop()
+            self._reset_session(session_id, holder)
+            self._end_call_later(call, holder.uid)
+            return self._lost("did not start the cell (it stopped answering, or answered wrongly)")
+        # The holder is the cell now; from here on, the session's state is the backup until the cell succeeds.
+        self.holders[session_id] = backup
+        cell_pid, cell_pidfd = holder.pid, holder.pidfd
+        holder.sock.close()
+        sup = self._supervise(cell_pid, cell_pidfd, out_r, err_r, res_r, time.monotonic(), call)
+        status, error_type, note = self._classify(sup)
+        successor_pidfd = None
+        if status == "ok":  # the cell's successor must be its own child (now ours: it has exited) in its group
+            successor_pid = sup["report"].get("holder")
+            successor_pidfd = _checked_child(successor_pid, {self.me}, cell_pid, holder.uid)
+            if successor_pidfd is not None and not _own_group(successor_pid):
+                os.close(successor_pidfd)
+                successor_pidfd = None
+            if successor_pidfd is None:
+                status, error_type, note = "error", "SessionLost", (
+                    "SessionLost: the cell finished, but the process that was to keep its state is missing or "
+                    "not the cell's own (the cell changed its process group, or killed or replaced it); the "
+                    "session keeps its state from before this cell")
+        _kill_group(cell_pid)
+        if successor_pidfd is not None:
+            self.holders[session_id] = _Holder(successor_pid, successor_ours, holder.uid, holder.scratch,
+                                               successor_pidfd, holder.scratch_bytes)
+            backup.drop()
+        else:
+            successor_ours.close()
+            if not backup.alive():  # the cell killed it: the state from before the cell is gone too
+                self._reset_session(session_id, backup)
+                note += ("\n" if note else "") + ("SessionLost: the cell killed the copy of its session's state; "
+                                                  "the next cell starts from an empty state")
+        # The scratch quota is checked once the call's processes are gone, so that none adds files afterwards.
+        self._sweep(holder.uid)
+        kept = self.holders[session_id]
+        kept.scratch_bytes = call["scratch_prior"] + self._scratch_used() - call["scratch_before"]
+        over_quota = self.scratch_quota is not None and kept.scratch_bytes > self.scratch_quota
+        if over_quota and sup["reason"] is None:
+            status, error_type, note = self._classify({**sup, "reason": "scratch_limit"})
+        if over_quota or sup["reason"] == "scratch_limit":
+            self._empty_scratch(kept)
+        if call["cgroup"] is not None:
+            _Cgroups.move(self.cgroups.holders, kept.pid)
+        self.after_reply = lambda: self._end_call(call)
+        return self._reply(sup, status, error_type, note)
 
-        def take_exit_report():  # the holder reports how the cell ended; read it before the next request
-            return _recv_with_deadline(holder.sock, time.monotonic() + _GRACE_S)
+    def _empty_scratch(self, holder):
+        self._remove_scratch(holder.scratch)
+        os.mkdir(holder.scratch, 0o700)
+        if holder.uid is not None:
+            os.chown(holder.scratch, holder.uid, holder.uid)
+        holder.scratch_bytes = 0
 
-        if sup["result"] is None and sup["reason"] is None:  # died without a word: its exit status says how
-            ended = take_exit_report()
-            if ended is None or not isinstance(ended.get("exit"), int):
-                reply = self._classify(sup, None, None)
-            else:
-                reply = self._classify(sup, ended["exit"], ended.get("cpu_s"))
-            self.after_reply = self._sweep
-            return reply
-
+    def _end_call_later(self, call, uid):
         def clean_up():
-            take_exit_report()
-            self._sweep()
+            self._sweep(uid)
+            self._end_call(call)
 
         self.after_reply = clean_up
-        return self._classify(sup, None, None)
+
+    @staticmethod
+    def _lost(why):
+        return {"status": "error", "error_type": "SessionLost", "stdout": "", "duration_s": 0.0,
+                "stderr": f"SessionLost: the session's interpreter process {why}; this cell did not run, and the "
+                          "session continues from an empty state\n"}
 
     def fork_session(self, session_id, new_id):
         holder = self.holders[session_id]
         scratch = self._make_scratch(holder.uid)
-        shutil.copytree(holder.scratch, scratch, symlinks=True, dirs_exist_ok=True)
-        if holder.uid is not None:
-            for root, dirs, files in os.walk(scratch):
-                for name in dirs + files:
-                    os.lchown(os.path.join(root, name), holder.uid, holder.uid)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            _send_with_fds(holder.sock, {"op": "fork", "scratch": scratch}, [theirs.fileno()])
-        except OSError:
-            pass
-        theirs.close()
-        reply = _recv_with_deadline(holder.sock, time.monotonic() + _GRACE_S)
-        pid = reply.get("pid") if reply else None
-        if not self._may_belong_to(pid, holder):
-            ours.close()
+        if not self._run_helper([self.helper["cp"], "-a", "--one-file-system", "--", holder.scratch + "/.",
+                                 scratch]):
             self._remove_scratch(scratch)
+            return {"ok": False, "error": "the session's scratch files could not be copied"}
+        copy_ours, copy_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.signal(signal.SIGCONT)
+        deadline = time.monotonic() + _GRACE_S
+        sent = _send(holder.sock, {"op": "fork"}, [copy_theirs.fileno()], deadline)
+        copy_theirs.close()
+        answer = _recv(holder.sock, deadline) if sent else None
+        copy_pid = answer.get("pid") if answer else None
+        pidfd = _checked_child(copy_pid, {self.me}, None, holder.uid)
+        holder.signal(signal.SIGSTOP)
+        if pidfd is not None and not _own_group(copy_pid):
+            os.close(pidfd)
+            pidfd = None
+        if pidfd is None:
+            copy_ours.close()
+            self._remove_scratch(scratch)
+            self.after_reply = lambda: self._sweep(holder.uid)
             return {"ok": False, "error": "the session's interpreter process did not answer"}
-        self.holders[new_id] = _Holder(pid, ours, holder.uid, scratch)
+        copy = _Holder(copy_pid, copy_ours, holder.uid, scratch, pidfd, holder.scratch_bytes)
+        if self.cgroups is not None:
+            _Cgroups.move(self.cgroups.holders, copy.pid)
+        self.holders[new_id] = copy
         return {"ok": True}
 
     def close_session(self, session_id):
         holder = self.holders.pop(session_id, None)
         if holder is None:
             return {"ok": True}
-        try:
-            holder.sock.sendall(_encode({"op": "retire"}))
-        except OSError:
-            pass
-        holder.sock.close()
-        _kill_group(holder.pid)
-        self._sweep()
-        self._remove_scratch(holder.scratch)
-        if holder.uid is not None and not any(h.uid == holder.uid for h in self.holders.values()):
-            self.uids_in_use.discard(holder.uid)
+        holder.drop()
+
+        def clean_up():
+            self._sweep(holder.uid)
+            self._remove_scratch(holder.scratch)
+            if holder.uid is not None and not any(h.uid == holder.uid for h in self.holders.values()):
+                self.uids_in_use.discard(holder.uid)
+
+        self.after_reply = clean_up
         return {"ok": True}
 
     def shutdown(self):
         for holder in self.holders.values():
-            _kill_group(holder.pid)
+            holder.drop()
         self.holders.clear()
-        _sweep(set())
-        if self.own_scratch_root:
-            self._remove_scratch(self.scratch_root)
+        self._sweep()
 
-    def serve(self):
-        _write_all(self.proto_out, _encode({
-            "hello": True,
-            "pid": os.getpid(),
-            "cell_uid_isolation": self.uid_range is not None,
-        }))
+    def _fault(self, msg, exc):
+        """A fault of the zygote's own while it served `msg`: logged, and charged to the call (or session) that
+        was running, which is reset; other sessions keep their state."""
+        traceback.print_exception(exc, file=sys.stderr)
+        session_id = msg.get("session")
+        if session_id in self.holders:
+            self._reset_session(session_id, self.holders[session_id])
+        self.after_reply = self._sweep
+        if msg["op"] != "run":
+            return {"ok": False, "error": f"the sandbox failed: {type(exc).__name__}"}
+        return {"status": "error", "error_type": "SandboxFault", "stdout": "", "duration_s": 0.0,
+                "stderr": f"SandboxFault: the sandbox failed while running this cell ({type(exc).__name__}); "
+                          "its session, if any, continues from an empty state\n"}
+
+    def serve(self, hello):
+        _write_all(self.proto_out, _encode({**hello, "pid": os.getpid(),
+                                            "cell_uid_isolation": self.uid_range is not None,
+                                            "memory_limit": "cgroup" if self.cgroups else "watchdog",
+                                            "pids_limit": "cgroup" if self.cgroups and self.cgroups.pids else "rlimit",
+                                            "scratch_quota": self.scratch_quota is not None,
+                                            "scratch_root": self.scratch_root}))
         while True:
             msg = _read_message(self.proto_in)
             if msg is None or msg["op"] == "exit":
                 self.shutdown()
                 return
             op = msg["op"]
-            if op == "run" and msg.get("session") is None:
-                reply = self.run_one_off(msg["code"], msg["filename"])
-            elif op == "run":
-                reply = self.run_in_session(msg["session"], msg["code"], msg["filename"])
-            elif op == "open":
-                reply = self.open_session(msg["session"])
-            elif op == "fork":
-                reply = self.fork_session(msg["session"], msg["new"])
-            elif op == "close":
-                reply = self.close_session(msg["session"])
-            else:
-                raise ValueError(f"unknown op {op!r}")
+            handlers = {"open": lambda: self.open_session(msg["session"]),
+                        "fork": lambda: self.fork_session(msg["session"], msg["new"]),
+                        "close": lambda: self.close_session(msg["session"]),
+                        "run": lambda: (self.run_one_off(msg["code"], msg["filename"]) if msg["session"] is None
+                                        else self.run_in_session(msg["session"], msg["code"], msg["filename"]))}
+            try:
+                reply = handlers[op]()
+            except Exception as exc:  # noqa: BLE001 - see _fault: logged in full, never silent
+                reply = self._fault(msg, exc)
             _write_all(self.proto_out, _encode(reply))
-            # Clean-up that the reply does not depend on (reaping, the sweep, the scratch directory) runs now,
-            # while the trainer reads the reply, and always before the next request.
+            # Clean-up that the reply does not depend on (the sweep, the scratch directory) runs now, while the
+            # trainer reads the reply, and always before the next request.
             if self.after_reply is not None:
                 after_reply, self.after_reply = self.after_reply, None
                 after_reply()
@@ -947,8 +1326,7 @@ def _cell_uid_range():
 
 
 def _usable_uid_range():
-    """_cell_uid_range(), or None when this process cannot switch a child to such an id (then cells share the
-    zygote's uid, and the trainer is told so)."""
+    """_cell_uid_range(), or None when this process cannot switch a child to such an id."""
     try:
         low, high = _cell_uid_range()
     except OSError:
@@ -965,8 +1343,24 @@ def _usable_uid_range():
     return (low, high) if status == 0 else None
 
 
+def _preload(modules):
+    """Import `modules` once, here, so that cells find them imported. BLAS and OpenMP pools are kept to one
+    thread: a fork copies only the forking thread, and a pool whose threads vanished deadlocks its next call."""
+    if not modules:
+        return
+    os.environ.update({name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                              "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")})
+    for name in modules:
+        __import__(name)
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        raise RuntimeError(f"preloading {', '.join(modules)} started {threads - 1} thread(s); cells are forks of "
+                           "this process and must not inherit a half-copied thread pool")
+
+
 def main():
     cfg = json.loads(sys.argv[1])
+    cgroup_root = sys.argv[2] if len(sys.argv) > 2 else None
     # Keep the protocol off fds 0/1 so that nothing a cell inherits can write to it.
     proto_in, proto_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -975,12 +1369,26 @@ def main():
     os.close(devnull)  # fd 2 stays: the zygote's own errors reach the trainer's log
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)  # inherited by every cell: no privilege gain through set-uid programs
-    os.environ.clear()
-    os.environ.update({"PATH": cfg["path"], "LANG": "C.UTF-8"})
+    _prctl(_PR_SET_DUMPABLE, 0)  # where cells share its uid, they cannot read or trace its memory
     if cfg["die_with_parent"]:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.environ.clear()
+    os.environ.update({"PATH": cfg["path"], "LANG": "C.UTF-8"})
+    sys.path[:] = [p for p in sys.path if p] + list(cfg["python_paths"])
+    _BASE_PATH[:] = sys.path
+    try:
+        # Small modules model code often uses, imported once so that cells share them copy-on-write for free.
+        for name in ("math", "re", "itertools", "functools", "collections", "fractions", "decimal", "statistics"):
+            __import__(name)
+        _preload(cfg["preload_modules"])
+        seccomp = _install_seccomp()
+        zygote = Zygote(cfg, proto_in, proto_out, cgroup_root)
+    except Exception as exc:  # noqa: BLE001 - the trainer is told why, then the sandbox ends
+        _write_all(proto_out, _encode({"hello": False, "error": f"{type(exc).__name__}: {exc}"}))
+        raise
     _std_streams()
-    Zygote(cfg, proto_in, proto_out).serve()
+    gc.freeze()  # a cell's garbage collections skip what it inherited, so they do not copy those pages
+    zygote.serve({"hello": True, "seccomp": seccomp, "preloaded": list(cfg["preload_modules"])})
 
 
 if __name__ == "__main__":

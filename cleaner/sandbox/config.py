@@ -10,13 +10,17 @@ BACKENDS = ("auto", "bwrap", "rlimit", "remote")
 @dataclass(frozen=True)
 class SandboxConfig:
     """Limits and backend of the Python executor. Every limit is enforced from outside the model's code: by the
-    supervisor process (wall clock, output size, clean-up) or by the kernel (rlimits, namespaces)."""
+    supervisor process (wall clock, output size, memory of a call, scratch quota, clean-up) or by the kernel
+    (rlimits, cgroup v2 where delegated, namespaces, seccomp). Frozen and hashable (a dict key of the verl
+    plugin's pools)."""
 
     # wall-clock limit per cell, then all its processes are SIGKILLed ("4 s per execution" in the paper)
     timeout_s: float = 4.0
     # CPU-time limit per process of a cell (RLIMIT_CPU, rounded up to whole seconds)
     cpu_time_s: float = 4.0
-    # address-space limit per process (RLIMIT_AS); 2048 as DemyAgent's tool_memory_mb
+    # memory of a call, all its processes and the files it adds to its scratch directory together (cgroup v2
+    # memory.max, else the supervisor's watchdog), and the address space of each process (RLIMIT_AS); 2048 as
+    # DemyAgent's tool_memory_mb
     memory_mb: int = 2048
     # stdout + stderr bytes a cell may write; beyond it the cell is stopped with status `output_limit`
     max_output_bytes: int = 1 << 20
@@ -28,18 +32,22 @@ class SandboxConfig:
     max_open_files: int = 256
     # RLIMIT_FSIZE: the largest file a cell may write
     max_file_bytes: int = 16 << 20
-    # bwrap: size of the sandbox's private /tmp, which holds the scratch directories of one worker
+    # bwrap: what a session (or a one-off call) may keep in its scratch directory, bytes plus 1 KiB per file;
+    # beyond it the call is stopped (memory_limit) and the directory emptied
     max_scratch_mb: int = 256
-    # "auto" (bwrap if it works, else rlimit with a warning) | "bwrap" | "rlimit" | "remote"
+    # "auto" = "bwrap" (refuses to start, SandboxUnavailable, where bubblewrap cannot run) | "rlimit" (no namespace
+    # isolation: only on explicit request) | "remote"
     backend: str = "auto"
-    # refuse (raise SandboxUnavailable) rather than run without namespace isolation
-    strict: bool = False
     # cells that run at the same time, one sandbox each; None: os.cpu_count()
     workers: int | None = None
     # the bubblewrap executable: a name looked up on PATH, or a path
     bwrap_path: str = "bwrap"
-    # extra import paths for model code (say a site-packages with sympy), mounted read-only; default: stdlib only
+    # extra import paths for model code, mounted read-only; default: the standard library only
     python_paths: tuple[str, ...] = ()
+    # modules imported once in each worker's supervisor, so that a cell's `import` costs nothing, e.g.
+    # ("numpy", "sympy"), as the paper's executor; the site-packages they come from are mounted read-only and on
+    # the cells' import path (so everything installed there is importable). Default: none (standard library only)
+    preload_modules: tuple[str, ...] = ()
     # backend "remote": base URL of a SandboxFusion server
     remote_url: str | None = None
     # backend "remote": HTTP time-out added to timeout_s for one request
@@ -47,6 +55,7 @@ class SandboxConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "python_paths", tuple(self.python_paths))
+        object.__setattr__(self, "preload_modules", tuple(self.preload_modules))
         positive = {
             "timeout_s": self.timeout_s,
             "cpu_time_s": self.cpu_time_s,
@@ -72,9 +81,6 @@ class SandboxConfig:
                              f"got {self.max_processes}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown sandbox.backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
-        if self.strict and self.backend == "rlimit":
-            raise ValueError("sandbox.strict=True refuses to run without namespace isolation, but "
-                             "sandbox.backend='rlimit' has none; use backend 'auto' or 'bwrap'")
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
             raise ValueError(f"sandbox.workers must be >= 1 or None, got {self.workers!r}")
         if self.backend == "remote" and not self.remote_url:
@@ -82,3 +88,6 @@ class SandboxConfig:
         for path in self.python_paths:
             if not path.startswith("/"):
                 raise ValueError(f"sandbox.python_paths must be absolute paths, got {path!r}")
+        for name in self.preload_modules:
+            if not (isinstance(name, str) and all(part.isidentifier() for part in name.split("."))):
+                raise ValueError(f"sandbox.preload_modules must be module names such as 'numpy', got {name!r}")

@@ -11,11 +11,12 @@ import logging
 import os
 import signal
 import struct
+import tempfile
 from dataclasses import replace
 from typing import Any
 
 from cleaner.sandbox import backends
-from cleaner.sandbox.backends import SANDBOX_ENV, LaunchPlan, SandboxUnavailable
+from cleaner.sandbox.backends import SANDBOX_ENV, CgroupTree, LaunchPlan, SandboxUnavailable
 from cleaner.sandbox.config import SandboxConfig
 from cleaner.sandbox.result import ExecutionResult, infra_error
 
@@ -92,21 +93,34 @@ def _kill_session(sid: int) -> None:
                 pass
 
 
+async def _remove_tree(path: str) -> None:
+    """`rm -rf` (coreutils handles any tree a cell can build: depth, permissions, special files)."""
+    if os.path.lexists(path):
+        proc = await asyncio.create_subprocess_exec("rm", "-rf", "--one-file-system", "--", path, env=SANDBOX_ENV)
+        await proc.wait()
+
+
 class _Worker:
     """One sandbox holding one zygote, which runs one cell at a time. `generation` counts (re)starts: a session
     opened in an earlier generation has lost its state."""
 
-    def __init__(self, index: int, plan: LaunchPlan):
+    def __init__(self, index: int, plan: LaunchPlan, cgroups: CgroupTree | None):
         self.index = index
         self.plan = plan
+        self.cgroups = cgroups
         self.proc: asyncio.subprocess.Process | None = None
         self.generation = 0
         self.lock = asyncio.Lock()
         self.load = 0  # calls running on or waiting for this worker
         self.sessions = 0  # open sessions pinned to it
-        self.cells_share_uid = True  # from the zygote: can a cell signal it?
+        self.hello: dict[str, Any] = {}  # what the zygote reported about itself when it started
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_task: asyncio.Task[None] | None = None
+
+    @property
+    def cells_share_uid(self) -> bool:
+        """Whether cells run under the zygote's uid (so they could signal it)."""
+        return not self.hello.get("cell_uid_isolation", False)
 
     @property
     def alive(self) -> bool:
@@ -121,8 +135,9 @@ class _Worker:
         return "".join(self._stderr_tail).strip()[-2000:]
 
     async def start(self) -> None:
+        cgroup = None if self.cgroups is None else await asyncio.to_thread(self.cgroups.worker, self.index)
         self.proc = await asyncio.create_subprocess_exec(
-            *self.plan.argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            *self.plan.argv(cgroup), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=SANDBOX_ENV, cwd="/", start_new_session=True)
         self._stderr_task = asyncio.ensure_future(self._drain_stderr(self.proc))
         try:
@@ -130,7 +145,10 @@ class _Worker:
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as exc:
             await self.kill()
             raise _WorkerDied(f"the sandbox did not start ({type(exc).__name__}): {self.stderr_tail()}") from exc
-        self.cells_share_uid = not hello["cell_uid_isolation"]
+        if not hello["hello"]:
+            await self.kill()
+            raise _WorkerDied(f"the sandbox refused to start: {hello['error']}")
+        self.hello = hello
         self.generation += 1
 
     async def request(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -190,6 +208,8 @@ class _Worker:
         if self._stderr_task is not None:
             await self._stderr_task
             self._stderr_task = None
+        if self.plan.backend == "rlimit" and self.hello:  # its scratch directories are on the host
+            await _remove_tree(self.hello["scratch_root"])
 
 
 class Session:
@@ -243,6 +263,8 @@ class SandboxPool:
             raise ValueError("backend 'remote' is served by RemoteSandboxPool; use cleaner.sandbox.open_pool")
         self._plan: LaunchPlan | None = None
         self._workers: list[_Worker] = []
+        self._cgroups: CgroupTree | None = None
+        self._scratch_root: str | None = None  # rlimit: the host directory of the workers' scratch directories
         self._start_lock = asyncio.Lock()
         self._closed = False
         self._ids = itertools.count(1)
@@ -263,42 +285,80 @@ class SandboxPool:
         return None if not self._workers else not self._workers[0].cells_share_uid
 
     @property
+    def isolation(self) -> dict[str, Any]:
+        """What protects cells here, as the sandbox reported it when it started: backend, cell_uid_isolation,
+        memory_limit ("cgroup" or "watchdog") and pids_limit ("cgroup" or "rlimit"), seccomp, scratch_quota,
+        preloaded modules; cgroup_reason says why memory is not limited by a cgroup. Empty before start."""
+        if not self._workers:
+            return {}
+        hello = self._workers[0].hello
+        keys = ("cell_uid_isolation", "memory_limit", "pids_limit", "seccomp", "scratch_quota", "preloaded")
+        return {"backend": self.backend, **{k: hello[k] for k in keys},
+                "cgroup_reason": self._plan.cgroup_reason if self._plan else ""}
+
+    @property
     def worker_pids(self) -> list[int]:
         """Pids of the processes the pool started (one per worker), for monitoring."""
         return [w.pid for w in self._workers if w.pid is not None]
 
     async def start(self) -> SandboxPool:
-        """Detect the backend and start every worker. Raises SandboxUnavailable when isolation is required but
-        missing, RuntimeError when the sandbox cannot start."""
+        """Start every worker. Raises SandboxUnavailable when the configured isolation cannot be had here (see
+        `backends`), RuntimeError when the sandbox cannot start."""
         async with self._start_lock:
             if self._closed:
                 raise RuntimeError("the sandbox pool is closed")
             if self._plan is not None:
                 return self
-            plan = await asyncio.to_thread(backends.plan, self.config)
-            workers = [_Worker(i, plan) for i in range(self.config.workers or os.cpu_count() or 1)]
-            started = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
-            failed = [r for r in started if isinstance(r, BaseException)]
-            if failed:
-                await asyncio.gather(*(w.kill() for w in workers))
-                raise RuntimeError(f"could not start the {plan.backend} sandbox: {failed[0]}") from failed[0]
+            if self.config.backend == "rlimit":
+                self._scratch_root = tempfile.mkdtemp(prefix="cleaner-sandbox-")
+                os.chmod(self._scratch_root, 0o711)
+            try:
+                plan = await asyncio.to_thread(backends.plan, self.config, self._scratch_root)
+                self._cgroups = None if plan.cgroup_parent is None else await asyncio.to_thread(
+                    CgroupTree, plan.cgroup_parent)
+                workers = [_Worker(i, plan, self._cgroups) for i in range(self.config.workers or os.cpu_count() or 1)]
+                started = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
+                failed = [r for r in started if isinstance(r, BaseException)]
+                if failed:
+                    await asyncio.gather(*(w.kill() for w in workers))
+                    raise RuntimeError(f"could not start the {plan.backend} sandbox: {failed[0]}") from failed[0]
+            except BaseException:
+                await self._remove_host_state()
+                raise
             self._plan, self._workers = plan, workers
-            self._warn_about_isolation(plan, workers[0])
+            self._announce(workers[0])
             return self
 
-    def _warn_about_isolation(self, plan: LaunchPlan, worker: _Worker) -> None:
-        if plan.backend == "rlimit":
+    def _announce(self, worker: _Worker) -> None:
+        """Log what protects cells (the hello); a warning naming what is NOT protected where cells share a uid."""
+        isolation = self.isolation
+        logger.info("cleaner.sandbox: %s", json.dumps(isolation))
+        if self.backend == "rlimit":
             logger.warning(
-                "cleaner.sandbox runs model code WITHOUT namespace isolation (backend 'rlimit': %s). The code can "
-                "reach the network and write wherever %s can; only rlimits and time-outs apply. Set "
-                "sandbox.strict=True to refuse instead.", plan.reason,
-                "its own unprivileged uid" if not worker.cells_share_uid else "this user")
-        elif os.geteuid() == 0 and worker.cells_share_uid:
-            logger.warning("cleaner.sandbox: cells run as root inside the sandbox (the interpreter is not readable "
-                           "by other users), so RLIMIT_NPROC is not enforced; the time-out still is.")
+                "cleaner.sandbox runs model code WITHOUT namespace isolation (backend 'rlimit', %s). NOT protected: "
+                "the network (any host or port), the host's file system (the cells read and write what %s can), "
+                "scratch quotas; protected: time-outs, memory (%s), rlimits, seccomp, clean-up.",
+                "as requested", "their own unprivileged uid" if not worker.cells_share_uid else "this user",
+                isolation["memory_limit"])
+        elif worker.cells_share_uid:
+            logger.warning(
+                "cleaner.sandbox: cells share this user's uid with their supervisor (bubblewrap in a user "
+                "namespace). NOT protected: a cell can signal the supervisor (the worker restarts, its sessions "
+                "lose their state, and the call is an error SandboxKilled), and can leave files in the worker's "
+                "private /tmp for later calls. Run as root to give every session its own uid.")
+
+    async def _remove_host_state(self) -> None:
+        """Remove what the pool made on the host: the cgroups and the rlimit backend's scratch directory."""
+        if self._cgroups is not None:
+            await asyncio.to_thread(self._cgroups.remove)
+            self._cgroups = None
+        if self._scratch_root is not None:
+            await _remove_tree(self._scratch_root)
+            self._scratch_root = None
 
     async def close(self) -> None:
-        """Stop every worker after its current call; later calls return `infra_error`. No process is left."""
+        """Stop every worker after its current call; later calls return `infra_error`. No process is left, nor
+        any cgroup or host directory of the pool's."""
         self._closed = True
         async with self._start_lock:
             async def stop(worker: _Worker) -> None:
@@ -306,6 +366,7 @@ class SandboxPool:
                     await worker.stop()
 
             await asyncio.gather(*(stop(w) for w in self._workers))
+            await self._remove_host_state()
 
     async def __aenter__(self) -> SandboxPool:
         return await self.start()

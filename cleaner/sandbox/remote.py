@@ -18,8 +18,9 @@ with return code 0 -> `ok`; otherwise `error`, with `error_type` from the traceb
 The server is stateless, so a remote session replays its successful cells (output discarded) before each new
 cell, in one request. Unlike the local backend this re-executes earlier cells: their cost grows with the history,
 and code with side effects or randomness may not replay to the same state. Isolation, limits and time-out
-enforcement are the server's (SandboxFusion's defaults are weak: run it in its own container); `strict` does not
-apply here.
+enforcement are the server's (SandboxFusion's defaults are weak: run it in its own container); none of the local
+backend's guarantees (docs/sandbox.md) apply. Text from the server is made valid Unicode, and an error_type is
+at most a short identifier.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import asyncio
 import json
 import os
 import re
-import signal
 from typing import Any
 
 from cleaner.sandbox.config import SandboxConfig
-from cleaner.sandbox.result import ExecutionResult
+from cleaner.sandbox.result import MAX_ERROR_TYPE_CHARS, ExecutionResult, signal_name, valid_text
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
 
@@ -68,7 +68,7 @@ def map_response(body: dict[str, Any], max_output_bytes: int) -> tuple[str, str,
     if body.get("status") == "SandboxError" or not isinstance(run, dict) or run.get("status") == "Error":
         message = body.get("message") or (run or {}).get("stderr") or "no run result"
         return "infra_error", "", f"SandboxError: the SandboxFusion server failed: {message}\n", None, 0.0
-    stdout, stderr = run.get("stdout") or "", run.get("stderr") or ""
+    stdout, stderr = valid_text(run.get("stdout")), valid_text(run.get("stderr"))
     duration_s = float(run.get("execution_time") or 0.0)
     if len(stdout.encode()) + len(stderr.encode()) > max_output_bytes:
         stdout = stdout.encode()[:max_output_bytes].decode("utf-8", "replace")
@@ -84,11 +84,11 @@ def map_response(body: dict[str, Any], max_output_bytes: int) -> tuple[str, str,
     lines = [line for line in stderr.splitlines() if line.strip()]
     match = _EXCEPTION_LINE.match(lines[-1]) if lines else None
     if match is not None:
-        error_type = match.group(1).rsplit(".", 1)[-1]
+        error_type = match.group(1).rsplit(".", 1)[-1][:MAX_ERROR_TYPE_CHARS]
         return ("memory_limit" if error_type == "MemoryError" else "error"), stdout, stderr, \
             (None if error_type == "MemoryError" else error_type), duration_s
     if isinstance(code, int) and code < 0:
-        return "error", stdout, stderr, signal.Signals(-code).name, duration_s
+        return "error", stdout, stderr, signal_name(-code), duration_s
     return "error", stdout, stderr, "SystemExit", duration_s
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from cleaner.trajectory import ToolResult
 # The sandbox's statuses: the tool statuses of cleaner.trajectory.STATUSES except `malformed` (nothing was run).
 # `infra_error` means the sandbox failed; every other status is an outcome of the model's code.
 SANDBOX_STATUSES = ("ok", "error", "timeout", "memory_limit", "output_limit", "infra_error")
+MAX_ERROR_TYPE_CHARS = 128  # as the supervisor accepts from a cell
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class ExecutionResult:
     def __post_init__(self) -> None:
         if self.status not in SANDBOX_STATUSES:
             raise ValueError(f"unknown sandbox status {self.status!r}; valid: {', '.join(SANDBOX_STATUSES)}")
+        if self.error_type is not None and not (isinstance(self.error_type, str) and self.error_type.isidentifier()
+                                                and len(self.error_type) <= MAX_ERROR_TYPE_CHARS):
+            raise ValueError(f"error_type must be None or a Python identifier of at most {MAX_ERROR_TYPE_CHARS} "
+                             f"characters, got {self.error_type!r}")
 
     @property
     def ok(self) -> bool:
@@ -52,6 +58,20 @@ class ExecutionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def signal_name(sig: int) -> str:
+    """`SIGSEGV` for a signal Python can name, else `SIG<n>` (the real-time signals 32-63): never raises."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+def valid_text(value: object) -> str:
+    """`value` if it is a string, as valid Unicode (lone surrogates replaced: they cannot be written as UTF-8), else
+    the empty string. For text from outside the sandbox's own supervisor (a remote server's JSON)."""
+    return value.encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else ""
 
 
 def infra_error(message: str, backend: str = "", max_output_chars: int = 256) -> ExecutionResult:

@@ -6,9 +6,12 @@ Methods:
 - bwrap_per_call: the pool's own bubblewrap command line, a new sandbox per call (equal isolation).
 Codes: `print(1)`, and a cell that burns 50 ms of CPU time (a busy loop on time.process_time(), not a sleep, so
 the machine's cores bound every method alike). Concurrency: 1, 8, 64 calls in flight; latency is measured from
-issuing a call to its result, so it includes waiting for a free worker.
+issuing a call to its result, so it includes waiting for a free worker. For each code and concurrency the three
+methods run in interleaved rounds, so that the machine's load (it may be shared) weighs on them alike.
 Sessions: a cell after N = 10 successful cells vs a fresh session's first cell vs a one-off call, and the cost of
 rebuilding the same state by replaying the 10 cells (what a stateless executor has to do).
+Preloading: a cell that imports numpy and sympy and uses them, in a one-worker pool that preloads both
+(`preload_modules`) vs one that only has their site-packages on the path (each call imports them).
 
 Run: .venv/bin/python -m pytest -o addopts="--import-mode=importlib -p no:cacheprovider" \\
          tests/benchmarks/test_sandbox_throughput.py --benchmark-only
@@ -22,11 +25,12 @@ import os
 import shutil
 import statistics
 import time
+from dataclasses import replace
 
 import pytest
 
 from cleaner.sandbox import SandboxConfig, SandboxPool
-from cleaner.sandbox.backends import SANDBOX_ENV, plan, real_python
+from cleaner.sandbox.backends import SANDBOX_ENV, plan, preload_paths, real_python
 from cleaner.sandbox.remote import replay_program
 
 CONFIG = SandboxConfig(timeout_s=10.0, cpu_time_s=10.0)
@@ -34,12 +38,15 @@ CODES = {
     "print(1)": "print(1)",
     "50ms CPU": "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.05:\n    pass",
 }
-CALLS = {"print(1)": 200, "50ms CPU": 60}
+ROUNDS = {CODES["print(1)"]: 6, CODES["50ms CPU"]: 3}  # rounds per method
+BATCH = {CODES["print(1)"]: 40, CODES["50ms CPU"]: 10}  # calls per method and round (at least 2 x concurrency)
 CONCURRENCY = (1, 8, 64)
 SESSION_CELL = "y = sum(range(1000))"
 HISTORY = [f"x{i} = sum(range(300_000))" for i in range(10)]  # each prior cell does ~5-10 ms of work
+PRELOAD_CELL = "import numpy, sympy\nprint(int(numpy.arange(10).sum()), sympy.Integer(3) + 1)"
 SUMMARY: dict[tuple[str, str, int], dict[str, float]] = {}
 SESSION_SUMMARY: dict[str, float] = {}
+PRELOAD_SUMMARY: dict[str, float] = {}
 HAVE_BWRAP = shutil.which("bwrap") is not None
 
 
@@ -52,8 +59,8 @@ def stats(latencies_s: list[float], wall_s: float) -> dict[str, float]:
     }
 
 
-async def measure(call, n: int, concurrency: int) -> dict[str, float]:
-    """n calls with `concurrency` in flight; latency from issue to result."""
+async def timed_batch(call, n: int, concurrency: int) -> tuple[float, list[float]]:
+    """n calls with `concurrency` in flight: (wall seconds, latencies from issue to result)."""
     slots = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
 
@@ -65,24 +72,10 @@ async def measure(call, n: int, concurrency: int) -> dict[str, float]:
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(n)))
-    return stats(latencies, time.perf_counter() - t0)
+    return time.perf_counter() - t0, latencies
 
 
-async def run_pool(code: str, n: int, concurrency: int) -> dict[str, float]:
-    async with SandboxPool(CONFIG) as pool:
-        for _ in range(4):
-            assert (await pool.run(code)).status == "ok"
-
-        async def call() -> None:
-            result = await pool.run(code)
-            assert result.status == "ok", result
-
-        out = await measure(call, n, concurrency)
-        out["backend"] = pool.backend  # type: ignore[assignment]
-        return out
-
-
-async def run_processes(prefix: list[str], code: str, n: int, concurrency: int) -> dict[str, float]:
+def process_call(prefix: list[str], code: str):
     argv = [*prefix, real_python(), "-I", "-S", "-c", code]
 
     async def call() -> None:
@@ -91,33 +84,43 @@ async def run_processes(prefix: list[str], code: str, n: int, concurrency: int) 
         _out, err = await proc.communicate()
         assert proc.returncode == 0, err
 
-    await call()
-    return await measure(call, n, concurrency)
+    return call
 
 
-def methods() -> list[str]:
-    return ["pool", "subprocess"] + (["bwrap_per_call"] if HAVE_BWRAP else [])
+async def compare(code: str, concurrency: int) -> dict[str, dict[str, float]]:
+    """The methods run in interleaved rounds (pool, subprocess, bwrap_per_call, pool, ...): on a shared machine a
+    change of load then hits them alike, and their ratios hold."""
+    rounds, batch = ROUNDS[code], max(2 * concurrency, BATCH[code])
+    async with SandboxPool(CONFIG) as pool:
+        async def pool_call() -> None:
+            result = await pool.run(code)
+            assert result.status == "ok", result
+
+        calls = {"pool": pool_call, "subprocess": process_call([], code)}
+        if HAVE_BWRAP:
+            calls["bwrap_per_call"] = process_call(list(plan(CONFIG).prefix), code)
+        for call in calls.values():  # warm-up
+            await timed_batch(call, 4, 1)
+        wall = dict.fromkeys(calls, 0.0)
+        latencies: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                seconds, observed = await timed_batch(call, batch, concurrency)
+                wall[name] += seconds
+                latencies[name] += observed
+        out = {name: stats(latencies[name], wall[name]) for name in calls}
+        out["pool"]["backend"] = pool.backend  # type: ignore[assignment]
+    return out
 
 
-# The three methods run back to back for each scenario, so that a change in the machine's load between scenarios
-# does not skew their ratios.
-SCENARIOS = [(code_name, concurrency, method) for code_name in CODES for concurrency in CONCURRENCY
-             for method in ("pool", "subprocess", "bwrap_per_call")]
-
-
-@pytest.mark.parametrize(("code_name", "concurrency", "method"), SCENARIOS)
-def test_throughput(benchmark, code_name: str, concurrency: int, method: str) -> None:
-    if method == "bwrap_per_call" and not HAVE_BWRAP:
-        pytest.skip("bubblewrap is not installed")
-    code, n = CODES[code_name], CALLS[code_name]
-    if method == "pool":
-        target = lambda: asyncio.run(run_pool(code, n, concurrency))  # noqa: E731
-    else:
-        prefix = list(plan(CONFIG).prefix) if method == "bwrap_per_call" else []
-        target = lambda: asyncio.run(run_processes(prefix, code, n, concurrency))  # noqa: E731
-    result = benchmark.pedantic(target, rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    SUMMARY[(method, code_name, concurrency)] = result
+@pytest.mark.parametrize("concurrency", CONCURRENCY)
+@pytest.mark.parametrize("code_name", list(CODES))
+def test_throughput(benchmark, code_name: str, concurrency: int) -> None:
+    result = benchmark.pedantic(lambda: asyncio.run(compare(CODES[code_name], concurrency)), rounds=1,
+                                iterations=1)
+    for method, figures in result.items():
+        benchmark.extra_info[method] = figures
+        SUMMARY[(method, code_name, concurrency)] = figures
 
 
 async def session_costs(repeats: int) -> dict[str, float]:
@@ -158,10 +161,33 @@ def test_session_replay_cost(benchmark) -> None:
     SESSION_SUMMARY.update(result)
 
 
+async def preload_costs(repeats: int) -> dict[str, float]:
+    """Median latency of PRELOAD_CELL, one call at a time, with and without preloading."""
+    preloaded = replace(CONFIG, workers=1, preload_modules=("numpy", "sympy"))
+    on_path = replace(CONFIG, workers=1, python_paths=tuple(preload_paths(("numpy", "sympy"))))
+    out = {}
+    for name, config in (("preloaded_ms", preloaded), ("imported_per_call_ms", on_path)):
+        async with SandboxPool(config) as pool:
+            assert (await pool.run(PRELOAD_CELL)).stdout == "45 4\n"
+            latencies = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                assert (await pool.run(PRELOAD_CELL)).ok
+                latencies.append(time.perf_counter() - t0)
+        out[name] = 1000 * statistics.median(latencies)
+    return out
+
+
+def test_preload_cost(benchmark) -> None:
+    result = benchmark.pedantic(lambda: asyncio.run(preload_costs(10)), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    PRELOAD_SUMMARY.update(result)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def print_summary(request):
     yield
-    if not SUMMARY and not SESSION_SUMMARY:
+    if not SUMMARY and not SESSION_SUMMARY and not PRELOAD_SUMMARY:
         return
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
@@ -177,12 +203,15 @@ def write_summary(write) -> None:
     for code_name in CODES:
         for concurrency in CONCURRENCY:
             pool = SUMMARY.get(("pool", code_name, concurrency))
-            for method in methods():
+            for method in ("pool", "subprocess", "bwrap_per_call"):
                 r = SUMMARY.get((method, code_name, concurrency))
                 if r is None:
                     continue
-                ratio = "" if method == "pool" or pool is None else f"{pool['calls_per_s'] / r['calls_per_s']:.1f}x"
+                ratio = "" if method == "pool" or pool is None else f"{pool['calls_per_s'] / r['calls_per_s']:.2f}x"
                 write(f"| {code_name} | {concurrency} | {method} | {r['calls_per_s']:.0f} | {r['p50_ms']:.1f} | "
                       f"{r['p99_ms']:.1f} | {ratio} |")
     if SESSION_SUMMARY:
         write("session cost (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in SESSION_SUMMARY.items()))
+    if PRELOAD_SUMMARY:
+        write("import numpy, sympy in a cell (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                                      PRELOAD_SUMMARY.items()))

@@ -4,13 +4,20 @@ and that the same pool still works afterwards."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
+import subprocess
+import sys
+import types
 from dataclasses import replace
+from pathlib import Path
 
 import psutil
 import pytest
 import pytest_asyncio
 
+import cleaner
 from cleaner.sandbox import ExecutionResult, SandboxConfig, SandboxPool
 
 # Short limits keep the battery fast; memory stays well above what the interpreter needs.
@@ -29,6 +36,87 @@ def sandbox_pids(pool: SandboxPool) -> set[int]:
         except psutil.NoSuchProcess:
             continue
     return pids
+
+
+def zygote(pool: SandboxPool, index: int = 0) -> psutil.Process:
+    """The supervisor of worker `index`: the first process of its tree that is not bubblewrap."""
+    root = psutil.Process(pool.worker_pids[index])
+    return next(p for p in [root, *root.children(recursive=True)] if p.name() != "bwrap")
+
+
+def sandbox_cpu_s(pool: SandboxPool) -> float:
+    """CPU time used so far by every live process of the pool's sandboxes."""
+    total = 0.0
+    for pid in sandbox_pids(pool):
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+SOURCE = Path(cleaner.__file__).resolve().parents[1]  # the directory that holds the package under test
+
+
+def readable_python() -> str | None:
+    """An interpreter (3.11 or later) that users other than root can run: the rlimit backend started as root runs
+    cells under an unprivileged uid, and refuses an interpreter those cannot read. This one if it qualifies,
+    else the system's."""
+    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"):
+        path = Path(os.path.realpath(candidate))
+        if not path.exists() or not all(os.stat(p).st_mode & 0o001 for p in [path.parent, *path.parent.parents]):
+            continue
+        version = subprocess.run([str(path), "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                                 capture_output=True, text=True)
+        if version.stdout.strip() == "True":
+            return str(path)
+    return None
+
+
+# Runs cells in a rlimit pool and prints one JSON line per event; see run_rlimit_script.
+RLIMIT_DRIVER = """
+import asyncio, json, logging, os, signal, sys
+from cleaner.sandbox import SandboxConfig, SandboxPool
+logging.basicConfig(level=logging.WARNING, format="LOG %(levelname)s %(message)s", stream=sys.stdout)
+def emit(**kw):
+    print(json.dumps(kw), flush=True)
+async def main(steps):
+    pool = await SandboxPool(SandboxConfig(backend="rlimit", timeout_s=2.0, cpu_time_s=5.0, memory_mb=512,
+                                           workers=1)).start()
+    session = pool.session()
+    for kind, code in steps:
+        if kind == "kill_zygote":
+            os.kill(pool.worker_pids[0], signal.SIGKILL)
+            continue
+        if kind == "isolation":
+            emit(isolation=pool.isolation)
+            continue
+        if kind == "first_output_exists":  # a host-side check, while the pool runs
+            emit(exists=os.path.exists(first_output))
+            continue
+        result = await (pool.run(code) if kind == "run" else session.run(code))
+        emit(result=result.to_dict(), zygote=pool.worker_pids[0])
+        first_output = first_output if "first_output" in locals() else result.stdout.strip()
+    await pool.close()
+    emit(closed=True)
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+def run_rlimit_script(steps: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
+    """Run `steps` (("run" | "session", code), or ("kill_zygote" | "isolation" | "first_output_exists", ""): the
+    last checks on the host whether the path the first cell printed exists) in a fresh process holding a rlimit
+    pool,
+    with an interpreter other users can read (see readable_python). Returns the JSON events and the log lines."""
+    python = readable_python()
+    if python is None:
+        pytest.skip("no Python 3.11+ here that other users can run (the rlimit backend as root needs one)")
+    proc = subprocess.run([python, "-c", RLIMIT_DRIVER, json.dumps(steps)], capture_output=True, text=True,
+                          timeout=120, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(SOURCE)}, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")], [l for l in lines if l.startswith("LOG")]
 
 
 class Pools:
@@ -58,14 +146,18 @@ class Pools:
         return pids
 
     async def settled(self, pool: SandboxPool, expected: int | None = None, timeout_s: float = 2.0) -> set[int]:
-        """The pool's processes once they number `expected` (default: as many as when idle). The zygote replies
-        as soon as a cell's result is known and reaps, sweeps and cleans up right after (always before it reads
-        the next request), so a cell may take a moment to disappear; a process still there after `timeout_s` is
-        a leak, and the caller's comparison fails."""
-        expected = self.idle[id(pool)] if expected is None else expected
+        """The pool's processes once they number `expected` (default: once their number stops changing). The
+        zygote replies as soon as a cell's result is known and reaps, sweeps and cleans up right after (always
+        before it reads the next request), so a cell may take a moment to disappear; a process still there after
+        `timeout_s` is a leak, and the caller's comparison fails."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(pids := self.remember(pool)) != expected and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        previous: set[int] | None = None
+        while asyncio.get_running_loop().time() < deadline:
+            pids = self.remember(pool)
+            if (len(pids) == expected) if expected is not None else (pids == previous):
+                return pids
+            previous = pids
+            await asyncio.sleep(0.02)
         return pids
 
     async def close_all(self) -> None:
@@ -85,12 +177,7 @@ async def pools():
 
 @pytest_asyncio.fixture
 async def bwrap_pool(pools: Pools) -> SandboxPool:
-    return await pools.start(backend="bwrap", strict=True)
-
-
-@pytest_asyncio.fixture
-async def rlimit_pool(pools: Pools) -> SandboxPool:
-    return await pools.start(backend="rlimit")
+    return await pools.start(backend="bwrap")
 
 
 @pytest.fixture
@@ -115,3 +202,9 @@ def hostile(pools: Pools):
         return result
 
     return run
+
+
+@pytest.fixture
+def host():
+    """Host-side views for the tests: host.zygote(pool), host.cpu_s(pool), host.pids(pool), host.rlimit(steps)."""
+    return types.SimpleNamespace(zygote=zygote, cpu_s=sandbox_cpu_s, pids=sandbox_pids, rlimit=run_rlimit_script)

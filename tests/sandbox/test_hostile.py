@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -39,7 +41,7 @@ async def test_bwrap_loop_ignoring_sigterm_and_disabling_alarm_is_still_killed(b
 
 
 async def test_bwrap_cpu_time_limit_is_a_timeout_even_when_sigxcpu_is_ignored(pools, hostile):
-    pool = await pools.start(backend="bwrap", strict=True, timeout_s=10.0, cpu_time_s=1.0)
+    pool = await pools.start(backend="bwrap", timeout_s=10.0, cpu_time_s=1.0)
     code = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass"
     result = await hostile(pool, code)
     assert result.status == "timeout"
@@ -53,7 +55,7 @@ async def test_bwrap_fork_bomb_is_contained_and_cleaned_up(bwrap_pool, hostile):
 
 
 async def test_bwrap_process_count_is_limited(pools, hostile):
-    pool = await pools.start(backend="bwrap", strict=True, max_processes=8)
+    pool = await pools.start(backend="bwrap", max_processes=8)
     code = (
         "import os, time\n"
         "started = 0\n"
@@ -82,7 +84,7 @@ async def test_bwrap_memory_bomb_is_a_memory_limit(bwrap_pool, hostile):
 
 
 async def test_bwrap_100_mb_of_output_is_an_output_limit(pools, hostile):
-    pool = await pools.start(backend="bwrap", strict=True, timeout_s=20.0)  # the cap, not the clock, must stop it
+    pool = await pools.start(backend="bwrap", timeout_s=20.0)  # the cap, not the clock, must stop it
     result = await hostile(pool, "import sys\nsys.stdout.write('x' * 100_000_000)\nprint('done')")
     assert result.status == "output_limit"
     assert 0 < len(result.stdout) <= pool.config.max_output_bytes
@@ -122,7 +124,7 @@ async def test_bwrap_trainer_environment_and_home_are_invisible(pools, hostile, 
     with open(marker, "w") as f:  # a file in the trainer's HOME, which the cell must not see
         f.write(secret)
     try:
-        pool = await pools.start(backend="bwrap", strict=True)
+        pool = await pools.start(backend="bwrap")
         code = (
             "import os\n"
             "print(sorted(os.environ.items()))\n"
@@ -162,16 +164,18 @@ async def test_bwrap_socket_to_a_listener_on_host_loopback_cannot_connect(bwrap_
     assert result.stdout.startswith("unreachable")
 
 
-async def test_rlimit_fallback_does_not_block_the_network(rlimit_pool, hostile):
-    """The documented weakness of the fallback, and a control for the test above: the listener is reachable."""
+async def test_rlimit_backend_does_not_block_the_network(host):
+    """The documented weakness of the rlimit backend, and a control for the test above: the listener is
+    reachable."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('CONNECTED')"
-        result = await hostile(rlimit_pool, code)
+        events, _logs = host.rlimit([("run", code)])
         listener.settimeout(2)
         conn, _ = listener.accept()
         conn.close()
-    assert (result.status, result.stdout, result.backend) == ("ok", "CONNECTED\n", "rlimit")
+    result = events[0]["result"]
+    assert (result["status"], result["stdout"], result["backend"]) == ("ok", "CONNECTED\n", "rlimit")
 
 
 async def test_bwrap_detached_setsid_children_do_not_outlive_the_cell(bwrap_pool, hostile):
@@ -203,18 +207,22 @@ async def test_bwrap_killing_the_parent_cannot_break_the_pool(bwrap_pool, hostil
         assert (result.status, result.error_type) == ("error", "SandboxKilled")
 
 
-async def test_rlimit_killing_the_supervisor_restarts_it_and_never_reruns_the_cell(rlimit_pool, hostile, tmp_path):
-    os.chmod(tmp_path, 0o777)
-    runs = tmp_path / "runs.txt"
+async def test_rlimit_killing_the_supervisor_is_refused_or_restarts_it_and_never_reruns_the_cell(host):
+    shared = tempfile.TemporaryDirectory(prefix="cleaner-test-")  # in $TMPDIR, which every uid can enter
+    os.chmod(shared.name, 0o777)
+    runs = Path(shared.name) / "runs.txt"
     code = f"import os, signal\nopen({str(runs)!r}, 'a').write('x')\nos.kill(os.getppid(), signal.SIGKILL)"
-    if rlimit_pool.uid_isolation:
-        result = await hostile(rlimit_pool, code)
-        assert (result.status, result.error_type) == ("error", "PermissionError")
+    events, _logs = host.rlimit([("run", code), ("run", "print('next')")])
+    result, following = events[0]["result"], events[1]["result"]
+    if os.geteuid() == 0:  # cells under their own uid
+        assert (result["status"], result["error_type"]) == ("error", "PermissionError")
+        assert events[0]["zygote"] == events[1]["zygote"]
     else:
-        result = await hostile(rlimit_pool, code, restarted=True)
-        assert (result.status, result.error_type) == ("error", "SandboxKilled")
-        assert "restarted" in result.stderr
+        assert (result["status"], result["error_type"]) == ("error", "SandboxKilled")
+        assert "restarted" in result["stderr"]
+    assert following["stdout"] == "next\n"
     assert runs.read_text() == "x"
+    shared.cleanup()
 
 
 async def test_bwrap_sys_exit_zero_is_ok(bwrap_pool, hostile):

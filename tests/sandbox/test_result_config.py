@@ -13,8 +13,8 @@ def test_config_rejects_bad_values_with_clear_messages():
         SandboxConfig(timeout_s=-1)
     with pytest.raises(ValueError, match=r"unknown sandbox.backend 'docker'; valid: auto, bwrap, rlimit, remote"):
         SandboxConfig(backend="docker")
-    with pytest.raises(ValueError, match="strict=True refuses to run without namespace isolation"):
-        SandboxConfig(backend="rlimit", strict=True)
+    with pytest.raises(ValueError, match="preload_modules must be module names such as 'numpy', got 'numpy sympy'"):
+        SandboxConfig(preload_modules=("numpy sympy",))
     with pytest.raises(ValueError, match="needs sandbox.remote_url"):
         SandboxConfig(backend="remote")
     with pytest.raises(ValueError, match="sandbox.memory_mb must be at least 64"):
@@ -27,7 +27,7 @@ def test_config_rejects_bad_values_with_clear_messages():
 
 def test_config_defaults_are_the_papers():
     config = SandboxConfig()
-    assert (config.timeout_s, config.max_output_chars, config.backend, config.strict) == (4.0, 256, "auto", False)
+    assert (config.timeout_s, config.max_output_chars, config.backend, config.preload_modules) == (4.0, 256, "auto", ())
 
 
 def test_truncate_middle_hand_case():
@@ -76,6 +76,22 @@ def test_to_tool_result_uses_the_configured_length_by_default():
 def test_result_rejects_unknown_status():
     with pytest.raises(ValueError, match="unknown sandbox status 'malformed'"):
         ExecutionResult("malformed")
+
+
+@pytest.mark.parametrize("error_type", [["NameError"], "\ud800", "not a name", "E" * 129, 7])
+def test_result_rejects_an_error_type_that_is_not_a_short_identifier(error_type):
+    """Downstream (SAAR counters, the JSONL writer) takes error_type as a class name. Breakage checked: no check
+    in __post_init__ (all five constructed)."""
+    with pytest.raises(ValueError, match="error_type must be None or a Python identifier of at most 128"):
+        ExecutionResult("error", error_type=error_type)
+
+
+def test_config_is_frozen_hashable_and_keeps_tuples():
+    """SandboxConfig is a dict key of the verl plugin's pools; YAML gives lists. Breakage checked: no tuple()
+    of preload_modules in __post_init__ (unhashable)."""
+    config = SandboxConfig(preload_modules=["numpy", "sympy"], python_paths=["/opt/lib"])
+    assert config.preload_modules == ("numpy", "sympy") and config.python_paths == ("/opt/lib",)
+    assert {config: 1}[SandboxConfig(preload_modules=("numpy", "sympy"), python_paths=("/opt/lib",))] == 1
 
 
 def test_run_code_is_a_synchronous_one_off():

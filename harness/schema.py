@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cleaner.data import DATASETS, DataError, resolve_path
+from cleaner.tracking import BACKENDS
 from cleaner.lab.sft import SftConfig
 from cleaner.rl.advantages import AdvantageConfig
 from cleaner.rl.losses import PolicyLossConfig
@@ -171,6 +172,9 @@ class RunSchema:
     runs_root: str = "results/runs"  # run records go to <runs_root>/<config hash>/
     strict: bool = False  # refuse to start from a git tree with uncommitted changes (strict reproducibility)
     quiet: bool = False  # no per-step progress lines
+    # experiment trackers, besides the run's metrics.jsonl: "tensorboard" | "wandb" (offline); the lab's
+    # cleaner.tracking, verl's trainer.logger on the cluster path
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     search: SearchSchema | None = None  # an Optuna search over runs (python -m harness.search); None for one run
     verl: VerlSchema = field(default_factory=VerlSchema)  # cluster=verl: resources (harness/verl.py)
     dry_run: bool = False  # cluster=verl: write the run's verl files and print the verl command; start nothing
@@ -179,7 +183,7 @@ class RunSchema:
     test_time_saar: bool | None = None
 
 
-NOT_HASHED = ("runs_root", "strict", "quiet", "search", "verl", "dry_run", "test_time_saar")
+NOT_HASHED = ("runs_root", "strict", "quiet", "loggers", "search", "verl", "dry_run", "test_time_saar")
 
 GROUPS: dict[str, type] = {"model": ModelSchema, "algo": AlgoSchema, "saar": SaarSchema, "data": DataSchema,
                            "engine": EngineSchema, "sandbox": SandboxSchema, "cluster": ClusterSchema}
@@ -231,6 +235,9 @@ def validate(cfg: DictConfig) -> None:
                           f"verl.gpu_memory_utilization in (0, 1]; got {cfg.cluster.nodes}, {v.rollout_tp}, "
                           f"{v.save_every}, {v.agent_workers}, {v.max_sandbox_workers}, {v.keep_checkpoints}, "
                           f"{v.gpu_memory_utilization}")
+    unknown = sorted(set(cfg.loggers) - set(BACKENDS))
+    if unknown:
+        raise ConfigError(f"loggers: unknown {', '.join(unknown)}; valid: {', '.join(sorted(BACKENDS))}")
     for name, samples in cfg.data.eval_samples.items():  # a benchmark without a path here is unused, not wrong
         if name not in DATASETS or not (isinstance(samples, int) and samples >= 1):
             raise ConfigError(f"data.eval_samples.{name}={samples}: must be >= 1 and name a benchmark "

@@ -189,9 +189,12 @@ def job_cpus() -> int:
 
 
 def environment(cfg: DictConfig, job: Path, rollout_log: Path) -> dict[str, str]:
-    """Environment variables verl's driver and every Ray worker need: verl's metrics file, our per-trajectory
-    rollout log (`cleaner.verl_plugin.agent_loop.log_trajectory`), and on cluster=verl_cpu the CPU shims."""
-    env = {"VERL_FILE_LOGGER_PATH": str(job / METRICS_FILE), "CLEANER_ROLLOUT_LOG_DIR": str(rollout_log)}
+    """Environment variables verl's driver and every Ray worker need: verl's metrics file and trackers, our
+    per-trajectory rollout log (`cleaner.verl_plugin.agent_loop.log_trajectory`), and on cluster=verl_cpu the CPU
+    shims."""
+    env = {"VERL_FILE_LOGGER_PATH": str(job / METRICS_FILE), "CLEANER_ROLLOUT_LOG_DIR": str(rollout_log),
+           # verl's trackers (cfg.loggers) into the job's folder; W&B offline, as the lab's (`wandb sync` uploads)
+           "TENSORBOARD_DIR": str(job / "tensorboard"), "WANDB_DIR": str(job), "WANDB_MODE": "offline"}
     if cfg.cluster.kind == "verl_cpu":
         from cleaner.verl_plugin import cpu
 
@@ -335,7 +338,7 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData, r
         (f"{trainer}.log_val_generations", 0),
         (f"{trainer}.project_name", PROJECT),
         (f"{trainer}.experiment_name", name),
-        (f"{trainer}.logger", ["console", "file"]),
+        (f"{trainer}.logger", ["console", "file", *cfg.loggers]),  # "file": verl/metrics.jsonl, which we read
         *((f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}", v) for k, v in environment(cfg, job, rollout_log).items()),
         ("hydra.run.dir", str(job / "hydra")),
     ]

@@ -10,7 +10,8 @@ Test format (LiveCodeBench `public_test_cases` / `private_test_cases`): `{"input
   value per line, the method's arguments; its return value, as JSON, must equal the JSON value `output`.
 
 How stdin is fed: the sandbox runs a cell with stdin on /dev/null and has no stdin parameter, so the cell is
-wrapped: it writes the input to an in-memory file (memfd), puts it on file descriptor 0 and rebuilds
+wrapped: it writes the input to an unnamed file in its scratch directory (`tempfile.TemporaryFile`; the sandbox
+refuses memfds), puts it on file descriptor 0 and rebuilds
 `sys.stdin`, then runs the solution with `exec` as `__main__` (`if __name__ == "__main__":` holds). Unlike an
 `io.StringIO`, this also serves `sys.stdin.buffer`, `open(0)` and `os.read(0, ...)`. The solution's source is
 compiled on its own (`<solution>`), so its line numbers and `from __future__` imports are its own. An input
@@ -42,15 +43,14 @@ from collections.abc import Callable
 _FENCE = re.compile(r"^\s*```\s*([\w+-]*)")
 
 _FEED_STDIN = """\
-import os as _os, sys as _sys
-_fd = _os.memfd_create("stdin")
-with open(_fd, "wb", closefd=False) as _file:
+import os as _os, sys as _sys, tempfile as _tempfile
+with _tempfile.TemporaryFile() as _file:
     _file.write({data!r})
-_os.lseek(_fd, 0, _os.SEEK_SET)
-_os.dup2(_fd, 0)
-_os.close(_fd)
+    _file.flush()
+    _os.lseek(_file.fileno(), 0, _os.SEEK_SET)
+    _os.dup2(_file.fileno(), 0)
 _sys.stdin = _sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
-del _os, _sys, _fd, _file
+del _os, _sys, _tempfile, _file
 """
 _LEETCODE_IMPORTS = """\
 from typing import *

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from harness import records
 
@@ -94,3 +95,26 @@ def test_a_second_process_on_the_same_record_waits_then_skips(composed, tmp_path
     first.join()
     assert order[0] == "start" and order[1].endswith("running in another process; waiting for it")
     assert order[2] == "end" and order[3].endswith("is finished; skipping it") and "second ran" not in order
+
+
+def test_the_hash_is_of_the_difference_from_the_schemas_defaults(composed, monkeypatch):
+    """A field added to the schema with a default renames no run (the hash is over what differs from the schema's
+    defaults); a value set away from its default is in it. Breakage checked: hashing the whole config (the new
+    field renames every run)."""
+    from dataclasses import field, make_dataclass
+
+    from harness import schema
+
+    cfg = composed(["seed=4", "saar.gamma=0.3"])
+    part = records.hashed_part(cfg)
+    assert part["seed"] == 4 and part["saar"] == {"gamma": 0.3}
+    assert "sandbox" not in part  # the lab's sandbox is the schema's default
+    before = records.config_hash(cfg)
+    grown = make_dataclass("SandboxSchema", [("new_limit", int, field(default=7))], bases=(schema.SandboxSchema,))
+    monkeypatch.setitem(schema.GROUPS, "sandbox", grown)
+    monkeypatch.setattr(records, "GROUPS", schema.GROUPS)
+    with_field = OmegaConf.create(OmegaConf.to_container(cfg))  # the same values, without the schema's types
+    with_field.sandbox.new_limit = 7
+    assert records.config_hash(with_field) == before
+    with_field.sandbox.new_limit = 8
+    assert records.config_hash(with_field) != before

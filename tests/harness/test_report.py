@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +291,18 @@ def test_the_html_report_loads_in_headless_chromium_with_tables_and_a_highlighte
 
     shot = matplotlib.image.imread(tmp_path / "report.png")
     assert shot.shape[1] == 1300 and shot.shape[0] > 900  # the whole page, taller than one screen
+
+
+def test_with_no_arguments_on_a_fresh_clone_it_regenerates_the_committed_report(tmp_path):
+    """A fresh clone has no results/runs: `python -m harness.report` reads the records the committed report cites
+    and writes the same tables, byte for byte. Breakage checked: the old default (results/runs only) exits 2."""
+    committed = REPO / "results" / "report"
+    shutil.copytree(committed, tmp_path / "results" / "report")
+    proc = subprocess.run([sys.executable, "-m", "harness.report"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "reading the run records in results/report/runs"
+    tables = sorted(p.name for p in committed.iterdir() if p.suffix in (".md", ".csv", ".tex"))
+    assert len(tables) == 16
+    for name in tables:
+        assert (tmp_path / "results" / "report" / name).read_bytes() == (committed / name).read_bytes(), name

@@ -1,4 +1,5 @@
-"""Numbers for result tables: pass@k, and a mean with its standard error."""
+"""Numbers for result tables: pass@k, a mean with its standard error, paired differences with their t interval
+and p-value, bootstrap intervals, and the first step a learning curve reaches a level."""
 
 from __future__ import annotations
 
@@ -30,3 +31,80 @@ def mean_stderr(values) -> tuple[float, float]:
     if len(values) < 2:
         return values[0], 0.0
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Lentz's method), accurate to
+    about 1e-12 for the arguments a t-distribution needs."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below this point: use the symmetry
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * result
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * _incomplete_beta(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def student_t_quantile(p: float, df: float) -> float:
+    """The t with P(T <= t) = p, by bisection on `student_t_cdf` (to 1e-10)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"student_t_quantile needs 0 < p < 1, got {p}")
+    low, high = -1e3, 1e3
+    while high - low > 1e-10:
+        mid = (low + high) / 2
+        low, high = (mid, high) if student_t_cdf(mid, df) < p else (low, mid)
+    return (low + high) / 2
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float]:
+    """The paired comparison of two methods measured on the same units (seeds): the mean of a - b, its standard
+    error, Student's t interval at `confidence`, and the two-sided p-value of the paired t-test (mean 0). Needs
+    at least two pairs."""
+    diffs = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    if len(diffs) < 2:
+        raise ValueError("paired_difference needs at least two pairs")
+    mean, stderr = mean_stderr(diffs)
+    df = len(diffs) - 1
+    half = student_t_quantile(0.5 + confidence / 2, df) * stderr
+    t = mean / stderr if stderr > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    p = 2 * (1 - student_t_cdf(abs(t), df)) if math.isfinite(t) else 0.0
+    return {"n": len(diffs), "mean": mean, "stderr": stderr, "low": mean - half, "high": mean + half, "t": t,
+            "p_value": p, "confidence": confidence}
+
+
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean of `values` (resampled with replacement, a seeded generator):
+    the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of the resampled means."""
+    import random
+
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("bootstrap_interval needs at least one value")
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return means[int((1 - confidence) / 2 * resamples)], means[min(resamples - 1, int((1 + confidence) / 2 * resamples))]
+
+
+def first_step_reaching(curve, threshold: float) -> int | None:
+    """The first step of `curve` ((step, value) pairs, in step order) whose value is at least `threshold`; None
+    when none is."""
+    return next((step for step, value in curve if value >= threshold), None)

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from cleaner.stats import mean_stderr, pass_at_k
+from cleaner.stats import (bootstrap_interval, first_step_reaching, mean_stderr, paired_difference, pass_at_k,
+                           student_t_quantile)
 
 
 @pytest.mark.parametrize(("n", "c", "k", "expected"), [
@@ -45,3 +46,42 @@ def test_mean_stderr():
     assert mean_stderr(iter([3, 3, 3])) == (3.0, 0.0)
     with pytest.raises(ValueError, match="at least one value"):
         mean_stderr([])
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 4, 2.776445), (0.975, 9, 2.262157), (0.975, 1, 12.706205),
+                                             (0.95, 30, 1.697261), (0.025, 4, -2.776445), (0.5, 7, 0.0)])
+def test_student_t_quantiles_match_the_tables(p, df, expected):
+    """Printed t-tables (6 decimals). Breakage checked: the incomplete beta's symmetry branch off (wrong tails)."""
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=2e-6)
+
+
+def test_a_paired_difference_by_hand():
+    """Differences 0.1, 0.2, 0.0, 0.3, 0.1: mean 0.14, sample sd sqrt(0.013) = 0.114018, stderr 0.050990; t =
+    2.745626 on 4 degrees of freedom, two-sided p = 0.051606 (numerical integration of the density); the 95% interval is
+    0.14 +- 2.776445 x 0.050990. Breakage checked: pairing ignored (the difference of means' stderr), a one-sided
+    p-value."""
+    out = paired_difference([0.6, 0.7, 0.5, 0.8, 0.6], [0.5, 0.5, 0.5, 0.5, 0.5])
+    assert (out["n"], out["mean"]) == (5, pytest.approx(0.14))
+    assert out["stderr"] == pytest.approx(0.0509902, abs=1e-7) and out["t"] == pytest.approx(2.745626, abs=1e-5)
+    assert out["p_value"] == pytest.approx(0.051606, abs=1e-6)
+    assert (out["low"], out["high"]) == (pytest.approx(0.14 - 0.141571, abs=2e-6),
+                                         pytest.approx(0.14 + 0.141571, abs=2e-6))
+    assert paired_difference([1, 2, 3], [2, 3, 4])["p_value"] == 0.0  # a constant difference: no variance
+    with pytest.raises(ValueError, match="at least two pairs"):
+        paired_difference([1], [2])
+
+
+def test_the_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    """Equal values give a point; a seed gives the same interval twice; a spread sample's interval holds its mean
+    and lies inside its range. Breakage checked: the quantile indices swapped."""
+    assert bootstrap_interval([0.5] * 8) == (0.5, 0.5)
+    values = [0.2, 0.4, 0.9, 0.5, 0.7, 0.1]
+    low, high = bootstrap_interval(values, seed=3)
+    assert (low, high) == bootstrap_interval(values, seed=3)
+    assert 0.1 < low < sum(values) / 6 < high < 0.9
+
+
+def test_first_step_reaching_a_level():
+    curve = [(0, 0.5), (10, 0.7), (20, 0.65), (30, 0.8)]
+    assert (first_step_reaching(curve, 0.7), first_step_reaching(curve, 0.8), first_step_reaching(curve, 0.9)) == (
+        10, 30, None)

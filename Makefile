@@ -44,10 +44,12 @@ lock: $(STAMP)
 # The GPU nodes' lock (docs/cluster.md): this package's dependencies and gpu/requirements.in, with the overrides in
 # gpu/overrides.txt, resolved from PyPI as it was on GPU_LOCK_DATE for Linux x86-64 with glibc 2.34 (sglang's wheels
 # are manylinux_2_34) and CPython 3.12. Resolution only: nothing is downloaded but metadata, nothing installed.
-GPU_LOCK_DATE := 2026-12-04T00:00:00Z
+# The date lies a week or more in the past (index mirrors fill in late) and --refresh ignores uv's cache, so that a
+# fresh CI machine and a developer's resolve the same set.
+GPU_LOCK_DATE := 2026-11-25T00:00:00Z
 GPU_COMPILE = UV_PYTHON_DOWNLOADS=never .venv/bin/uv pip compile --quiet pyproject.toml gpu/requirements.in \
 	--overrides gpu/overrides.txt --python-platform x86_64-manylinux_2_34 --python-version 3.12 \
-	--exclude-newer $(GPU_LOCK_DATE) --custom-compile-command "make gpu-lock"
+	--exclude-newer $(GPU_LOCK_DATE) --refresh --custom-compile-command "make gpu-lock"
 
 gpu-lock: $(STAMP)
 	rm -f gpu/requirements.lock.new && $(GPU_COMPILE) -o gpu/requirements.lock.new

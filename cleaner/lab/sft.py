@@ -38,7 +38,7 @@ from cleaner.trajectory import write_lines_atomic
 class SftConfig:
     num_examples: int = 20000  # trajectories in the SFT set (distinct training problems)
     bug_rate: float = 0.3  # share of trajectories whose first call fails and is fixed
-    steps: int = 1000  # optimizer steps; held-out digit loss is ~0.006 by 1000 steps at lr 7.5e-4 (README, SFT sizing)
+    steps: int = 1000  # optimizer steps; held-out digit loss is ~0.006 by 1000 steps at lr 7.5e-4 (docs/lab.md)
     batch_size: int = 32
     lr: float = 7.5e-4  # peak learning rate, after linear warm-up, then cosine decay to 10% (1.5e-3 is too high here)
     warmup_steps: int = 50

@@ -1,7 +1,7 @@
 """Locating the tool call in a sampled turn: one pass over the ids (ours) against decoding every prefix (the
 authors' code), on turns of 1k to 16k tokens whose call comes last, as after a long reasoning.
 
-Run with `make bench`; the ratio of the medians is recorded in the README."""
+Run with `make bench`; the ratio of the medians is recorded in docs/benchmarks.md."""
 
 from __future__ import annotations
 

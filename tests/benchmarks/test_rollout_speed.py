@@ -2,7 +2,7 @@
 - recompute of G = 8 sequences sharing a 200-token prompt, with the prompt's KV cache reused vs full sequences;
 - rollout throughput of the batched driver (16 trajectories per engine call) vs one trajectory at a time.
 
-Run with `make bench`; the ratios are recorded in the README."""
+Run with `make bench`; the ratios are recorded in docs/benchmarks.md."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Benchmark evaluation through the agent loop: a local causal LM, problems from `cleaner.data`, answers graded by
-`cleaner.rewards`, the metrics of the lab (`cleaner.lab.evaluate.metrics`).
+"""Benchmark evaluation through the agent loop: a model (in process or on SGLang servers), problems from `cleaner.data`, answers graded by
+`cleaner.rewards`, the metrics of every rollout (`cleaner.metrics`).
 
     problems = data.load("aime24")[:30]
-    result = await evaluate(model, tokenizer, "aime24", problems, rollout_cfg, samples=4, sampling=..., seed=0,
-                            saar_enabled=False, pool=pool)
+    result = await evaluate(transformers_engine(model, tokenizer), tokenizer, "aime24", problems, rollout_cfg,
+                            samples=4, sampling=..., seed=0, pool=pool)
 
 Prompts. A model with tool support (`hermes`: Qwen3, the lab model) gets one system prompt naming the tool. A model
 without it (`markdown`: SmolLM2) gets a system prompt and one worked example in the conversation: a call, its
@@ -11,13 +11,12 @@ error, the fix, its output and the boxed answer, and its task line asks for code
 SmolLM2-135M made no parseable call. The task line says how to answer: `\\boxed{}` for math, a boxed letter for
 GPQA, a final ```python block for LiveCodeBench (which needs `hermes`: in `markdown` a final code block is a call).
 
-Grading (the registry `GRADERS`, keyed by the data set's kind in `KINDS`): the text of the final answer turn only; a
-trajectory cut by the limits is wrong. Math: math-verify on the last `\\boxed{}`; GPQA: the extracted letter;
+Grading (the registry `GRADERS`, keyed by the data set's kind, `cleaner.data.kind_of`): the text of the final
+answer turn only; a trajectory cut by the limits is wrong. Math: math-verify on the last `\\boxed{}`; GPQA: the extracted letter;
 LiveCodeBench: every test passes in the sandbox.
 
-Departs from the paper's evaluation: it decodes with SGLang at top_p 0.6 on 16-32 samples per problem; this runs
-the transformers engine, with the samples and top_p the caller sets (the harness takes `algo.eval_samples` and
-`algo.eval_top_p`).
+The paper's evaluation decodes with SGLang at top_p 0.6 on 16-32 samples per problem; here the engine, the samples
+and top_p are the caller's (the harness takes `engine`, `algo.eval_samples` and `algo.eval_top_p`).
 """
 
 from __future__ import annotations
@@ -26,16 +25,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cleaner.data import Problem
-from cleaner.lab.evaluate import final_answer_text, metrics, rollout
+from cleaner.data import Problem, kind_of
+from cleaner.metrics import final_answer_text, rollout_metrics
 from cleaner.registry import Registry
 from cleaner.rewards import choice_reward, code_reward, extract_code, math_reward
-from cleaner.rollout.engines import SamplingParams
+from cleaner.rollout.drivers import rollout
+from cleaner.rollout.engines import Engine, SamplingParams
 from cleaner.rollout.episode import RolloutConfig
-from cleaner.sandbox import SandboxPool
-
-KINDS = {"aime24": "math", "aime25": "math", "math500": "math", "aime_1983_2023": "math", "dapo_math_17k": "math",
-         "gpqa_diamond": "choice", "livecodebench_v6": "code"}
 
 TASK_LINES = {  # (chat format, kind) -> the line after the question
     ("hermes", "math"): "Put the final answer in \\boxed{}.",
@@ -71,12 +67,6 @@ MARKDOWN_EXAMPLE = [  # one worked example for models without tool support: a ca
 ]
 
 
-def kind_of(name: str) -> str:
-    if name not in KINDS:
-        raise ValueError(f"no grader for data set {name!r}; valid: {', '.join(sorted(KINDS))}")
-    return KINDS[name]
-
-
 def prompt_messages(problem: Problem, kind: str, chat_format: str) -> list[dict[str, str]]:
     """The conversation a problem starts with (module docstring)."""
     if chat_format == "markdown" and kind == "code":
@@ -89,39 +79,39 @@ def prompt_messages(problem: Problem, kind: str, chat_format: str) -> list[dict[
     return [{"role": "system", "content": MARKDOWN_SYSTEM}, *MARKDOWN_EXAMPLE, question]
 
 
-Grader = Callable[[Problem, str, SandboxPool], Awaitable[bool]]
+Grader = Callable[[Problem, str, Any], Awaitable[bool]]  # (problem, answer text, sandbox pool)
 GRADERS: Registry = Registry("grader")
 
 
 @GRADERS.register("math")
-async def _grade_math(problem: Problem, text: str, pool: SandboxPool) -> bool:
+async def _grade_math(problem: Problem, text: str, pool: Any) -> bool:
     return math_reward(text, problem.answer)
 
 
 @GRADERS.register("choice")
-async def _grade_choice(problem: Problem, text: str, pool: SandboxPool) -> bool:
+async def _grade_choice(problem: Problem, text: str, pool: Any) -> bool:
     return choice_reward(text, problem.answer)
 
 
 @GRADERS.register("code")
-async def _grade_code(problem: Problem, text: str, pool: SandboxPool) -> bool:
+async def _grade_code(problem: Problem, text: str, pool: Any) -> bool:
     code = extract_code(text)
     if code is None:
         return False
     return (await code_reward(code, problem.meta["tests"], pool, problem.meta.get("func_name")))["passed"]
 
 
-async def evaluate(model: Any, tokenizer: Any, name: str, problems: list[Problem], cfg: RolloutConfig, samples: int,
-                   sampling: SamplingParams, seed: int, saar_enabled: bool, pool: SandboxPool
-                   ) -> tuple[dict[str, Any], list[Any]]:
-    """(metrics, trajectories) of `samples` rollouts per problem of the data set `name`. `wall_s` in the metrics
-    covers the rollouts only (grading excluded), so SAAR's latency overhead compares like with like."""
+async def evaluate(engine: Engine, tokenizer: Any, name: str, problems: list[Problem], cfg: RolloutConfig,
+                   samples: int, sampling: SamplingParams, seed: int, pool: Any) -> tuple[dict[str, Any], list[Any]]:
+    """(metrics, trajectories) of `samples` rollouts per problem of the data set `name`, SAAR as `cfg.saar` says.
+    `wall_s` in the metrics covers the rollouts only (grading excluded), so SAAR's latency overhead compares like
+    with like."""
     kind = kind_of(name)
     prompts = [(p.id, prompt_messages(p, kind, cfg.format)) for p in problems]
     start = time.perf_counter()
-    trajs = await rollout(model, tokenizer, prompts, samples, cfg, sampling, seed, saar_enabled, pool)
+    trajs = await rollout(engine, tokenizer, prompts, samples, cfg, sampling, seed, pool)
     wall_s = time.perf_counter() - start
     by_id = {p.id: p for p in problems}
     grade = GRADERS[kind]
-    correct = [await grade(by_id[t.id.rsplit("/", 1)[0]], final_answer_text(t), pool) for t in trajs]
-    return {**metrics(trajs, correct), "wall_s": wall_s}, trajs
+    correct = [await grade(by_id[t.group], final_answer_text(t), pool) for t in trajs]
+    return {**rollout_metrics(trajs, correct), "wall_s": wall_s}, trajs

@@ -172,13 +172,15 @@ class Turn:
 @dataclass(frozen=True)
 class Trajectory:
     """A prompt and its turns. `stats` holds per-trajectory counters (see `cleaner.saar.SaarStats`); `meta` holds
-    whatever else the source record carried (ground truth, data source, ...)."""
+    whatever else the source record carried (ground truth, data source, ...); `group` names the prompt the
+    trajectory was sampled for (GRPO's group; "" when unknown)."""
 
     id: str
     prompt: Span
     turns: tuple[Turn, ...]
     stats: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
 
     def spans(self) -> Iterator[Span]:
         yield self.prompt
@@ -221,6 +223,7 @@ class Trajectory:
             "turns": [t.to_dict() for t in self.turns],
             "stats": self.stats,
             "meta": self.meta,
+            "group": self.group,
         }
 
     @classmethod
@@ -231,6 +234,7 @@ class Trajectory:
             turns=tuple(Turn.from_dict(t) for t in d["turns"]),
             stats=d["stats"],
             meta=d["meta"],
+            group=d.get("group", ""),
         )
 
 

@@ -2,12 +2,15 @@
 
     python -m harness.eval [the run's own overrides]          # a lab run: its final checkpoint, held-out problems
     python -m harness.eval preset=smollm2                     # algo.steps=0: model.path itself, on benchmarks
+    python -m harness.eval preset=smollm2 engine=sglang engine.urls=[http://node1:30000]   # served by SGLang
 
 A run is named exactly as for `python -m harness.train`; its final checkpoint is evaluated on the lab's held-out
 problems. With `algo.steps=0` there is nothing to train: `model.path` itself is evaluated, on the lab's held-out
 problems (`data=lab`) or on every benchmark of `data.eval_paths` (the first `algo.eval_problems` problems of each),
 and the record folder holds only the evaluation. Each benchmark runs twice with the same seeds, SAAR off then on
-(with the run's gamma, K and p), after a short warm-up that neither side is charged for.
+(with the run's gamma, K and p), after a short warm-up that neither side is charged for. With `engine=sglang`, the
+benchmarks' generations go to the SGLang servers of `engine.urls` (already serving `model.path`; the paper's Table 4
+setting); the tokenizer is read from `model.path`.
 
 Writes `<run folder>/eval.json` (skipped when present): per benchmark, both metric sets (Pass@1 as the mean over
 `algo.eval_samples` samples with its stderr over problems, the unbiased pass@k, tool calls and failures per
@@ -33,11 +36,11 @@ from rich.table import Table
 
 from cleaner import bench, data
 from cleaner.lab.sft import idle_threads
-from cleaner.models import load_causal_lm
-from cleaner.rl.trainer import evaluate as evaluate_lab
-from cleaner.rollout.engines import SamplingParams
-from cleaner.rollout.episode import RolloutConfig
-from cleaner.sandbox import SandboxPool
+from cleaner.lab.trainer import evaluate as evaluate_lab
+from cleaner.models import BUNDLED, load_causal_lm, load_tokenizer
+from cleaner.rollout.engines import Engine, SamplingParams, sglang_engine, transformers_engine
+from cleaner.saar import SaarConfig
+from cleaner.sandbox import open_pool
 from cleaner.trajectory import Trajectory, write_jsonl, write_lines_atomic
 from harness import cli, records, schema
 
@@ -49,10 +52,10 @@ def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
             "latency_overhead": on["wall_s"] / off["wall_s"] - 1.0}
 
 
-def with_saar(rollout: RolloutConfig) -> RolloutConfig:
-    """SAAR enabled: "on at test time" applies SAAR with the run's gamma, K and p even to a baseline, whose own
-    config has it off (its parameters are then the defaults, the paper's)."""
-    return replace(rollout, saar=replace(rollout.saar, enabled=True))
+def saar_at_test_time(saar: SaarConfig, on: bool) -> SaarConfig:
+    """SAAR as evaluated: "on" applies SAAR with the run's gamma, K and p even to a baseline, whose own config has
+    it off (its parameters are then the defaults, the paper's)."""
+    return replace(saar, enabled=on)
 
 
 def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
@@ -62,34 +65,43 @@ def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
 async def lab_off_and_on(checkpoint: Path, cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """The lab's held-out evaluation, after a short warm-up so neither side pays for first-call costs."""
     train_cfg = schema.lab_train_config(cfg)
-    train_cfg = replace(train_cfg, rollout=with_saar(train_cfg.rollout))
+    saar_on, saar_off = (saar_at_test_time(train_cfg.rollout.saar, on) for on in (True, False))
     model, tokenizer = load_causal_lm(checkpoint)
-    async with SandboxPool(train_cfg.sandbox) as pool:
-        await evaluate_lab(model, tokenizer, replace(train_cfg, eval_problems=2), pool, saar_enabled=True)
-        off, trajs = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_enabled=False)
-        on, _ = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_enabled=True)
+    async with open_pool(train_cfg.sandbox) as pool:
+        await evaluate_lab(model, tokenizer, replace(train_cfg, eval_problems=2), pool, saar_on)
+        off, trajs = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_off)
+        on, _ = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_on)
     return {"benchmarks": {"lab": compare(off, on)}}, failed_samples(trajs)
+
+
+def engine_and_tokenizer(cfg: DictConfig) -> tuple[Engine, Any]:
+    """`model.path` in this process (`engine=transformers`), or the SGLang servers of `engine.urls` serving it."""
+    if cfg.engine.kind == "sglang":
+        tokenizer = load_tokenizer(cfg.model.path)
+        return sglang_engine(list(cfg.engine.urls), tokenizer), tokenizer
+    model, tokenizer = load_causal_lm(cfg.model.path)
+    return transformers_engine(model, tokenizer), tokenizer
 
 
 async def benchmarks_off_and_on(cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """Every benchmark of `data.eval_paths`, SAAR off then on, on `model.path` as it is."""
     algo = cfg.algo
-    rollout_cfg = with_saar(schema.lab_parts(cfg)[0])
+    rollout_cfg = schema.lab_parts(cfg)[0]
+    saar = {on: replace(rollout_cfg, saar=saar_at_test_time(rollout_cfg.saar, on)) for on in (False, True)}
     sampling = SamplingParams(algo.temperature, algo.eval_top_p)
-    model, tokenizer = load_causal_lm(cfg.model.path)
+    engine, tokenizer = engine_and_tokenizer(cfg)
     out: dict[str, Any] = {}
     samples: list[Trajectory] = []
     sets = {name: data.load(name, path or None)[: algo.eval_problems] for name, path in cfg.data.eval_paths.items()}
-    async with SandboxPool(schema.sandbox_config(cfg)) as pool:
+    async with open_pool(schema.sandbox_config(cfg)) as pool:
         name, problems = next(iter(sets.items()))  # warm-up, so neither side pays for first-call costs
-        await bench.evaluate(model, tokenizer, name, problems[:1], rollout_cfg, 1, sampling, cfg.seed, True, pool)
+        await bench.evaluate(engine, tokenizer, name, problems[:1], saar[True], 1, sampling, cfg.seed, pool)
         for name, problems in sets.items():
             side = {}
-            for saar_enabled in (False, True):
-                side[saar_enabled], trajs = await bench.evaluate(
-                    model, tokenizer, name, problems, rollout_cfg, algo.eval_samples, sampling, cfg.seed,
-                    saar_enabled, pool)
-                if not saar_enabled:
+            for on in (False, True):
+                side[on], trajs = await bench.evaluate(engine, tokenizer, name, problems, saar[on], algo.eval_samples,
+                                                       sampling, cfg.seed, pool)
+                if not on:
                     samples += failed_samples(trajs)
             out[name] = compare(side[False], side[True])
     return {"benchmarks": out}, samples
@@ -121,6 +133,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise schema.ConfigError(f"data={cfg.data.name} evaluates model.path on data.eval_paths: set algo.steps=0 "
                                  f"and at least one benchmark (got algo.steps={cfg.algo.steps}, "
                                  f"data.eval_paths={dict(cfg.data.eval_paths)})")
+    if cfg.engine.kind == "sglang" and (cfg.data.name == "lab" or not cfg.engine.urls):
+        raise schema.ConfigError("engine=sglang evaluates model.path on benchmarks (algo.steps=0, data.eval_paths) "
+                                 "through the servers of engine.urls, which must not be empty "
+                                 f"(got data={cfg.data.name}, engine.urls={list(cfg.engine.urls)})")
+    if cfg.algo.steps == 0 and cfg.model.path not in BUNDLED and not Path(cfg.model.path).exists():
+        raise schema.ConfigError(f"model.path={cfg.model.path} does not exist: give the folder (or .gguf file) of the "
+                                 f"model to evaluate, or a bundled name ({', '.join(BUNDLED)})")
     schema.check_paths(cfg)
     run_dir = Path(cfg.runs_root) / records.config_hash(cfg)
     out = run_dir / "eval.json"

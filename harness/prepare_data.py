@@ -196,8 +196,8 @@ def train_rows(path: Path, chat_format: str) -> Converted:
 
 
 def eval_rows(name: str, path: Path, chat_format: str) -> Converted:
-    """verl rows of the benchmark `name` (a key of `cleaner.bench.KINDS`) read by `cleaner.data.load`."""
-    kind = bench.kind_of(name)
+    """verl rows of the benchmark `name` (a key of `cleaner.data.DATASETS`) read by `cleaner.data.load`."""
+    kind = data.kind_of(name)
     rows = []
     for i, p in enumerate(data.load(name, path)):
         gold = json.dumps(p.meta["tests"]) if kind == "code" else p.answer
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="folder for the verl parquet files")
     parser.add_argument("--train", type=Path, help="the training set (Open-AgentRL-30K format)")
     parser.add_argument("--eval", action="append", default=[], metavar="NAME[=FILE]",
-                        help=f"a benchmark ({', '.join(sorted(bench.KINDS))}), with its file or found by cleaner.data")
+                        help=f"a benchmark ({', '.join(sorted(data.DATASETS))}), with its file or found by cleaner.data")
     parser.add_argument("--chat-format", default="hermes", help="the chat format the prompts are built for")
     parser.add_argument("--filter", type=Path, metavar="STATS",
                         help="difficulty-filter --train first by these per-prompt statistics (JSON lines with uid, "

@@ -3,7 +3,7 @@
 - `config.yaml`: the resolved config (all of it, the unhashed keys too);
 - `env.json`: git commit and whether the tree was dirty, package versions, seed, hardware, and one entry per
   invocation with its wall time (a resumed run has several);
-- `metrics.jsonl` and `summary.json`: written by the job (for the lab, `cleaner.rl.trainer`).
+- `metrics.jsonl` and `summary.json`: written by the job (for the lab, `cleaner.lab.trainer`).
 
 The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity), taken as
 its difference from the schema's defaults (`hashed_part`); the launcher lives under `hydra`, which is not part of
@@ -71,6 +71,7 @@ def hashed_part(cfg: DictConfig) -> dict[str, Any]:
     if not data["saar"]["enabled"]:
         data["saar"] = {"enabled": False}
         defaults["saar"] = {}
+    data.get("engine", {}).pop("urls", None)  # where the servers run, not what they serve
     part = _delta({k: v for k, v in data.items() if k not in NOT_HASHED}, defaults)
     return {} if part is _SAME else part
 

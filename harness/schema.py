@@ -26,7 +26,7 @@ from cleaner.tracking import BACKENDS
 from cleaner.lab.sft import SftConfig
 from cleaner.rl.advantages import AdvantageConfig
 from cleaner.rl.losses import PolicyLossConfig
-from cleaner.rl.trainer import TrainConfig
+from cleaner.lab.trainer import TrainConfig
 from cleaner.rollout.episode import RolloutConfig
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import SandboxConfig
@@ -75,7 +75,7 @@ class AlgoSchema:
     prompts_per_step: int = 8  # prompts per RL step ("train_batch_size: 128")
     group_size: int = 8  # rollouts per prompt ("group_size: 16")
     ppo_mini_batch_size: int = 4  # prompts per optimizer update ("ppo_mini_batch_size: 32"; 128 / 32 = 4 updates)
-    lr: float = 1e-4  # peak learning rate ("2e-6" for 4B, "1e-6" for 7B; the lab's 3.6 M model needs far more)
+    lr: float = 1e-4  # peak learning rate ("2e-6" for 4B, "1e-6" for 7B; the lab's 3.8 M model needs far more)
     lr_warmup_steps: int = 0  # linear warm-up, then constant ("lr_warmup_steps: 20")
     max_grad_norm: float = 1.0  # gradient clipping by global norm (verl's default, 1.0)
     adv_estimator: str = "grpo"  # a key of cleaner.rl.advantages.ADVANTAGES ("adv_estimator: grpo")
@@ -118,12 +118,14 @@ class DataSchema:
 @dataclass
 class EngineSchema:
     kind: str = "transformers"  # "transformers" (in-process, KV cache) | "sglang" (HTTP servers)
-    urls: list[str] = field(default_factory=list)  # sglang: server base URLs; a trajectory sticks to one
+    # sglang: base URLs of servers already serving model.path, for harness.eval (cluster=verl starts its own);
+    # a trajectory sticks to one. Not part of the run's name.
+    urls: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ClusterSchema:
-    # "lab": the single-process trainer of cleaner.rl.trainer, on CPU | "verl": verl 0.9.1 with SGLang on GPUs |
+    # "lab": the single-process trainer of cleaner.lab.trainer, on CPU | "verl": verl 0.9.1 with SGLang on GPUs |
     # "verl_cpu": the same verl translation on this machine's CPU (a transformers rollout server, logical GPUs)
     kind: str = "lab"
     nodes: int = 1  # machines per run

@@ -4,7 +4,7 @@
 
 A finished run (its folder holds `summary.json`) is skipped; an interrupted one resumes from its last checkpoint.
 `-m` with comma-separated values runs one after another in this process; `python -m harness.sweep` launches them
-through submitit instead. cluster=lab runs the single-process trainer (`cleaner.rl.trainer`) here; cluster=verl
+through submitit instead. cluster=lab runs the single-process trainer (`cleaner.lab.trainer`) here; cluster=verl
 (the paper presets) runs verl on GPUs through `harness.verl` (`dry_run=true` prints its command instead;
 `test_time_saar=true|false` evaluates the finished run); cluster=verl_cpu runs the same verl translation on this
 machine's CPU with the lab's model and tasks.
@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from cleaner.lab.sft import SftConfig
 from cleaner.lab.sft import train as train_sft
-from cleaner.rl.trainer import train_sync
+from cleaner.lab.trainer import train_sync
 from cleaner.trajectory import write_lines_atomic
 from harness import cli, records, schema
 

@@ -420,8 +420,7 @@ def lab_data(cfg: DictConfig, out_dir: Path) -> prepare_data.PreparedData:
     """data=lab as verl parquet: `algo.steps x algo.prompts_per_step` training problems and `algo.eval_problems`
     held-out ones of the lab's tasks, drawn with the run's seed, with the lab trainer's prompts; graded as math
     (their answers are integers in a box)."""
-    from cleaner.lab.evaluate import lab_prompts
-    from cleaner.lab.tasks import problems
+    from cleaner.lab.tasks import problems, prompts
 
     algo = cfg.algo
     files = {}
@@ -432,7 +431,7 @@ def lab_data(cfg: DictConfig, out_dir: Path) -> prepare_data.PreparedData:
                  "extra_info": {"index": i, "id": p.id, "kind": "math", "split": split, "func_name": None,
                                 "starter_code": None, "upstream": None},
                  "agent_name": verl_plugin.AGENT_NAME}
-                for i, (p, (_, messages)) in enumerate(zip(drawn, lab_prompts(drawn)))]
+                for i, (p, (_, messages)) in enumerate(zip(drawn, prompts(drawn)))]
         files[split] = out_dir / f"lab.{split}.seed{cfg.seed}.n{count}.parquet"
         if not files[split].exists():
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,10 @@ import asyncio
 import pytest
 import torch
 
-from cleaner import bench, chat
+from cleaner import bench, chat, data
 from cleaner.data import Problem, load
 from cleaner.models import load_causal_lm
-from cleaner.rollout.engines import SamplingParams
+from cleaner.rollout.engines import SamplingParams, transformers_engine
 from cleaner.rollout.episode import RolloutConfig
 from cleaner.sandbox import SandboxConfig, SandboxPool
 from cleaner.trajectory import Provenance
@@ -40,8 +40,8 @@ def test_prompts_by_chat_format():
         bench.prompt_messages(LCB, "code", "markdown")
     with pytest.raises(ValueError, match="no benchmark prompt for chat format 'json'; valid: hermes, markdown"):
         bench.prompt_messages(AIME, "math", "json")
-    with pytest.raises(ValueError, match="no grader for data set 'mmlu'; valid: aime24, aime25"):
-        bench.kind_of("mmlu")
+    with pytest.raises(ValueError, match="unknown data set 'mmlu'; valid: aime24, aime25"):
+        data.kind_of("mmlu")
 
 
 def test_graders_on_hand_written_answers():
@@ -76,8 +76,8 @@ def test_smollm2_makes_real_calls_through_the_agent_loop(smollm2):
 
     async def run():
         async with SandboxPool(SandboxConfig(workers=2)) as pool:
-            return await bench.evaluate(model, tokenizer, "math500", problems, cfg, 2, SamplingParams(0.7, 1.0),
-                                        seed=0, saar_enabled=True, pool=pool)
+            return await bench.evaluate(transformers_engine(model, tokenizer), tokenizer, "math500", problems, cfg, 2,
+                                        SamplingParams(0.7, 1.0), seed=0, pool=pool)
 
     metrics, trajs = asyncio.run(run())
     assert [t.id for t in trajs] == [f"{p.id}/{k}" for p in problems for k in range(2)]

@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cleaner import chat, purify
+from cleaner.purify import __main__ as purify_cli
 from cleaner.models import load_tokenizer
 from cleaner.trajectory import Provenance as P
 from cleaner.trajectory import read_jsonl
 
-EXAMPLES = Path(purify.__file__).parent / "examples"
+EXAMPLES = Path(purify.__file__).parents[1] / "examples"
 EXAMPLE, FENCED, SHAPES = EXAMPLES / "tool_errors.jsonl", EXAMPLES / "fenced_code.jsonl", EXAMPLES / "shapes.jsonl"
 REAL_LOG_OPTIONS = ["--format", "markdown", "--error-pattern", "^Error:"]  # how fenced-code logs are read
 
@@ -33,7 +34,7 @@ def lines(path: Path) -> list[dict]:
 
 def run_cli(tmp_path: Path, src: Path, *options: str, name: str = "out.jsonl") -> tuple[int, Path]:
     out = tmp_path / name
-    return purify.main([str(src), str(out), *options]), out
+    return purify_cli.main([str(src), str(out), *options]), out
 
 
 @pytest.fixture(scope="session")
@@ -571,10 +572,10 @@ def test_bad_option_values_are_clear_errors(tmp_path, capsys):
              (["--tokenizer", str(tmp_path)], f"error: {tmp_path} holds no checkpoint (no tokenizer.json or "
                                               "tokenizer_config.json there)")]
     for options, message in cases:
-        assert purify.main([str(EXAMPLE), str(out), *options]) == 2
+        assert purify_cli.main([str(EXAMPLE), str(out), *options]) == 2
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1
-    assert purify.main([str(tmp_path / "missing.jsonl"), str(out)]) == 2
+    assert purify_cli.main([str(tmp_path / "missing.jsonl"), str(out)]) == 2
     assert "No such file" in capsys.readouterr().err
     assert not out.exists()
 

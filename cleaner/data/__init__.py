@@ -28,7 +28,7 @@ from cleaner.data.livecodebench import lcb_problems
 from cleaner.data.rows import DataError, Problem, read_rows
 from cleaner.registry import Registry
 
-__all__ = ["DATASETS", "DataError", "DataSet", "Problem", "load", "resolve_path"]
+__all__ = ["DATASETS", "DataError", "DataSet", "Problem", "kind_of", "load", "resolve_path"]
 
 ENV_DATA_ROOT = "CLEANER_DATA_ROOT"
 SHARED_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # read at call time (tests patch it)
@@ -42,6 +42,7 @@ class DataSet:
     online: str  # the public data set (Hugging Face id) to download yourself when online
     formats: str  # the formats it accepts, for error messages
     parse: Callable[[str, Path, list[dict]], list[Problem]]  # (name, path, rows) -> problems
+    kind: str = "math"  # how its answers are graded: math (a boxed value), choice (a letter), code (tests)
     shared: bool = True  # whether ../shared/data holds a copy
 
 
@@ -67,13 +68,18 @@ DATASETS.update({
                               partial(math_sets.math_problems, upstream=math_sets.AIME_1983_2023)),
     "gpqa_diamond": DataSet("gpqa-diamond/gpqa_diamond.parquet", "Gen-Verse/Open-AgentRL-Eval (or Idavidrein/gpqa)",
                             "GPQA csv/parquet (Question, Correct Answer, Incorrect Answer 1..3) or "
-                            f"{_VERL} with the gold letter", gpqa_problems, shared=False),
+                            f"{_VERL} with the gold letter", gpqa_problems, kind="choice", shared=False),
     "livecodebench_v6": DataSet("livecodebench-v6/lcb_v6_2502_2505.parquet",
                                 "Gen-Verse/Open-AgentRL-Eval (or livecodebench/code_generation_lite)",
                                 "code_generation_lite rows (question_content, question_id, public_test_cases, "
                                 f"private_test_cases, metadata, ...) or {_VERL} with JSON tests",
-                                lcb_problems, shared=False),
+                                lcb_problems, kind="code", shared=False),
 })
+
+
+def kind_of(name: str) -> str:
+    """How the data set `name` is graded (`DataSet.kind`); an unknown name is an error listing the valid ones."""
+    return DATASETS[name].kind
 
 
 def resolve_path(name: str, path: str | Path | None = None, data_root: str | Path | None = None) -> Path:

@@ -10,7 +10,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 def tiny_qwen3(tokenizer: Any, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,
                intermediate_size: int = 768, max_positions: int = 4096, seed: int = 0) -> Qwen3ForCausalLM:
-    """A randomly initialised Qwen3 with tied embeddings, sized to `tokenizer` (defaults: 3.6 M parameters with the
+    """A randomly initialised Qwen3 with tied embeddings, sized to `tokenizer` (defaults: 3,776,256 parameters with the
     lab tokenizer). The same seed gives the same weights."""
     config = Qwen3Config(
         vocab_size=len(tokenizer),

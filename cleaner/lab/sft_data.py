@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cleaner import chat
-from cleaner.lab.tasks import Problem
+from cleaner.lab.tasks import Problem, prompts
 from cleaner.sandbox import SandboxConfig, SandboxPool
 
-SYSTEM_PROMPT = "Use the code_interpreter tool to compute. Give the answer as \\boxed{N}."
 
 REASONING = ("I will compute this with Python.\n", "Let me write a short program for it.\n",
              "A direct computation in Python gives the answer.\n", "I'll let the code do the arithmetic.\n")
@@ -102,7 +101,7 @@ async def build_records(problems: list[Problem], bug_rate: float, seed: int, max
         tool_msgs[k] = msgs
     records = []
     for (p, reasoning, bug), tools in zip(plans, tool_msgs):
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}]
+        (_, messages), = prompts([p])
         if bug is not None:
             if tools[0]["status"] != "error":
                 raise RuntimeError(f"injected {bug.kind} bug in {p.id} did not fail: {tools[0]!r}")

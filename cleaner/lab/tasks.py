@@ -20,7 +20,11 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from cleaner.metrics import final_answer_text
 from cleaner.registry import Registry
+from cleaner.trajectory import Trajectory
+
+SYSTEM_PROMPT = "Use the code_interpreter tool to compute. Give the answer as \\boxed{N}."
 
 
 @dataclass(frozen=True)
@@ -131,3 +135,15 @@ def check_answer(text: str, answer: int) -> bool:
         return False
     value = text[start + len("\\boxed{") : end].replace(",", "").strip()
     return value.lstrip("-").isdigit() and int(value) == answer
+
+
+def prompts(problems: list[Problem]) -> list[tuple[str, list[dict[str, str]]]]:
+    """(problem id, chat messages) for lab problems: the system prompt naming the tool, then the question."""
+    return [(p.id, [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}])
+            for p in problems]
+
+
+def correctness(trajs: list[Trajectory], problems: list[Problem]) -> list[bool]:
+    """Whether each trajectory's answer turn holds its problem's answer (its group is the problem id)."""
+    answers = {p.id: p.answer for p in problems}
+    return [check_answer(final_answer_text(t), answers[t.group]) for t in trajs]

@@ -104,7 +104,7 @@ def seed_corpus(num_lines: int = 6000, seed: int = 0) -> list[str]:
             lines.append(f"def {v}_{f.split('.')[-1]}({v}):\n    if {v} % {num % 97 + 2} == 0:\n        return {v}\n"
                          f"    return {v} // 2  # {rng.choice(words)}")
     for problem in tasks.problems("train", num_lines // 6, seed=seed + 1000):
-        lines += [sft_data.SYSTEM_PROMPT, problem.question, rng.choice(sft_data.REASONING),
+        lines += [tasks.SYSTEM_PROMPT, problem.question, rng.choice(sft_data.REASONING),
                   chat.hermes_call_text(problem.code), rng.choice(list(sft_data.FIX_REASONING.values())),
                   f"The answer is \\boxed{{{problem.answer}}}."]
     return lines

@@ -3,7 +3,7 @@
 Each ablation axis is a registry (a dict filled by a decorator; an unknown key raises ValueError listing the
 valid ones): `ADVANTAGES`, `POLICY_LOSSES`, `AGGREGATIONS`. Defaults are the paper's recipe: GRPO advantages,
 PPO clip 0.2/0.28 with dual clip 10, token-mean aggregation, no KL; rewards +1/-1 with DAPO's overlong penalty.
-The single-process trainer lives in `cleaner.rl.trainer`.
+The lab's single-process trainer over them is `cleaner.lab.trainer`; verl's is the cluster's.
 """
 
 from cleaner.rl.advantages import ADVANTAGES, AdvantageConfig, compute_advantages, grpo, rloo

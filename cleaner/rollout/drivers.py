@@ -1,11 +1,13 @@
-"""Drivers: advance episodes by answering their actions with an engine and a tool runner.
+"""The driver: advance episodes by answering their actions with an engine and a tool runner.
 
-- `run_batched`: for local engines. Each round sends every episode that wants a generation to the engine in one
-  batch (all G samples of all prompts at once), then runs every pending tool call concurrently.
-- `run_async`: for server engines. One coroutine per episode; the server batches concurrent requests itself.
+`run_batched` sends, each round, every episode that wants a generation to the engine in one batch (all G samples of
+all prompts at once), then runs every pending tool call concurrently. A local engine pads the batch; the SGLang
+client sends its requests concurrently and the servers batch them. Trajectories do not depend on the batching:
+sampling is seeded per generation by the episode, and tool results do not depend on timing. verl's agent loop
+drives one episode per coroutine itself (`cleaner.verl_plugin.agent_loop`), through the same `Episode`.
 
-Both give the same trajectories for the same seeds: sampling is seeded per generation by the episode, and tool
-results do not depend on timing. Both are coroutines, so the sandbox pool they use lives in the same event loop.
+    trajectories = await rollout(engine, tokenizer, [("q1", messages)], group_size=8, cfg=RolloutConfig(),
+                                 sampling=SamplingParams(temperature=1.0), seed=0, pool=pool)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 from cleaner import chat
 from cleaner.rollout.engines import Engine, GenRequest, SamplingParams
 from cleaner.rollout.episode import Episode, Execute, Generate, RolloutConfig
+from cleaner.rollout.tools import SandboxTools
 from cleaner.trajectory import ToolResult, Trajectory
 
 
@@ -46,13 +49,13 @@ class ScriptedTools:
 
 
 def make_episodes(tokenizer: Any, prompts: list[tuple[str, list[dict[str, Any]]]], group_size: int,
-                  cfg: RolloutConfig, seed: int, saar_enabled: bool = True) -> list[Episode]:
-    """`group_size` episodes per (prompt id, messages), with ids `<prompt id>/<k>`."""
+                  cfg: RolloutConfig, seed: int) -> list[Episode]:
+    """`group_size` episodes per (prompt id, messages), with ids `<prompt id>/<k>` and the prompt id as group."""
     episodes = []
     for prompt_id, messages in prompts:
         prompt = chat.prompt_span(tokenizer, messages)
         for k in range(group_size):
-            episodes.append(Episode(f"{prompt_id}/{k}", prompt, tokenizer, cfg, seed, saar_enabled))
+            episodes.append(Episode(f"{prompt_id}/{k}", prompt, tokenizer, cfg, seed, group=prompt_id))
     return episodes
 
 
@@ -91,19 +94,14 @@ async def run_batched(engine: Engine, tools: ToolRunner, episodes: list[Episode]
         await asyncio.gather(*(tools.close(e.id) for e in episodes))
 
 
-async def run_async(engine: Engine, tools: ToolRunner, episodes: list[Episode], sampling: SamplingParams) -> list[Trajectory]:
-    async def one(e: Episode) -> Trajectory:
-        try:
-            while True:
-                if isinstance(e.action, Generate):
-                    start = time.perf_counter()
-                    out = await engine.agenerate(_request(e), sampling)
-                    e.on_generated(out.ids, out.logprobs, time.perf_counter() - start)
-                elif isinstance(e.action, Execute):
-                    e.on_tool_result(*await _run_tool(tools, e))
-                else:
-                    return e.trajectory()
-        finally:
-            await tools.close(e.id)
-
-    return list(await asyncio.gather(*(one(e) for e in episodes)))
+async def rollout(engine: Engine, tokenizer: Any, prompts: list[tuple[str, list[dict[str, Any]]]], group_size: int,
+                  cfg: RolloutConfig, sampling: SamplingParams, seed: int, pool: Any,
+                  batch_trajectories: int = 64) -> list[Trajectory]:
+    """`group_size` trajectories per (prompt id, messages), run by the batched driver in chunks of
+    `batch_trajectories`, with one sandbox session per trajectory in `pool` (`cleaner.sandbox.open_pool`). SAAR
+    applies as `cfg.saar` says: test-time SAAR is the caller's `replace(cfg.saar, enabled=...)`."""
+    episodes = make_episodes(tokenizer, prompts, group_size, cfg, seed)
+    out: list[Trajectory] = []
+    for start in range(0, len(episodes), batch_trajectories):
+        out += await run_batched(engine, SandboxTools(pool), episodes[start : start + batch_trajectories], sampling)
+    return out

@@ -23,6 +23,7 @@ import httpx
 import torch
 from transformers import DynamicCache
 
+from cleaner import chat
 from cleaner.rollout.recompute import score
 
 
@@ -257,3 +258,13 @@ class SGLangEngine:
         if loop not in self._clients:
             self._clients[loop] = httpx.AsyncClient(timeout=self.timeout_s)
         return self._clients[loop]
+
+
+def transformers_engine(model: Any, tokenizer: Any) -> TransformersEngine:
+    """The in-process engine for `model`, stopping at the chat template's end of turn."""
+    return TransformersEngine(model, tokenizer.convert_tokens_to_ids(chat.IM_END), tokenizer.pad_token_id)
+
+
+def sglang_engine(urls: list[str], tokenizer: Any) -> SGLangEngine:
+    """The client of SGLang servers at `urls`, stopping at the chat template's end of turn."""
+    return SGLangEngine(urls, [tokenizer.convert_tokens_to_ids(chat.IM_END)])

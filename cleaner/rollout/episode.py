@@ -97,14 +97,15 @@ class Timing:
 
 class Episode:
     def __init__(self, trajectory_id: str, prompt: Span, tokenizer: Any, cfg: RolloutConfig, seed: int = 0,
-                 saar_enabled: bool = True):
+                 group: str = ""):
         self.id = trajectory_id
+        self.group = group
         self.prompt = prompt
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.seed = seed
         self.fmt = chat.get_format(cfg.format)
-        applies = saar_enabled and saar.applies_to(cfg.saar, seed, trajectory_id)
+        applies = saar.applies_to(cfg.saar, seed, trajectory_id)
         self.stats = saar.SaarStats(saar_applied=applies)
         self.timing = Timing()
         self.committed: list[Turn] = []
@@ -177,7 +178,7 @@ class Episode:
         stats = copy.deepcopy(self.stats)
         stats.count_final(self.committed)
         meta = {"finish_reason": self.action.reason, "timing": vars(self.timing).copy()}
-        return Trajectory(self.id, self.prompt, tuple(self.committed), stats.to_dict(), meta)
+        return Trajectory(self.id, self.prompt, tuple(self.committed), stats.to_dict(), meta, self.group)
 
     # -- internals ---------------------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cleaner.data import DATASETS
 from cleaner.data.gpqa import gpqa_problems
 from cleaner.data.livecodebench import lcb_problems
 from cleaner.rewards import choice_reward, code_reward, extract_boxed, extract_choice, extract_code, math_reward
@@ -56,13 +57,7 @@ GRADERS = ("math", "choice", "code")
 
 # data_source -> grader: the data set names of `cleaner.data`, and the names written in the public verl copies it reads
 DATA_SOURCES: dict[str, str] = {
-    "aime24": "math",
-    "aime25": "math",
-    "math500": "math",
-    "dapo_math_17k": "math",
-    "aime_1983_2023": "math",
-    "gpqa_diamond": "choice",
-    "livecodebench_v6": "code",
+    **{name: spec.kind for name, spec in DATASETS.items()},  # our loaders' names (`harness.prepare_data` writes them)
     "DAPO-17k": "math",  # dapo_math_17k.parquet
     "test-math-aime24": "math",  # Skywork-OR1's aime24.parquet
     "test-math-aime25": "math",  # Skywork-OR1's aime25.parquet

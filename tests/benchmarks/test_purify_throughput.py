@@ -18,7 +18,7 @@ from cleaner import purify, saar
 from cleaner.models import load_tokenizer
 
 RECORDS = 10_000
-FENCED = Path(purify.__file__).parent / "examples" / "fenced_code.jsonl"
+FENCED = Path(purify.__file__).parents[1] / "examples" / "fenced_code.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def test_records_per_second(benchmark, monkeypatch, log_10k, tokenizer, encoding
     dst = log_10k.with_name(f"out_{tokenizer}_{encoding}.jsonl")
 
     def work() -> purify.Report:
-        return purify.run(log_10k, dst, saar.SaarConfig(), fmt="markdown", tokenizer=tokenizer,
-                          error_pattern="^Error:")
+        return purify.run(log_10k, dst, saar.SaarConfig(), fmt="markdown", tokenizer=load_tokenizer(tokenizer),
+                          tokenizer_name=tokenizer, error_pattern="^Error:")
 
     report = benchmark.pedantic(work, rounds=2, iterations=1)
     assert (report.trajectories, report.rejected) == (8889, 1111)  # "bare-fence", 8th of 9: records 7, 16, ..., 9997

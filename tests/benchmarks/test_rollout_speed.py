@@ -1,4 +1,4 @@
-"""Rollout and recompute speed on the lab-sized tiny model (3.6 M parameters, random weights, CPU):
+"""Rollout and recompute speed on the lab-sized tiny model (3.8 M parameters, random weights, CPU):
 - recompute of G = 8 sequences sharing a 200-token prompt, with the prompt's KV cache reused vs full sequences;
 - rollout throughput of the batched driver (16 trajectories per engine call) vs one trajectory at a time.
 

@@ -131,3 +131,12 @@ def test_lab_translation_is_exact(composed):
 def test_paper_presets_are_refused_by_the_lab_trainer(composed):
     with pytest.raises(schema.ConfigError, match="model.dtype='float16'"):
         schema.lab_train_config(composed(["preset=qwen3_4b", "cluster=lab", "engine=transformers"]))
+
+
+def test_the_lab_trainers_defaults_are_the_lab_presets(composed):
+    """One recipe: `TrainConfig()` (the library's defaults, what `cleaner.lab.trainer` runs when called directly)
+    is what `python -m harness.train` runs with no overrides."""
+    from cleaner.lab.trainer import TrainConfig
+    from harness import schema
+
+    assert schema.lab_train_config(composed()) == TrainConfig()

@@ -7,17 +7,16 @@ import os
 import subprocess
 import sys
 
-from cleaner.rollout.episode import RolloutConfig
 from cleaner.saar import SaarConfig
-from harness.eval import compare, with_saar
+from harness.eval import compare, saar_at_test_time
 from harness.records import REPO
 
 
 def test_saar_on_at_test_time_applies_to_a_baseline_with_the_runs_parameters():
-    baseline = RolloutConfig(max_turns=3, saar=SaarConfig(enabled=False, gamma=0.3, max_retries=2))
-    on = with_saar(baseline)
-    assert on.saar == SaarConfig(enabled=True, gamma=0.3, max_retries=2) and on.max_turns == 3
-    assert with_saar(on) == on
+    baseline = SaarConfig(enabled=False, gamma=0.3, max_retries=2)
+    on = saar_at_test_time(baseline, True)
+    assert on == SaarConfig(enabled=True, gamma=0.3, max_retries=2)
+    assert saar_at_test_time(on, True) == on and saar_at_test_time(on, False) == baseline
 
 
 def test_compare_reports_the_difference_and_the_overhead():
@@ -49,3 +48,51 @@ def test_benchmarks_need_an_evaluation_only_config(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: data=bench_math evaluates model.path on data.eval_paths: set algo.steps=0 and at least one benchmark "
         "(got algo.steps=1,")
+
+
+def test_a_model_served_by_sglang_is_evaluated_with_saar_off_and_on(tmp_path, json_server):
+    """`engine=sglang`: SmolLM2's prompts go as token ids to a fake `/generate` server, which writes a failing cell,
+    then (after the error) its fix, then an answer. SAAR off keeps the failure; SAAR on splices the fix, so the
+    final trajectories differ exactly as the paper's Table 4 setting needs."""
+    from cleaner.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def generate(body):
+        context = tok.decode(body["input_ids"])
+        if "print(10 // 2)" in context:  # the fix ran
+            text = "So the answer is \\boxed{5}."
+        elif "print(10 // 0)" in context:  # the failure and its error are in the context
+            text = "Fix it.\n```python\nprint(10 // 2)\n```"
+        else:
+            text = "Compute it.\n```python\nprint(10 // 0)\n```"
+        ids = tok.encode(text, add_special_tokens=False)[: body["sampling_params"]["max_new_tokens"] - 1] + [end]
+        return {"output_ids": ids, "meta_info": {"output_token_logprobs": [[-0.25, i, None] for i in ids]}}
+
+    server = json_server(generate)
+    command = [sys.executable, "-m", "harness.eval", "preset=smollm2", "engine=sglang", f"engine.urls=[{server.url}]",
+               "~data.eval_paths.aime24", "~data.eval_paths.aime25", "algo.eval_problems=2", "algo.eval_samples=1", f"runs_root={tmp_path}"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = tmp_path.iterdir()
+    result = json.loads((run / "eval.json").read_text())["benchmarks"]
+    assert list(result) == ["math500"]
+    off, on = result["math500"]["saar_off"], result["math500"]["saar_on"]
+    assert off["trajectories"] == on["trajectories"] == 2
+    assert (off["first_attempt_failures_per_traj"], off["final_failures_per_traj"]) == (1.0, 1.0)
+    assert (on["first_attempt_failures_per_traj"], on["final_failures_per_traj"]) == (1.0, 0.0)
+    assert (off["rollbacks_recovered_per_traj"], on["rollbacks_recovered_per_traj"]) == (0.0, 1.0)
+    assert on["splices_shallow"] + on["splices_deep"] == 2
+    # warm-up (1 problem: 3 generations) + off (2 x 3) + on (2 x 3: the failure, its retry, the answer)
+    assert len(server.requests) == 15
+    assert {b["sampling_params"]["temperature"] for b in server.requests} == {0.7}
+
+
+def test_sglang_needs_servers_and_benchmarks(tmp_path):
+    command = [sys.executable, "-m", "harness.eval", "engine=sglang", f"runs_root={tmp_path}"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: engine=sglang evaluates model.path on benchmarks (algo.steps=0, data.eval_paths) through the servers "
+        "of engine.urls, which must not be empty (got data=lab, engine.urls=[])")

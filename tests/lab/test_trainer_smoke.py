@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cleaner.lab.sft import SftConfig
-from cleaner.rl.trainer import TrainConfig, train_sync
+from cleaner.lab.trainer import TrainConfig, train_sync
 
 SFT_DIR = Path(__file__).resolve().parents[2] / "results" / "lab" / "sft" / SftConfig().hash()
 
@@ -33,8 +33,9 @@ def lines(run: Path) -> list[dict]:
 def test_two_steps_move_parameters_and_write_metrics(tmp_path):
     assert (SFT_DIR / "done.json").exists(), f"the committed SFT checkpoint {SFT_DIR} is missing: make sft"
     run = tmp_path / "run"
-    summary = train_sync(small(1), SFT_DIR, run, log=lambda s: None)  # stopped after step 1 ...
-    train_sync(small(2), SFT_DIR, run, log=lambda s: None)  # ... resumed to step 2
+    train_sync(small(1), SFT_DIR, run, log=lambda s: None)  # stopped after step 1 ...
+    (run / "summary.json").unlink()  # ... before the end of the run
+    summary = train_sync(small(2), SFT_DIR, run, log=lambda s: None)  # resumed to step 2
     rows = lines(run)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from cleaner import chat
-from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_async, run_batched
+from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_batched
 from cleaner.rollout.engines import SamplingParams, ScriptedEngine
 from cleaner.rollout.episode import Episode, RolloutConfig
 from cleaner.saar import SaarConfig
@@ -165,19 +165,6 @@ def test_retry_tokens_count_against_the_budget_when_asked(tok):
     assert traj.stats["rollbacks_cut"] == 1
 
 
-def test_batched_and_async_drivers_agree(tok):
-    scripts = {"q/0": [say("Mean.\n", NAME_ERR), say("Typo.\n", FIXED), "\\boxed{2}"],
-               "q/1": [say("Divide.\n", DIV0), say("Sum.\n", OTHER), "\\boxed{45}"]}
-    cfg = RolloutConfig()
-    batched = asyncio.run(run_batched(ScriptedEngine(tok, scripts), ScriptedTools(TOOLS), make_episodes(tok, [("q", MESSAGES)], 2, cfg, 0),
-                          SamplingParams()))
-    engine = ScriptedEngine(tok, scripts)
-    concurrent = asyncio.run(run_async(engine, ScriptedTools(TOOLS), make_episodes(tok, [("q", MESSAGES)], 2, cfg, 0),
-                                       SamplingParams()))
-    for a, b in zip(batched, concurrent):
-        assert (a.id, a.ids, a.provenance) == (b.id, b.ids, b.provenance)
-
-
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="max_turns"):
         RolloutConfig(max_turns=0)
@@ -187,7 +174,7 @@ def test_config_errors_name_the_field():
 
 def test_saar_off_commits_failures(tok, expect):
     engine = ScriptedEngine(tok, {"q/0": [say("Divide.\n", DIV0), say("Sum.\n", OTHER), "\\boxed{45}"]})
-    [episode] = make_episodes(tok, [("q", MESSAGES)], 1, RolloutConfig(), seed=0, saar_enabled=False)
+    [episode] = make_episodes(tok, [("q", MESSAGES)], 1, RolloutConfig(saar=SaarConfig(enabled=False)), seed=0)
     [traj] = asyncio.run(run_batched(engine, ScriptedTools(TOOLS), [episode], SamplingParams()))
     t = [chat.split_turn(tok, o.ids, o.logprobs, HERMES) for o in engine.outputs]
     o = {c: chat.observation_span(tok, HERMES, r.output) for c, r in TOOLS.items()}

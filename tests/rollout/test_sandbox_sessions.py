@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from cleaner import chat
-from cleaner.rollout.drivers import make_episodes, run_async
+from cleaner.rollout.drivers import make_episodes, run_batched
 from cleaner.rollout.engines import SamplingParams, ScriptedEngine
 from cleaner.rollout.episode import RolloutConfig
+from cleaner.saar import SaarConfig
 from cleaner.rollout.tools import SandboxTools
 from cleaner.sandbox import SandboxConfig, SandboxPool
 
@@ -29,9 +30,9 @@ def test_state_after_rollback_is_the_purified_state(tok):
     async def main():
         async with SandboxPool(SandboxConfig(timeout_s=5, workers=2)) as pool:
             episodes = make_episodes(tok, [("q", [{"role": "user", "content": "q"}])], 2, RolloutConfig(), seed=0)
-            episodes[1] = make_episodes(tok, [("q", [{"role": "user", "content": "q"}])], 2, RolloutConfig(), seed=0,
-                                        saar_enabled=False)[1]
-            return await run_async(ScriptedEngine(tok, scripts), SandboxTools(pool), episodes, SamplingParams())
+            episodes[1] = make_episodes(tok, [("q", [{"role": "user", "content": "q"}])], 2,
+                                        RolloutConfig(saar=SaarConfig(enabled=False)), seed=0)[1]
+            return await run_batched(ScriptedEngine(tok, scripts), SandboxTools(pool), episodes, SamplingParams())
 
     purified, baseline = asyncio.run(main())
     assert [t.result.status for t in purified.turns[:2]] == ["ok", "ok"]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cleaner import chat
-from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_async, run_batched
+from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_batched
 from cleaner.rollout.engines import GenRequest, SamplingParams, SGLangEngine
 from cleaner.rollout.episode import RolloutConfig
 from cleaner.trajectory import ToolResult
@@ -57,8 +57,8 @@ def test_a_trajectory_sticks_to_one_server_through_a_rollout(tok, servers):
     for e in episodes:
         scripts[e.id] = ["Go.\n" + call, "\\boxed{1}"]
     engine = SGLangEngine([f.url for f in fakes], stop_token_ids=[2])
-    trajs = asyncio.run(run_async(engine, ScriptedTools({"print(1)": ToolResult("ok", "1")}), episodes,
-                                  SamplingParams()))
+    trajs = asyncio.run(run_batched(engine, ScriptedTools({"print(1)": ToolResult("ok", "1")}), episodes,
+                                    SamplingParams()))
     assert all(t.meta["finish_reason"] == "answer" and len(t.turns) == 2 for t in trajs)
     seen = {i: {b["rid"].split("#")[0] for b in f.requests} for i, f in enumerate(fakes)}
     assert seen[0] and seen[1] and not seen[0] & seen[1]  # spread over both, each trajectory on one server

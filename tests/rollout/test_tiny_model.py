@@ -11,7 +11,7 @@ import torch
 
 from cleaner import chat
 from cleaner.lab.model import tiny_qwen3
-from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_async, run_batched
+from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_batched
 from cleaner.rollout.engines import (
     ForcedEngine,
     GenRequest,
@@ -47,13 +47,16 @@ def engine(model, tok):
     return TransformersEngine(model, tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id)
 
 
-def test_batched_and_async_drivers_give_identical_trajectories(tok, engine):
+def test_a_trajectory_does_not_depend_on_the_batch_it_was_generated_in(tok, engine):
+    """All six episodes in one padded batch, and each one alone: the same tokens and log-probs."""
     cfg = RolloutConfig(max_response_tokens=24)
     sampling = SamplingParams(temperature=1.0, top_p=0.9)
     batched = asyncio.run(run_batched(engine, ScriptedTools({}), make_episodes(tok, PROMPTS, 3, cfg, seed=5), sampling))
-    concurrent = asyncio.run(run_async(engine, ScriptedTools({}), make_episodes(tok, PROMPTS, 3, cfg, seed=5), sampling))
-    assert [t.id for t in batched] == [t.id for t in concurrent] == [f"p{i}/{k}" for i in (0, 1) for k in range(3)]
-    for a, b in zip(batched, concurrent):
+    alone = [asyncio.run(run_batched(engine, ScriptedTools({}), [e], sampling))[0]
+             for e in make_episodes(tok, PROMPTS, 3, cfg, seed=5)]
+    assert [t.id for t in batched] == [t.id for t in alone] == [f"p{i}/{k}" for i in (0, 1) for k in range(3)]
+    assert [t.group for t in batched] == ["p0"] * 3 + ["p1"] * 3
+    for a, b in zip(batched, alone):
         assert a.ids == b.ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=TOL)
     assert len({tuple(t.ids) for t in batched}) == 6  # different seeds per sample: the samples differ

@@ -1,40 +1,13 @@
-"""Rolling a model out on prompts with a local engine, scoring lab problems, and the metrics a step or an
-evaluation reports (also used for benchmarks, see `cleaner.bench`)."""
+"""What a rollout reports: the answer text of a trajectory, and the metrics of a set of graded trajectories (the
+same for a lab training step, a held-out evaluation and a benchmark)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cleaner import chat
-from cleaner.lab.sft_data import SYSTEM_PROMPT
-from cleaner.lab.tasks import Problem, check_answer
-from cleaner.rollout.drivers import make_episodes, run_batched
-from cleaner.rollout.engines import SamplingParams, TransformersEngine
-from cleaner.rollout.episode import RolloutConfig
-from cleaner.rollout.tools import SandboxTools
 from cleaner.saar import SaarStats
-from cleaner.sandbox import SandboxPool
 from cleaner.stats import mean_stderr, pass_at_k
 from cleaner.trajectory import Trajectory
-
-
-def lab_prompts(problems: list[Problem]) -> list[tuple[str, list[dict[str, str]]]]:
-    """(problem id, chat messages) for lab problems."""
-    return [(p.id, [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}])
-            for p in problems]
-
-
-async def rollout(model: Any, tokenizer: Any, prompts: list[tuple[str, list[dict[str, str]]]], group_size: int,
-                  cfg: RolloutConfig, sampling: SamplingParams, seed: int, saar_enabled: bool, pool: SandboxPool,
-                  batch_trajectories: int = 64) -> list[Trajectory]:
-    """`group_size` trajectories per (prompt id, messages) (ids `<prompt id>/<k>`), run by the batched driver in
-    chunks of `batch_trajectories` with one sandbox session per trajectory."""
-    engine = TransformersEngine(model, tokenizer.convert_tokens_to_ids(chat.IM_END), tokenizer.pad_token_id)
-    episodes = make_episodes(tokenizer, prompts, group_size, cfg, seed, saar_enabled)
-    out: list[Trajectory] = []
-    for start in range(0, len(episodes), batch_trajectories):
-        out += await run_batched(engine, SandboxTools(pool), episodes[start : start + batch_trajectories], sampling)
-    return out
 
 
 def final_answer_text(traj: Trajectory) -> str:
@@ -42,18 +15,13 @@ def final_answer_text(traj: Trajectory) -> str:
     return traj.turns[-1].content if traj.meta["finish_reason"] == "answer" and traj.turns else ""
 
 
-def correctness(trajs: list[Trajectory], problems: list[Problem]) -> list[bool]:
-    answers = {p.id: p.answer for p in problems}
-    return [check_answer(final_answer_text(t), answers[t.id.rsplit("/", 1)[0]]) for t in trajs]
-
-
-def metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
+def rollout_metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
     """Accuracy (pass@1: the mean over samples per problem, then over problems, with the stderr over problems),
     the unbiased pass@k for k = 1 and k = the samples per problem, tool calls and failures per trajectory (first
-    attempt and final), SAAR counts, turns, lengths and finish reasons."""
+    attempt and final), SAAR counts, turns, lengths and finish reasons. Problems are the trajectories' groups."""
     per_problem: dict[str, list[float]] = {}
     for t, ok in zip(trajs, correct):
-        per_problem.setdefault(t.id.rsplit("/", 1)[0], []).append(float(ok))
+        per_problem.setdefault(t.group, []).append(float(ok))
     acc, acc_se = mean_stderr([sum(v) / len(v) for v in per_problem.values()])
     samples = min(len(v) for v in per_problem.values())
     n = max(1, len(trajs))

@@ -10,8 +10,11 @@ ratio starts at 1 for them as for every other token. The gap between sampled and
 separately for spliced and untouched tokens.
 
 A run folder holds `metrics.jsonl` (one line per step), `checkpoint/` (model, optimizer, step; written after each
-step, atomically) and `summary.json`. Rerunning the same folder resumes after the last finished step; lines of a
-step that did not finish are dropped, so no step is counted twice.
+step, atomically) and `summary.json`, whose presence means finished. Rerunning the same folder resumes after the
+last finished step; lines of a step that did not finish are dropped, so no step is counted twice. The folder is
+the run's identity: the harness names it by the hash of the run's config (`harness.records`).
+
+The task (problems, prompts, grading) is the lab's (`cleaner.lab.tasks`); the algorithm is `cleaner.rl`'s.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +37,17 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cleaner.lab import tasks
-from cleaner.lab.evaluate import correctness, lab_prompts, metrics, rollout
 from cleaner.lab.sft import idle_threads
+from cleaner.metrics import rollout_metrics
 from cleaner.rl.advantages import AdvantageConfig, compute_advantages
 from cleaner.rl.dapo import groups_with_signal, shaped_rewards
 from cleaner.rl.losses import PolicyLossConfig, policy_loss
-from cleaner.rollout.engines import SamplingParams
+from cleaner.rollout.drivers import rollout
+from cleaner.rollout.engines import SamplingParams, transformers_engine
 from cleaner.rollout.episode import RolloutConfig
 from cleaner.rollout.recompute import logprob_gap, recompute
 from cleaner.saar import SaarConfig
-from cleaner.sandbox import SandboxConfig, SandboxPool
+from cleaner.sandbox import SandboxConfig, open_pool
 from cleaner.trajectory import Trajectory, write_lines_atomic
 
 
@@ -55,10 +59,10 @@ def _lab_rollout() -> RolloutConfig:
 class TrainConfig:
     """One RL run of the lab. Paper values are quoted where the lab keeps them; sizes are scaled to two cores."""
 
-    steps: int = 16
+    steps: int = 10
     prompts_per_step: int = 8  # paper: 128
     group_size: int = 8  # rollouts per prompt (paper: 16)
-    lr: float = 1e-4  # paper: 2e-6 for 4B; a 3.6 M model from scratch needs far more (5e-5 moved nothing)
+    lr: float = 1e-4  # paper: 2e-6 for 4B; a 3.8 M model from scratch needs far more (5e-5 moved nothing)
     lr_warmup_steps: int = 0  # linear warm-up to `lr` over these steps, then constant ("lr_warmup_steps: 20")
     mini_batches: int = 2  # optimizer updates per step (paper: 128 / 32 = 4)
     max_grad_norm: float = 1.0
@@ -76,16 +80,6 @@ class TrainConfig:
     eval_problems: int = 200
     eval_samples: int = 1  # samples per held-out problem
     seed: int = 0
-
-    def hash(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def run_name(cfg: TrainConfig, init_dir: Path) -> str:
-    """The folder name of a run: a hash of its config and of its initial checkpoint's folder name (for the lab's
-    SFT checkpoints, their config hash), so a new SFT checkpoint never reuses the runs of an old one."""
-    return hashlib.sha256(f"{cfg.hash()}/{init_dir.name}".encode()).hexdigest()[:12]
 
 
 def _seed(*parts: object) -> int:
@@ -135,22 +129,24 @@ def _save_checkpoint(run_dir: Path, model: Any, tokenizer: Any, opt: torch.optim
     shutil.rmtree(old, ignore_errors=True)
 
 
-async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: SandboxPool, saar_enabled: bool = False,
+async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: Any, saar: SaarConfig | None = None,
                    split: str = "test") -> tuple[dict[str, Any], list[Trajectory]]:
-    """Held-out pass@1 at the training temperature, SAAR off at test time unless asked: (metrics, trajectories)."""
+    """Held-out pass@1 at the training temperature: (metrics, trajectories). SAAR at test time is `saar` (None:
+    off, the paper's evaluation; the harness passes `replace(cfg.rollout.saar, enabled=True)` for "on")."""
     problems = tasks.problems(split, cfg.eval_problems, seed=cfg.seed)
     sampling = SamplingParams(cfg.temperature, cfg.eval_top_p)
+    rollout_cfg = replace(cfg.rollout, saar=saar or replace(cfg.rollout.saar, enabled=False))
     start = time.perf_counter()
-    trajs = await rollout(model, tokenizer, lab_prompts(problems), cfg.eval_samples, cfg.rollout, sampling,
-                          _seed(cfg.seed, "eval"), saar_enabled, pool)
+    trajs = await rollout(transformers_engine(model, tokenizer), tokenizer, tasks.prompts(problems), cfg.eval_samples,
+                          rollout_cfg, sampling, _seed(cfg.seed, "eval"), pool)
     wall_s = time.perf_counter() - start
-    return {**metrics(trajs, correctness(trajs, problems)), "wall_s": wall_s}, trajs
+    return {**rollout_metrics(trajs, tasks.correctness(trajs, problems)), "wall_s": wall_s}, trajs
 
 
 async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
-    if summary_path.exists() and json.loads(summary_path.read_text())["run"] == run_name(cfg, init_dir):
+    if summary_path.exists():
         log(f"run {run_dir} is finished; reusing its summary")
         return json.loads(summary_path.read_text())
     torch.set_num_threads(idle_threads())
@@ -172,23 +168,23 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
     write_lines_atomic(metrics_path, iter(kept))
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
     sampling = SamplingParams(cfg.temperature, cfg.top_p)
-    saar_enabled = cfg.rollout.saar.enabled
+    engine = transformers_engine(model, tokenizer)
     wall_start = time.perf_counter()
-    async with SandboxPool(cfg.sandbox) as pool:
+    async with open_pool(cfg.sandbox) as pool:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             # 1. rollout: G samples of each of this step's problems, SAAR as configured
             problems = tasks.problems("train", cfg.prompts_per_step, seed=_seed(cfg.seed, "step", step))
             model.eval()
-            trajs = await rollout(model, tokenizer, lab_prompts(problems), cfg.group_size, cfg.rollout, sampling,
-                                  _seed(cfg.seed, "rollout", step), saar_enabled, pool)
+            trajs = await rollout(engine, tokenizer, tasks.prompts(problems), cfg.group_size, cfg.rollout, sampling,
+                                  _seed(cfg.seed, "rollout", step), pool)
             t_rollout = time.perf_counter() - t0
             # 2. rewards: +1 / -1 outcome, plus DAPO's overlong penalty
-            correct = correctness(trajs, problems)
+            correct = tasks.correctness(trajs, problems)
             lengths = torch.tensor([len(t.ids) - len(t.prompt) for t in trajs])
             rewards = shaped_rewards(torch.tensor(correct), lengths, cfg.rollout.max_response_tokens,
                                      cfg.overlong_buffer_tokens, cfg.overlong_penalty_factor)
-            groups = [t.id.rsplit("/", 1)[0] for t in trajs]
+            groups = [t.group for t in trajs]
             signal = groups_with_signal(rewards, groups)  # [B]: the trajectory's group has rewards that differ
             keep = signal if cfg.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
             # 3. old log-probs under the current policy, on the purified sequences (prompt cache shared per group)
@@ -221,7 +217,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
                 update_metrics.append(m)
             t_update = time.perf_counter() - t2
             # 6. metrics
-            row: dict[str, Any] = {"step": step + 1, "reward": float(rewards.mean()), **metrics(trajs, correct)}
+            row: dict[str, Any] = {"step": step + 1, "reward": float(rewards.mean()), **rollout_metrics(trajs, correct)}
             for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "grad_norm", "loss"):
                 row[key] = sum(m[key] for m in update_metrics) / max(1, len(update_metrics))
             spliced = sum(g["spliced_tokens"] for g in gaps)
@@ -247,7 +243,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
                 f"{row['step_s']:.1f} s")
         model.eval()
         final = (await evaluate(model, tokenizer, cfg, pool))[0]
-    summary = {"run": run_name(cfg, init_dir), "config_hash": cfg.hash(), "init": init_dir.name, "steps": cfg.steps,
+    summary = {"init": init_dir.name, "steps": cfg.steps,
                "eval": final, "wall_s_this_invocation": time.perf_counter() - wall_start}
     write_lines_atomic(run_dir / "summary.json", iter([json.dumps(summary, indent=1)]))
     return summary

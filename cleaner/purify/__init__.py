@@ -43,17 +43,14 @@ atomically.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cleaner import chat, saar
-from cleaner.models import load_tokenizer
 from cleaner.trajectory import STATUSES, Provenance, Span, ToolResult, Trajectory, Turn, write_jsonl, write_lines_atomic
 
 PROMPT_ROLES = ("system", "user")  # roles that may precede the first assistant message without `prompt_messages`
@@ -411,7 +408,7 @@ def purify_turns(turns: tuple[Turn, ...], cfg: saar.SaarConfig, applies: bool) -
 
 def purify(traj: Trajectory, cfg: saar.SaarConfig, seed: int) -> Trajectory:
     turns, stats = purify_turns(traj.turns, cfg, saar.applies_to(cfg, seed, traj.id))
-    return Trajectory(traj.id, traj.prompt, turns, stats.to_dict(), traj.meta)
+    return Trajectory(traj.id, traj.prompt, turns, stats.to_dict(), traj.meta, traj.group)
 
 
 def to_messages(log: Log, turns: tuple[Turn, ...], tokenizer: Any) -> list[dict[str, Any]]:
@@ -579,13 +576,18 @@ def run(
     cfg: saar.SaarConfig,
     seed: int = 0,
     fmt: str = "hermes",
-    tokenizer: str | None = None,
+    tokenizer: Any = None,
+    tokenizer_name: str = "lab",
     outputs_in: str = "auto",
     error_pattern: str | None = None,
     strict: bool = False,
+    write_tokens: bool = False,
 ) -> Report:
+    """Purify the log `src` into `dst` (module docstring), counting tokens with `tokenizer` (named `tokenizer_name`
+    in the report; the CLI loads it, `cleaner.models.load_tokenizer`); `write_tokens` also writes the token-level
+    trajectories beside `dst`."""
     opts = ReadOptions(chat.get_format(fmt), outputs_in, None if error_pattern is None else _compile(error_pattern))
-    tok = load_tokenizer(tokenizer or "lab")
+    tok = tokenizer
     items, rejected = read_items(src, tok, opts, strict)
     originals = [item.original for item in items]
     purified = [purify(t, cfg, seed) for t in originals]
@@ -604,7 +606,7 @@ def run(
         write_lines_atomic(rejected_path, (json.dumps(r.to_dict(), ensure_ascii=False) for r in rejected))
     else:
         rejected_path.unlink(missing_ok=True)  # a file from an earlier run would describe another input
-    if tokenizer is not None:
+    if write_tokens:
         write_jsonl(_beside(dst, ".tokens.jsonl"), purified)
     return Report(
         trajectories=len(purified),
@@ -612,7 +614,7 @@ def run(
         tokens_before=sum(len(t.ids) for t in originals),
         tokens_after=sum(len(t.ids) for t in purified),
         stats=saar.SaarStats.total([t.stats for t in purified]),
-        tokenizer=tokenizer or "lab",
+        tokenizer=tokenizer_name,
         rejected_path=rejected_path,
     )
 
@@ -622,44 +624,3 @@ def _compile(pattern: str) -> re.Pattern[str]:
         return re.compile(pattern, re.MULTILINE)
     except re.error as e:
         raise ValueError(f"--error-pattern {pattern!r} is not a valid regular expression: {e}") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cleaner.purify", description=__doc__.split("\n\n")[0])
-    p.add_argument("src", type=Path, metavar="IN.jsonl")
-    p.add_argument("dst", type=Path, metavar="OUT.jsonl")
-    d = saar.SaarConfig()
-    p.add_argument("--format", default="hermes", help="where calls are in assistant text: hermes (default) or markdown")
-    p.add_argument("--outputs-in", default="auto", choices=tuple(OUTPUT_ROLES),
-                   help="the role of the message holding a call's output: tool, user, or auto (default: either)")
-    p.add_argument("--error-pattern", metavar="REGEX",
-                   help="an output is a failure exactly when REGEX matches it (multiline, e.g. '^Error:'); "
-                        "default: a Python traceback or exception line anywhere in it")
-    p.add_argument("--tokenizer", help="lab, smollm2 (bundled), a .gguf file or a local Hugging Face tokenizer "
-                                       "folder; also writes OUT.tokens.jsonl")
-    p.add_argument("--strict", action="store_true", help="refuse the whole file at the first record that cannot "
-                                                         "be read (default: write it to OUT.rejected.jsonl)")
-    p.add_argument("--gamma", type=float, default=d.gamma, help="shallow splice when similarity >= gamma (default 0.5)")
-    p.add_argument("--similarity", default=d.similarity, help="difflib_code (default), difflib_segment, token, ast")
-    p.add_argument("--max-retries", type=int, default=d.max_retries, help="K, lookahead retries per failure (default 3)")
-    p.add_argument("--rollback-probability", type=float, default=d.rollback_probability, help="p (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the per-trajectory draw with probability p")
-    args = p.parse_args(argv)
-    try:
-        cfg = saar.SaarConfig(True, args.gamma, args.max_retries, args.rollback_probability, args.similarity)
-        chat.get_format(args.format)
-        report = run(args.src, args.dst, cfg, args.seed, args.format, args.tokenizer, args.outputs_in,
-                     args.error_pattern, args.strict)
-    except (PurifyInputError, ValueError, OSError) as e:  # bad input or options: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"purified {args.src} -> {args.dst}")
-    print(report.table())
-    if report.trajectories == 0 and report.rejected:
-        print(f"error: no record of {args.src} could be read; see {report.rejected_path}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1387,6 +1387,9 @@ def main():
         _write_all(proto_out, _encode({"hello": False, "error": f"{type(exc).__name__}: {exc}"}))
         raise
     _std_streams()
+    # The first compile() in a process builds the interpreter's AST types (about 1 ms and 140 page faults): done
+    # once here, every cell would otherwise pay it.
+    compile("pass", "<warm-up>", "exec", dont_inherit=True)
     gc.freeze()  # a cell's garbage collections skip what it inherited, so they do not copy those pages
     zygote.serve({"hello": True, "seccomp": seccomp, "preloaded": list(cfg["preload_modules"])})
 

@@ -155,7 +155,8 @@ class _Worker:
         """Send one request, return its reply. Raises _WorkerDied or asyncio.TimeoutError."""
         try:
             await self._send(msg)
-            return await asyncio.wait_for(self._read(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task per call, unlike wait_for on Python 3.11
+                return await self._read()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             raise _WorkerDied(str(exc) or type(exc).__name__) from exc
 
@@ -381,7 +382,8 @@ class SandboxPool:
         if self._closed:
             return self._infra("the sandbox pool is closed")
         try:
-            await self.start()
+            if self._plan is None:
+                await self.start()
         except RuntimeError as exc:
             if isinstance(exc, SandboxUnavailable):
                 raise

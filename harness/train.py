@@ -70,7 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return verl.run(cfg)
 
     def job(run_dir: Path) -> dict[str, Any]:
-        return train_sync(train_cfg, init_checkpoint(cfg, log), run_dir, log=log)
+        return train_sync(train_cfg, init_checkpoint(cfg, log), run_dir, log=log, loggers=tuple(cfg.loggers))
 
     return records.run_record(cfg, job, log=log)
 

@@ -3,10 +3,12 @@ trajectory are compared with the spans each case says must survive, in order."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from cleaner import chat, saar
-from cleaner.purify import purify_turns
+from cleaner.purify import purify, purify_turns
 from cleaner.saar import Outcome, SaarConfig
 from cleaner.trajectory import Provenance as P
 from cleaner.trajectory import Trajectory
@@ -210,3 +212,30 @@ def test_rollback_draw_is_seeded_per_trajectory_and_has_rate_p():
     assert not any(saar.applies_to(SaarConfig(max_retries=0), 1, i) for i in ids[:50])
     assert not any(saar.applies_to(SaarConfig(enabled=False), 1, i) for i in ids[:50])
     assert all(saar.applies_to(SaarConfig(), 1, i) for i in ids[:50])
+
+
+def test_similarity_exactly_gamma_is_shallow(make):
+    """The paper's rule is shallow when similarity >= gamma: at gamma equal to the measured similarity the splice is
+    shallow, one float step above it deep (the deliberate bug `sim > cfg.gamma` fails the first assertion)."""
+    t0 = make.turn("Average the list.\n", AVG_NAME, "error", "NameError: name 'w' is not defined", "NameError")
+    t1 = make.turn("Typo: w should be v.\n", AVG_OK, "ok", "2.0")
+    sim = saar.decide(t0, t1, SaarConfig()).similarity
+    assert 0.5 < sim < 1.0
+    assert saar.decide(t0, t1, SaarConfig(gamma=sim)).mode == "shallow"
+    assert saar.decide(t0, t1, SaarConfig(gamma=math.nextafter(sim, 1.0))).mode == "deep"
+
+
+def test_the_purifier_honours_p_per_trajectory(make):
+    """p = 0.5: each logged trajectory is purified exactly when its seeded draw says so, and both happen (the
+    deliberate bug of ignoring p, purifying every trajectory, fails)."""
+    prompt = make.prompt()
+    turns = (make.turn("Divide.\n", DIV0, "error", "ZeroDivisionError: division by zero", "ZeroDivisionError"),
+             make.turn("Sum.\n", SUM10, "ok", "45"))
+    cfg = SaarConfig(rollback_probability=0.5)
+    applied = []
+    for i in range(24):
+        out = purify(Trajectory(f"log-{i}", prompt, turns), cfg, seed=7)
+        applied.append(saar.applies_to(cfg, 7, f"log-{i}"))
+        assert out.stats["saar_applied"] == applied[-1]
+        assert len(out.turns) == (1 if applied[-1] else 2)  # the failure spliced away, or kept
+    assert 0 < sum(applied) < len(applied)

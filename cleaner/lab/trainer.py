@@ -14,7 +14,9 @@ step, atomically) and `summary.json`, whose presence means finished. Rerunning t
 last finished step; lines of a step that did not finish are dropped, so no step is counted twice. The folder is
 the run's identity: the harness names it by the hash of the run's config (`harness.records`).
 
-The task (problems, prompts, grading) is the lab's (`cleaner.lab.tasks`); the algorithm is `cleaner.rl`'s.
+The task (problems, prompts, grading) is an argument (`Task`; the lab's tasks by default, `cleaner.lab.tasks`); the
+algorithm is `cleaner.rl`'s. `loggers` names experiment trackers (`cleaner.tracking`) that get each step's metrics
+line as well.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -48,7 +50,19 @@ from cleaner.rollout.episode import RolloutConfig
 from cleaner.rollout.recompute import logprob_gap, recompute
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import SandboxConfig, open_pool
+from cleaner.tracking import Tracker
 from cleaner.trajectory import Trajectory, write_lines_atomic
+
+
+class Task(Protocol):
+    """What the trainer learns: problems drawn by split and seed, their chat prompts, and which trajectories solved
+    them (trajectory groups are problem ids). The module `cleaner.lab.tasks` is one."""
+
+    def problems(self, split: str, count: int, seed: int = 0) -> list[Any]: ...
+
+    def prompts(self, problems: list[Any]) -> list[tuple[str, list[dict[str, str]]]]: ...
+
+    def correctness(self, trajs: list[Trajectory], problems: list[Any]) -> list[bool]: ...
 
 
 def _lab_rollout() -> RolloutConfig:
@@ -130,20 +144,21 @@ def _save_checkpoint(run_dir: Path, model: Any, tokenizer: Any, opt: torch.optim
 
 
 async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: Any, saar: SaarConfig | None = None,
-                   split: str = "test") -> tuple[dict[str, Any], list[Trajectory]]:
+                   split: str = "test", task: Task = tasks) -> tuple[dict[str, Any], list[Trajectory]]:
     """Held-out pass@1 at the training temperature: (metrics, trajectories). SAAR at test time is `saar` (None:
     off, the paper's evaluation; the harness passes `replace(cfg.rollout.saar, enabled=True)` for "on")."""
-    problems = tasks.problems(split, cfg.eval_problems, seed=cfg.seed)
+    problems = task.problems(split, cfg.eval_problems, seed=cfg.seed)
     sampling = SamplingParams(cfg.temperature, cfg.eval_top_p)
     rollout_cfg = replace(cfg.rollout, saar=saar or replace(cfg.rollout.saar, enabled=False))
     start = time.perf_counter()
-    trajs = await rollout(transformers_engine(model, tokenizer), tokenizer, tasks.prompts(problems), cfg.eval_samples,
+    trajs = await rollout(transformers_engine(model, tokenizer), tokenizer, task.prompts(problems), cfg.eval_samples,
                           rollout_cfg, sampling, _seed(cfg.seed, "eval"), pool)
     wall_s = time.perf_counter() - start
-    return {**rollout_metrics(trajs, tasks.correctness(trajs, problems)), "wall_s": wall_s}, trajs
+    return {**rollout_metrics(trajs, task.correctness(trajs, problems)), "wall_s": wall_s}, trajs
 
 
-async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print,
+                task: Task = tasks, loggers: Sequence[str] = ()) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
@@ -169,18 +184,19 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
     sampling = SamplingParams(cfg.temperature, cfg.top_p)
     engine = transformers_engine(model, tokenizer)
+    tracker = Tracker(run_dir, loggers, name=run_dir.name, config=dataclasses.asdict(cfg))
     wall_start = time.perf_counter()
     async with open_pool(cfg.sandbox) as pool:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             # 1. rollout: G samples of each of this step's problems, SAAR as configured
-            problems = tasks.problems("train", cfg.prompts_per_step, seed=_seed(cfg.seed, "step", step))
+            problems = task.problems("train", cfg.prompts_per_step, seed=_seed(cfg.seed, "step", step))
             model.eval()
-            trajs = await rollout(engine, tokenizer, tasks.prompts(problems), cfg.group_size, cfg.rollout, sampling,
+            trajs = await rollout(engine, tokenizer, task.prompts(problems), cfg.group_size, cfg.rollout, sampling,
                                   _seed(cfg.seed, "rollout", step), pool)
             t_rollout = time.perf_counter() - t0
             # 2. rewards: +1 / -1 outcome, plus DAPO's overlong penalty
-            correct = tasks.correctness(trajs, problems)
+            correct = task.correctness(trajs, problems)
             lengths = torch.tensor([len(t.ids) - len(t.prompt) for t in trajs])
             rewards = shaped_rewards(torch.tensor(correct), lengths, cfg.rollout.max_response_tokens,
                                      cfg.overlong_buffer_tokens, cfg.overlong_penalty_factor)
@@ -233,21 +249,25 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             # 7. held-out evaluation
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                 model.eval()
-                row["eval"] = (await evaluate(model, tokenizer, cfg, pool))[0]
+                row["eval"] = (await evaluate(model, tokenizer, cfg, pool, task=task))[0]
             # 8. the metrics line, then the checkpoint: killed in between, the step reruns and its line is replaced
             _append_line(metrics_path, row)
+            tracker.log(step + 1, row)
             _save_checkpoint(run_dir, model, tokenizer, opt, step + 1)
             log(f"step {step + 1}/{cfg.steps}  reward {row['reward']:+.2f}  acc {row['accuracy']:.2f}  "
                 f"tool failures/traj {row['final_failures_per_traj']:.2f} (first attempt "
                 f"{row['first_attempt_failures_per_traj']:.2f})  rollbacks {row['rollbacks_triggered_per_traj']:.2f}  "
                 f"{row['step_s']:.1f} s")
         model.eval()
-        final = (await evaluate(model, tokenizer, cfg, pool))[0]
+        final = (await evaluate(model, tokenizer, cfg, pool, task=task))[0]
+        tracker.log(cfg.steps, {"eval": final})
+    tracker.close()
     summary = {"init": init_dir.name, "steps": cfg.steps,
                "eval": final, "wall_s_this_invocation": time.perf_counter() - wall_start}
     write_lines_atomic(run_dir / "summary.json", iter([json.dumps(summary, indent=1)]))
     return summary
 
 
-def train_sync(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    return asyncio.run(train(cfg, init_dir, run_dir, log))
+def train_sync(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print,
+               task: Task = tasks, loggers: Sequence[str] = ()) -> dict[str, Any]:
+    return asyncio.run(train(cfg, init_dir, run_dir, log, task, loggers))

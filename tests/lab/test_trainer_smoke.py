@@ -67,3 +67,24 @@ def test_a_step_killed_after_its_metrics_line_reruns_once(tmp_path):
     train_sync(small(2), SFT_DIR, run, log=lambda s: None)
     rows = lines(run)
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["reward"] != 9.9
+
+
+def test_the_loss_starts_from_old_log_probs_recomputed_on_the_purified_sequences(tmp_path, monkeypatch):
+    """With one update per step, the policy that the loss sees equals the one that recomputed the old log-probs, so
+    the first update's ppo_kl is zero up to float error, spliced tokens included. Their sampled log-probs (taken in
+    the lookahead context that held the error) differ: a trainer that used them (the deliberate bug
+    `_batch(trajs, [t.logprobs[len(t.prompt):] for t in trajs], ...)`) gave ppo_kl 1.2e-3 on this step.
+    Also: the tracker's TensorBoard events hold the same values as metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("CLEANER_THREADS", "1")  # the same samples on any machine
+    cfg = TrainConfig(steps=1, prompts_per_step=8, group_size=8, mini_batches=1, eval_problems=2, seed=1)
+    train_sync(cfg, SFT_DIR, tmp_path / "run", log=lambda s: None, loggers=("tensorboard",))
+    [row] = lines(tmp_path / "run")
+    assert row["spliced_tokens"] > 0 and row["logprob_gap_spliced"] > 1e-3  # sampled != recomputed there
+    assert abs(row["ppo_kl"]) < 1e-6
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    for key in ("accuracy", "ppo_kl", "spliced_tokens", "final_failures_per_traj"):
+        [event] = events.Scalars(key)
+        assert (event.step, event.value) == (1, pytest.approx(row[key], rel=1e-6, abs=1e-12))

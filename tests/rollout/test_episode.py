@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from cleaner import chat
+from cleaner import chat, saar
 from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_batched
 from cleaner.rollout.engines import SamplingParams, ScriptedEngine
 from cleaner.rollout.episode import Episode, RolloutConfig
@@ -206,3 +206,17 @@ def test_a_tool_output_that_does_not_fit_is_cut_and_the_episode_ends(tok, expect
     expect(traj, [(traj.prompt, PROMPT), (t[0].reasoning, ORIG), (t[0].call, ORIG), (t[0].stop, ORIG), (kept, OBS)])
     assert len(traj.ids) - len(traj.prompt) == first + 4 and len(engine.requests) == 1
     assert traj.meta["finish_reason"] == "length" and traj.turns[0].result.output == "2.0"
+
+
+def test_the_episode_honours_p_per_trajectory(tok):
+    """p = 0.5: a trajectory rolls back its failure exactly when its seeded draw says so, and both happen (the
+    deliberate bug of ignoring p in the episode, applying SAAR to every trajectory, fails)."""
+    cfg = RolloutConfig(saar=SaarConfig(rollback_probability=0.5))
+    episodes = make_episodes(tok, [("q", MESSAGES)], 16, cfg, seed=3)
+    scripts = {e.id: [say("Divide.\n", DIV0), say("Sum.\n", OTHER), "\\boxed{45}"] for e in episodes}
+    trajs = asyncio.run(run_batched(ScriptedEngine(tok, scripts), ScriptedTools(TOOLS), episodes, SamplingParams()))
+    draws = [saar.applies_to(cfg.saar, 3, t.id) for t in trajs]
+    assert [t.stats["saar_applied"] for t in trajs] == draws
+    assert [t.stats["rollbacks_triggered"] for t in trajs] == [int(d) for d in draws]
+    assert [t.stats["final_failures"] for t in trajs] == [int(not d) for d in draws]
+    assert 0 < sum(draws) < len(draws)

@@ -44,6 +44,7 @@ def unknown_key(key: str) -> str | None:
 def check_overrides(argv: list[str]) -> None:
     """Exit with status 2 and one message if a `key=value` argument names a key the schema lacks. Group choices
     (`model=qwen3_4b`) and Hydra's own keys are left to Hydra, which lists the valid options itself."""
+    searching = any(arg.startswith(("+sweeps=", "search=", "+search=")) for arg in argv)
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -51,6 +52,8 @@ def check_overrides(argv: list[str]) -> None:
         if key.startswith(("hydra.", "+", "~")) or not _KEY.match(key) or "." not in key and key in _GROUPS:
             continue
         problem = unknown_key(key)
+        if not problem and key.startswith("search.") and not searching:  # `search` is None until a sweep sets it
+            problem = f"{key} sets a search, which has no space yet: start from +sweeps=optuna (sweeps/optuna.yaml)"
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
             sys.exit(2)

@@ -108,6 +108,9 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
         raise schema.ConfigError("search.space is empty; start from +sweeps=optuna")
     if spec.direction not in ("maximize", "minimize"):
         raise schema.ConfigError(f"search.direction={spec.direction!r}; valid: maximize, minimize")
+    for key in ("trials", "parallel"):
+        if spec[key] < 1:
+            raise schema.ConfigError(f"search.{key} must be at least 1, got {spec[key]}")
     schema.validate(cfg)
     root = Path(cfg.runs_root).resolve() / "optuna"
     root.mkdir(parents=True, exist_ok=True)

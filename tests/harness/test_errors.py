@@ -101,3 +101,16 @@ def test_strict_refuses_a_dirty_tree_naming_the_files(composed, tmp_path, monkey
                            lambda d: ran.append(d), log=lambda s: None)
     assert len(ran) == 1
     assert os.listdir(tmp_path / "runs") == [records.config_hash(cfg)]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.trials=2"], "error: search.trials sets a search, which has no space yet: start from +sweeps=optuna "
+                          "(sweeps/optuna.yaml)"),
+    (["+sweeps=optuna", "search.trials=0"], "error: search.trials must be at least 1, got 0"),
+    (["+sweeps=optuna", "search.parallel=0"], "error: search.parallel must be at least 1, got 0"),
+])
+def test_a_search_without_a_space_or_trials_exits_2_with_one_line(tmp_path, overrides, message):
+    proc = subprocess.run([sys.executable, "-m", "harness.search", *overrides, f"runs_root={tmp_path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in proc.stderr

@@ -103,6 +103,7 @@ class AlgoSchema:
     eval_every: int = 0  # steps between held-out evaluations; 0: only after the last step
     eval_problems: int = 200  # held-out problems per evaluation
     eval_samples: int = 1  # samples per held-out problem (pass@1 is their mean)
+    eval_split: str = "test"  # the lab's held-out problems: "test", or "val" to tune on (never the test split)
 
 
 @dataclass
@@ -226,7 +227,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got "
                           f"{algo.lr}, {algo.lr_warmup_steps}, {algo.eval_every}")
     for key, allowed in (("engine.kind", ("transformers", "sglang")), ("cluster.kind", ("lab", "verl", "verl_cpu")),
-                         ("model.dtype", ("float32", "bfloat16", "float16"))):
+                         ("model.dtype", ("float32", "bfloat16", "float16")), ("algo.eval_split", ("test", "val"))):
         if OmegaConf.select(cfg, key) not in allowed:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}; valid: {', '.join(allowed)}")
     v = cfg.verl
@@ -283,7 +284,7 @@ def lab_train_config(cfg: DictConfig) -> TrainConfig:
         rollout=rollout, advantage=advantage, loss=loss, overlong_buffer_tokens=algo.overlong_buffer_tokens,
         overlong_penalty_factor=algo.overlong_penalty_factor, dynamic_sampling=algo.dynamic_sampling,
         sandbox=sandbox_config(cfg), eval_every=algo.eval_every,
-        eval_problems=algo.eval_problems, eval_samples=algo.eval_samples, seed=cfg.seed)
+        eval_problems=algo.eval_problems, eval_samples=algo.eval_samples, eval_split=algo.eval_split, seed=cfg.seed)
 
 
 def check_paths(cfg: DictConfig) -> None:

@@ -424,7 +424,7 @@ def lab_data(cfg: DictConfig, out_dir: Path) -> prepare_data.PreparedData:
 
     algo = cfg.algo
     files = {}
-    for split, count in (("train", algo.steps * algo.prompts_per_step), ("test", algo.eval_problems)):
+    for split, count in (("train", algo.steps * algo.prompts_per_step), (algo.eval_split, algo.eval_problems)):
         drawn = problems(split, count, seed=cfg.seed)
         rows = [{"data_source": LAB_SOURCE, "prompt": messages, "ability": "math",
                  "reward_model": {"style": "rule", "ground_truth": str(p.answer)},
@@ -438,7 +438,7 @@ def lab_data(cfg: DictConfig, out_dir: Path) -> prepare_data.PreparedData:
             tmp = files[split].with_suffix(".tmp")
             pq.write_table(pa.Table.from_pylist(rows, schema=prepare_data.SCHEMA), tmp)
             tmp.replace(files[split])
-    return prepare_data.PreparedData(files["train"], {"lab": files["test"]}, {LAB_SOURCE: "math"}, {})
+    return prepare_data.PreparedData(files["train"], {"lab": files[algo.eval_split]}, {LAB_SOURCE: "math"}, {})
 
 
 def drop_long_prompts(train: Path, model_path: str, limit: int) -> tuple[Path, int]:

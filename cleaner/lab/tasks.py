@@ -99,15 +99,21 @@ def _solve(setup: tuple[str, ...], compute: tuple[str, ...], result: str) -> int
     return value
 
 
-def in_test_split(question: str) -> bool:
-    return hashlib.sha256(question.encode()).digest()[0] < 26  # 26 / 256 = 10.2% of questions
+# A question's split, by the first byte of its SHA-256: disjoint for any draw, whatever the seed. "test" and "val"
+# (5.1% of questions each) are never trained on, by SFT or RL; "val" is for tuning (`algo.eval_split=val`).
+SPLITS = {"test": range(0, 13), "val": range(13, 26), "train": range(26, 256)}
+
+
+def split_of(question: str) -> str:
+    byte = hashlib.sha256(question.encode()).digest()[0]
+    return next(name for name, bytes_ in SPLITS.items() if byte in bytes_)
 
 
 def problems(split: str, count: int, seed: int = 0, templates: tuple[str, ...] | None = None) -> list[Problem]:
-    """`count` problems of `split` ("train" or "test"), cycling through the templates; the same arguments give
-    the same problems."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """`count` problems of `split` (a key of `SPLITS`), cycling through the templates; the same arguments give the
+    same problems."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     names = templates or tuple(TEMPLATES)
     for name in names:
         TEMPLATES[name]  # an unknown name fails here, listing the valid ones
@@ -120,7 +126,7 @@ def _stream(split: str, seed: int, names: tuple[str, ...]) -> Iterator[Problem]:
     while True:
         name = names[k % len(names)]
         question, setup, compute, result = TEMPLATES[name](rng)
-        if in_test_split(question) == (split == "test"):
+        if split_of(question) == split:
             yield Problem(f"{split}-{seed}-{k}", name, question, _solve(setup, compute, result), setup, compute, result)
             k += 1
 

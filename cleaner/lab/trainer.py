@@ -93,6 +93,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out evaluations; 0: only at the end
     eval_problems: int = 200
     eval_samples: int = 1  # samples per held-out problem
+    eval_split: str = "test"  # held-out problems: "test", or "val" for tuning (`cleaner.lab.tasks.SPLITS`)
     seed: int = 0
 
 
@@ -144,10 +145,10 @@ def _save_checkpoint(run_dir: Path, model: Any, tokenizer: Any, opt: torch.optim
 
 
 async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: Any, saar: SaarConfig | None = None,
-                   split: str = "test", task: Task = tasks) -> tuple[dict[str, Any], list[Trajectory]]:
-    """Held-out pass@1 at the training temperature: (metrics, trajectories). SAAR at test time is `saar` (None:
-    off, the paper's evaluation; the harness passes `replace(cfg.rollout.saar, enabled=True)` for "on")."""
-    problems = task.problems(split, cfg.eval_problems, seed=cfg.seed)
+                   task: Task = tasks) -> tuple[dict[str, Any], list[Trajectory]]:
+    """Held-out pass@1 on `cfg.eval_split` at the training temperature: (metrics, trajectories). SAAR at test time
+    is `saar` (None: off, the paper's evaluation; the harness passes `replace(cfg.rollout.saar, enabled=True)`)."""
+    problems = task.problems(cfg.eval_split, cfg.eval_problems, seed=cfg.seed)
     sampling = SamplingParams(cfg.temperature, cfg.eval_top_p)
     rollout_cfg = replace(cfg.rollout, saar=saar or replace(cfg.rollout.saar, enabled=False))
     start = time.perf_counter()

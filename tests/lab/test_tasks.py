@@ -4,6 +4,7 @@ injected bugs of the SFT set failing the way they claim to."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import random
 import re
@@ -41,10 +42,15 @@ def test_reference_programs_agree_with_closed_forms():
 
 
 def test_splits_are_disjoint_and_reproducible():
-    train = tasks.problems("train", 3000, seed=0)
+    """Train (what SFT and RL draw from), val (for tuning) and test share no question, whatever the seeds; the
+    split of a question is the first byte of its SHA-256 (test below 13, val below 26, computed here by hand)."""
+    train = {p.question for s in (0, 1) for p in tasks.problems("train", 3000, seed=s)}
+    val = tasks.problems("val", 300, seed=0)
     test = tasks.problems("test", 300, seed=0)
-    assert not {p.question for p in train} & {p.question for p in test}
-    assert all(tasks.in_test_split(p.question) for p in test)
+    assert not train & {p.question for p in val} and not train & {p.question for p in test}
+    assert not {p.question for p in val} & {p.question for p in test}
+    assert all(hashlib.sha256(p.question.encode()).digest()[0] < 13 for p in test)
+    assert all(13 <= hashlib.sha256(p.question.encode()).digest()[0] < 26 for p in val)
     assert tasks.problems("test", 300, seed=0) == test
     assert tasks.problems("test", 300, seed=1) != test
 
@@ -59,7 +65,7 @@ def test_check_answer(text, ok):
 def test_unknown_template_and_split_are_clear_errors():
     with pytest.raises(ValueError, match="unknown task template .trig.; valid: count_divisible, digit_product"):
         tasks.problems("train", 1, templates=("trig",))
-    with pytest.raises(ValueError, match="'train' or 'test'"):
+    with pytest.raises(ValueError, match="split must be one of test, val, train, got 'dev'"):
         tasks.problems("dev", 1)
 
 

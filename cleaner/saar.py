@@ -157,6 +157,33 @@ def step(in_place: Turn, retry: Turn, retries_done: int, cfg: SaarConfig) -> tup
     return new, None
 
 
+class FailureEvent:
+    """One failure event, as the purifier and the online episode both run it: opened by a turn whose call failed
+    by a model error, fed the retries that follow (`offer`), ended by its outcome. It holds the turn in place and
+    keeps the event's counts in `stats`: the trigger, each executed retry, the outcome."""
+
+    def __init__(self, failed: Turn, stats: SaarStats):
+        stats.count_trigger(failed)
+        self.in_place, self.stats, self.retries = failed, stats, 0
+        self.outcome: Outcome | None = None
+
+    def offer(self, retry: Turn, cfg: SaarConfig) -> Outcome | None:
+        """Advance by one retry (`step`); returns the outcome once the event has ended, else None. An abandoned
+        retry (not executed) leaves the failure in place and is not counted: the caller keeps it as the next turn."""
+        self.retries += 1
+        self.in_place, outcome = step(self.in_place, retry, self.retries, cfg)
+        if outcome is not Outcome.ABANDONED:
+            self.stats.count_call(retry, lookahead=True)
+        if outcome is not None:
+            self.end(outcome)
+        return outcome
+
+    def end(self, outcome: Outcome) -> None:
+        """End the event with `outcome` (also for causes outside it: a limit, a log that ends)."""
+        self.outcome = outcome
+        self.stats.count_outcome(outcome)
+
+
 @dataclass
 class SaarStats:
     """Per-trajectory counters. Each name says what it counts; `*_by_class` split a count by `error_class`."""

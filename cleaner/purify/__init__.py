@@ -389,19 +389,13 @@ def purify_turns(turns: tuple[Turn, ...], cfg: saar.SaarConfig, applies: bool) -
         if not (applies and saar.triggers(turn.result)):
             out.append(turn)
             continue
-        stats.count_trigger(turn)
-        in_place, outcome, retries = turn, None, 0
-        while outcome is None:
-            if i == len(turns):
-                outcome = saar.Outcome.ABANDONED
-                break
-            retries += 1
-            in_place, outcome = saar.step(in_place, turns[i], retries, cfg)
-            if outcome is not saar.Outcome.ABANDONED:
-                stats.count_call(turns[i], lookahead=True)
+        event = saar.FailureEvent(turn, stats)
+        while event.outcome is None:
+            if i == len(turns):  # the log ends inside the lookahead
+                event.end(saar.Outcome.ABANDONED)
+            elif event.offer(turns[i], cfg) is not saar.Outcome.ABANDONED:
                 i += 1
-        stats.count_outcome(outcome)
-        out.append(in_place)
+        out.append(event.in_place)
     stats.count_final(out)
     return tuple(out), stats
 

@@ -109,9 +109,8 @@ class Episode:
         self.stats = saar.SaarStats(saar_applied=applies)
         self.timing = Timing()
         self.committed: list[Turn] = []
-        self.in_place: Turn | None = None  # a failed turn under lookahead
+        self.event: saar.FailureEvent | None = None  # a failure event under lookahead
         self.pending: Turn | None = None  # a turn waiting for its tool result
-        self.retries = 0
         self.generations = 0
         self.action: Generate | Execute | Done = self._next()
 
@@ -132,8 +131,9 @@ class Episode:
         ended = len(split.stop) > 0
         if split.parsed is None or not ended:
             turn = Turn(split.reasoning, split.stop, split.call, None if split.parsed is None else split.parsed.code)
-            if self.in_place is not None:  # the retry made no call (or was cut): the failure stays, then this turn
-                self._end_lookahead(saar.Outcome.ABANDONED)
+            if self.event is not None:  # the retry made no call (or was cut): the failure stays, then this turn
+                self.event.end(saar.Outcome.ABANDONED)
+                self._end_lookahead()
             self.committed.append(turn)
             self.action = Done("answer" if ended else "length")
             return
@@ -145,7 +145,7 @@ class Episode:
 
     def on_tool_result(self, result: ToolResult, seconds: float = 0.0) -> None:
         assert self.pending is not None, f"episode {self.id} has no call waiting for a result"
-        if self.in_place is not None:
+        if self.event is not None:
             self.timing.lookahead_s += seconds
         else:
             self.timing.tool_s += seconds
@@ -153,22 +153,16 @@ class Episode:
         turn = replace(self.pending, result=replace(result, output=output),
                        observation=chat.observation_span(self.tokenizer, self.fmt, output))
         self.pending = None
-        if self.in_place is not None:
-            self.retries += 1
-            in_place, outcome = saar.step(self.in_place, turn, self.retries, self.cfg.saar)
-            if outcome is saar.Outcome.ABANDONED:  # an unterminated retry: the failure stays, the retry follows it
-                self._end_lookahead(outcome)
-            else:
-                self.stats.count_call(turn, lookahead=True)
-                self.in_place = in_place
-                if outcome is not None:
-                    self._end_lookahead(outcome)
+        if self.event is not None:
+            outcome = self.event.offer(turn, self.cfg.saar)
+            if outcome is not None:
+                self._end_lookahead()
+            if outcome is not saar.Outcome.ABANDONED:  # abandoned (unterminated): the retry follows the failure
                 self.action = self._next()
                 return
         self.stats.count_call(turn, lookahead=False)
         if self.stats.saar_applied and saar.triggers(turn.result):
-            self.stats.count_trigger(turn)
-            self.in_place, self.retries = turn, 0
+            self.event = saar.FailureEvent(turn, self.stats)
         else:
             self.committed.append(turn)
         self.action = self._next()
@@ -182,16 +176,16 @@ class Episode:
 
     # -- internals ---------------------------------------------------------------------------------------------
 
-    def _end_lookahead(self, outcome: saar.Outcome) -> None:
-        assert self.in_place is not None
-        self.stats.count_outcome(outcome)
-        self.committed.append(self.in_place)
-        self.in_place = None
+    def _end_lookahead(self) -> None:
+        """Commit the turn an ended failure event left in place."""
+        assert self.event is not None and self.event.outcome is not None
+        self.committed.append(self.event.in_place)
+        self.event = None
 
     def _next(self) -> Generate | Done:
         """The next generation, or the end, from the limits (see the module docstring)."""
-        lookahead = self.in_place is not None
-        kept = self.committed + ([self.in_place] if lookahead else [])
+        lookahead = self.event is not None
+        kept = self.committed + ([self.event.in_place] if lookahead else [])
         over = sum(t.num_tokens for t in kept) - self.cfg.max_response_tokens
         if over > 0:  # the last tool output did not fit: keep what fits of it, and stop
             last = kept[-1]
@@ -199,8 +193,9 @@ class Episode:
             ids = last.observation.ids[: len(last.observation) - over]
             cut = replace(last, observation=replace(last.observation, ids=ids, text=chat.decode(self.tokenizer, ids)))
             if lookahead:
-                self.in_place = cut
-                self._end_lookahead(saar.Outcome.CUT)
+                self.event.in_place = cut
+                self.event.end(saar.Outcome.CUT)
+                self._end_lookahead()
             else:
                 self.committed[-1] = cut
             return Done("length")
@@ -215,7 +210,8 @@ class Episode:
         turn_limit = turns >= self.cfg.max_turns and (not lookahead or self.cfg.retries_count_against_limits)
         if turn_limit or budget <= 0:
             if lookahead:
-                self._end_lookahead(saar.Outcome.CUT)
+                self.event.end(saar.Outcome.CUT)
+                self._end_lookahead()
             return Done("max_turns" if turn_limit else "length")
         context = self.prompt.ids + tuple(i for t in kept for s in t.spans for i in s.ids)
         return Generate(context, budget, self._generation_seed(), lookahead)

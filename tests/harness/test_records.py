@@ -118,3 +118,16 @@ def test_the_hash_is_of_the_difference_from_the_schemas_defaults(composed, monke
     assert records.config_hash(with_field) == before
     with_field.sandbox.new_limit = 8
     assert records.config_hash(with_field) != before
+
+
+@pytest.mark.parametrize("sweep, point", [("methods", ["saar=baseline", "seed=1"]),
+                                          ("methods", ["saar=cleaner", "seed=2"]),
+                                          ("gamma", ["saar.gamma=0.3"])])
+def test_make_runs_and_a_single_run_of_the_same_config_share_one_folder(composed, sweep, point):
+    """`make run` is `harness.sweep -m +sweeps=methods`; each of its jobs is named as `harness.train` names the same
+    overrides, so the two never make two folders for one config."""
+    make_run = next(line.strip() for line in (records.REPO / "Makefile").read_text().splitlines()
+                    if "harness.sweep" in line and line.startswith("\t"))
+    assert make_run == "$(PY) -m harness.sweep -m +sweeps=methods"
+    assert records.config_hash(composed([f"+sweeps={sweep}", *point])) == records.config_hash(composed(point))
+    assert records.config_hash(composed(point)) != records.config_hash(composed())

@@ -7,15 +7,16 @@
 A run is named exactly as for `python -m harness.train`; its final checkpoint is evaluated on the lab's held-out
 problems. With `algo.steps=0` there is nothing to train: `model.path` itself is evaluated, on the lab's held-out
 problems (`data=lab`) or on every benchmark of `data.eval_paths` (the first `algo.eval_problems` problems of each),
-and the record folder holds only the evaluation. Each benchmark runs twice with the same seeds, SAAR off then on
-(with the run's gamma, K and p), after a short warm-up that neither side is charged for. With `engine=sglang`, the
+and the record folder holds only the evaluation. Each benchmark runs with the same seeds SAAR off, then on (with the
+run's gamma, K and p), `latency_repeats` times in turn (off, on, off, on, ...; the trajectories are the same each
+time, the wall clock is not), after a short warm-up that neither side is charged for. With `engine=sglang`, the
 benchmarks' generations go to the SGLang servers of `engine.urls` (already serving `model.path`; the paper's Table 4
 setting); the tokenizer is read from `model.path`.
 
-Writes `<run folder>/eval.json` (skipped when present): per benchmark, both metric sets (Pass@1 as the mean over
-`algo.eval_samples` samples with its stderr over problems, the unbiased pass@k, tool calls and failures per
-trajectory, turns, response tokens, wall seconds), the accuracy difference and SAAR's latency overhead (the paper
-reports +8.8% for Qwen3-4B). Also `samples.jsonl`: the SAAR-off trajectories that had a failed tool call, token by
+Writes `<run folder>/eval.json` (skipped when present with the same `latency_repeats`): per benchmark, both metric
+sets (Pass@1 as the mean over `algo.eval_samples` samples with its stderr over problems, the unbiased pass@k, tool
+calls and failures per trajectory, turns, response tokens, wall seconds), the accuracy difference and SAAR's latency
+overhead (the median over repeats, with intervals from 2 repeats on; the paper reports +8.8% for Qwen3-4B). Also `samples.jsonl`: the SAAR-off trajectories that had a failed tool call, token by
 token, which `harness.report` purifies offline to show original and purified side by side.
 """
 
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,15 +44,49 @@ from cleaner.models import BUNDLED, load_causal_lm, load_tokenizer
 from cleaner.rollout.engines import Engine, SamplingParams, sglang_engine, transformers_engine
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import open_pool
+from cleaner.stats import bootstrap_interval, paired_difference
 from cleaner.trajectory import Trajectory, write_jsonl, write_lines_atomic
 from harness import cli, records, schema
 
 SAMPLES_KEPT = 8  # SAAR-off trajectories with a failed call kept per benchmark in samples.jsonl
 
 
-def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
+def compare(off: dict[str, Any], on: dict[str, Any], walls: dict[bool, list[float]] | None = None) -> dict[str, Any]:
+    """Both sides' metrics (of their first run), the accuracy difference, and SAAR's latency: over the repeated
+    runs of `walls` (wall seconds per side, measured off, on, off, on, ...), each repeat's overhead on / off - 1,
+    their median (`latency_overhead`), the bootstrap interval of their mean and the paired t interval of the extra
+    seconds (from 2 repeats on), seconds per problem, and the extra tokens SAAR sampled."""
+    walls = walls or {False: [off["wall_s"]], True: [on["wall_s"]]}
+    overheads = [b / a - 1.0 for a, b in zip(walls[False], walls[True])]
+    latency: dict[str, Any] = {
+        "repeats": len(overheads), "order": "off, on, off, on, ...", "wall_s_off": walls[False],
+        "wall_s_on": walls[True], "overheads": overheads,
+        "seconds_per_problem_off": statistics.median(walls[False]) / off["problems"],
+        "seconds_per_problem_on": statistics.median(walls[True]) / on["problems"],
+        "extra_tokens": on["generated_tokens"] - off["generated_tokens"], "retry_tokens_on": on["retry_tokens"]}
+    if len(overheads) >= 2:
+        latency["overhead_mean_interval95"] = list(bootstrap_interval(overheads))
+        latency["extra_seconds"] = paired_difference(walls[True], walls[False])
     return {"saar_off": off, "saar_on": on, "accuracy_delta": on["accuracy"] - off["accuracy"],
-            "latency_overhead": on["wall_s"] / off["wall_s"] - 1.0}
+            "latency_overhead": statistics.median(overheads), "latency": latency}
+
+
+async def off_and_on(evaluate_side: Callable[[bool], Awaitable[tuple[dict[str, Any], list[Trajectory]]]],
+                     repeats: int) -> tuple[dict[str, Any], list[Trajectory]]:
+    """`evaluate_side(on)` run `repeats` times per side, interleaved (off, on, off, on, ...) so that a slow spell
+    of a shared machine weighs on both; the metrics are the first run's (the same seeds give the same
+    trajectories each time), the latency all runs'. Returns (comparison, SAAR-off trajectories with a failure)."""
+    first: dict[bool, dict[str, Any]] = {}
+    walls: dict[bool, list[float]] = {False: [], True: []}
+    samples: list[Trajectory] = []
+    for _ in range(repeats):
+        for on in (False, True):
+            metrics, trajs = await evaluate_side(on)
+            walls[on].append(metrics["wall_s"])
+            if on not in first:
+                first[on] = metrics
+                samples += [] if on else failed_samples(trajs)
+    return compare(first[False], first[True], walls), samples
 
 
 def saar_at_test_time(saar: SaarConfig, on: bool) -> SaarConfig:
@@ -65,13 +102,13 @@ def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
 async def lab_off_and_on(checkpoint: Path, cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """The lab's held-out evaluation, after a short warm-up so neither side pays for first-call costs."""
     train_cfg = schema.lab_train_config(cfg)
-    saar_on, saar_off = (saar_at_test_time(train_cfg.rollout.saar, on) for on in (True, False))
+    saar = {on: saar_at_test_time(train_cfg.rollout.saar, on) for on in (False, True)}
     model, tokenizer = load_causal_lm(checkpoint)
     async with open_pool(train_cfg.sandbox) as pool:
-        await evaluate_lab(model, tokenizer, replace(train_cfg, eval_problems=2), pool, saar_on)
-        off, trajs = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_off)
-        on, _ = await evaluate_lab(model, tokenizer, train_cfg, pool, saar_on)
-    return {"benchmarks": {"lab": compare(off, on)}}, failed_samples(trajs)
+        await evaluate_lab(model, tokenizer, replace(train_cfg, eval_problems=2), pool, saar[True])
+        result, samples = await off_and_on(lambda on: evaluate_lab(model, tokenizer, train_cfg, pool, saar[on]),
+                                           cfg.latency_repeats)
+    return {"benchmarks": {"lab": result}, "latency_repeats": cfg.latency_repeats}, samples
 
 
 def engine_and_tokenizer(cfg: DictConfig) -> tuple[Engine, Any]:
@@ -97,14 +134,13 @@ async def benchmarks_off_and_on(cfg: DictConfig) -> tuple[dict[str, Any], list[T
         name, problems = next(iter(sets.items()))  # warm-up, so neither side pays for first-call costs
         await bench.evaluate(engine, tokenizer, name, problems[:1], saar[True], 1, sampling, cfg.seed, pool)
         for name, problems in sets.items():
-            side = {}
-            for on in (False, True):
-                side[on], trajs = await bench.evaluate(engine, tokenizer, name, problems, saar[on], algo.eval_samples,
-                                                       sampling, cfg.seed, pool)
-                if not on:
-                    samples += failed_samples(trajs)
-            out[name] = compare(side[False], side[True])
-    return {"benchmarks": out}, samples
+            def side(on: bool, name: str = name, problems: list = problems):
+                return bench.evaluate(engine, tokenizer, name, problems, saar[on], algo.eval_samples, sampling,
+                                      cfg.seed, pool)
+
+            out[name], failed = await off_and_on(side, cfg.latency_repeats)
+            samples += failed
+    return {"benchmarks": out, "latency_repeats": cfg.latency_repeats}, samples
 
 
 def show(run_dir: Path, result: dict[str, Any]) -> None:
@@ -123,8 +159,14 @@ def show(run_dir: Path, result: dict[str, Any]) -> None:
                           f"{m['turns_per_traj']:.2f}", f"{m['response_tokens']:.0f}", f"{m['wall_s']:.1f}")
     Console(width=150).print(table)
     for name, res in result["benchmarks"].items():
-        Console().print(f"{name}: accuracy difference {res['accuracy_delta']:+.3f}, "
-                        f"latency overhead {100 * res['latency_overhead']:+.1f}%")
+        latency = res.get("latency", {})
+        spread = ""
+        if "overhead_mean_interval95" in latency:
+            low, high = latency["overhead_mean_interval95"]
+            spread = (f" (median of {latency['repeats']} interleaved repeats; mean's 95% interval "
+                      f"[{100 * low:+.1f}%, {100 * high:+.1f}%]; {latency['extra_tokens']:+d} tokens sampled)")
+        Console(width=150).print(f"{name}: accuracy difference {res['accuracy_delta']:+.3f}, "
+                                 f"latency overhead {100 * res['latency_overhead']:+.1f}%{spread}")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -157,10 +199,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_lines_atomic(run_dir / "summary.json", iter([json.dumps({"steps": 0, "evaluation": out.name})]))
         return result
 
-    if cfg.algo.steps == 0:
+    def current() -> bool:  # an eval.json with as many latency repeats as asked
+        return out.exists() and json.loads(out.read_text()).get("latency_repeats", 1) == cfg.latency_repeats
+
+    if cfg.algo.steps == 0 and not out.exists():
         records.run_record(cfg, evaluate)  # skipped when finished
         result = json.loads(out.read_text())
-    elif out.exists():
+    elif current():
         result = json.loads(out.read_text())
     elif (run_dir / "summary.json").exists():
         result = evaluate(run_dir)

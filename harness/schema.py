@@ -181,12 +181,14 @@ class RunSchema:
     search: SearchSchema | None = None  # an Optuna search over runs (python -m harness.search); None for one run
     verl: VerlSchema = field(default_factory=VerlSchema)  # cluster=verl: resources (harness/verl.py)
     dry_run: bool = False  # cluster=verl: write the run's verl files and print the verl command; start nothing
+    latency_repeats: int = 1  # harness.eval: runs per side, interleaved off, on, off, on, ... (SAAR's latency)
     # cluster=verl: evaluate the finished run's last checkpoint with SAAR on (true) or off (false) at test time
     # (verl val_only, results in <run>/eval_saar_on|off/) instead of training; None: train
     test_time_saar: bool | None = None
 
 
-NOT_HASHED = ("runs_root", "strict", "quiet", "loggers", "search", "verl", "dry_run", "test_time_saar")
+NOT_HASHED = ("runs_root", "strict", "quiet", "loggers", "search", "verl", "dry_run", "test_time_saar",
+              "latency_repeats")
 
 GROUPS: dict[str, type] = {"model": ModelSchema, "algo": AlgoSchema, "saar": SaarSchema, "data": DataSchema,
                            "engine": EngineSchema, "sandbox": SandboxSchema, "cluster": ClusterSchema}
@@ -223,6 +225,8 @@ def validate(cfg: DictConfig) -> None:
     if algo.prompts_per_step % algo.ppo_mini_batch_size:
         raise ConfigError(f"algo.ppo_mini_batch_size={algo.ppo_mini_batch_size} must divide "
                           f"algo.prompts_per_step={algo.prompts_per_step}")
+    if cfg.latency_repeats < 1:
+        raise ConfigError(f"latency_repeats must be >= 1, got {cfg.latency_repeats}")
     if not (algo.lr > 0 and algo.lr_warmup_steps >= 0 and algo.eval_every >= 0):
         raise ConfigError(f"algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got "
                           f"{algo.lr}, {algo.lr_warmup_steps}, {algo.eval_every}")

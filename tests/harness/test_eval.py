@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from cleaner.saar import SaarConfig
-from harness.eval import compare, saar_at_test_time
+from harness.eval import compare, off_and_on, saar_at_test_time
 from harness.records import REPO
 
 
@@ -20,7 +23,8 @@ def test_saar_on_at_test_time_applies_to_a_baseline_with_the_runs_parameters():
 
 
 def test_compare_reports_the_difference_and_the_overhead():
-    result = compare({"accuracy": 0.5, "wall_s": 40.0}, {"accuracy": 0.625, "wall_s": 44.0})
+    side = {"problems": 8, "generated_tokens": 100, "retry_tokens": 0}
+    result = compare({**side, "accuracy": 0.5, "wall_s": 40.0}, {**side, "accuracy": 0.625, "wall_s": 44.0})
     assert result["accuracy_delta"] == 0.125 and abs(result["latency_overhead"] - 0.1) < 1e-12
 
 
@@ -96,3 +100,33 @@ def test_sglang_needs_servers_and_benchmarks(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: engine=sglang evaluates model.path on benchmarks (algo.steps=0, data.eval_paths) through the servers "
         "of engine.urls, which must not be empty (got data=lab, engine.urls=[])")
+
+
+def test_latency_over_interleaved_repeats_by_hand():
+    """Three repeats: overheads 10%, 5%, 10% (median 10%); the on side took 1.0, 0.6, 1.1 s more (mean 0.9 s);
+    seconds per problem are the median walls over 4 problems."""
+    off = {"accuracy": 0.5, "wall_s": 10.0, "problems": 4, "generated_tokens": 100, "retry_tokens": 0}
+    on = {"accuracy": 0.75, "wall_s": 11.0, "problems": 4, "generated_tokens": 130, "retry_tokens": 30}
+    result = compare(off, on, {False: [10.0, 12.0, 11.0], True: [11.0, 12.6, 12.1]})
+    latency = result["latency"]
+    assert result["accuracy_delta"] == 0.25 and result["latency_overhead"] == pytest.approx(0.10)
+    assert latency["overheads"] == pytest.approx([0.10, 0.05, 0.10])
+    assert latency["extra_seconds"]["mean"] == pytest.approx(0.9) and latency["extra_seconds"]["n"] == 3
+    assert (latency["seconds_per_problem_off"], latency["seconds_per_problem_on"]) == (11.0 / 4, pytest.approx(12.1 / 4))
+    assert (latency["extra_tokens"], latency["retry_tokens_on"]) == (30, 30)
+    low, high = latency["overhead_mean_interval95"]
+    assert 0.05 - 1e-12 <= low <= 0.0834 <= high <= 0.10 + 1e-12  # the mean, 0.0833, inside
+
+
+def test_the_sides_run_interleaved_and_the_metrics_are_the_first_runs():
+    calls = []
+
+    async def side(on):
+        calls.append(on)
+        return ({"accuracy": 0.5, "wall_s": float(len(calls)), "problems": 1, "generated_tokens": 1,
+                 "retry_tokens": 0, "run": len(calls)}, [])
+
+    result, samples = asyncio.run(off_and_on(side, 3))
+    assert calls == [False, True] * 3
+    assert (result["saar_off"]["run"], result["saar_on"]["run"]) == (1, 2)
+    assert result["latency"]["wall_s_off"] == [1.0, 3.0, 5.0] and result["latency"]["wall_s_on"] == [2.0, 4.0, 6.0]

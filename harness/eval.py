@@ -202,7 +202,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     def current() -> bool:  # an eval.json with as many latency repeats as asked
         return out.exists() and json.loads(out.read_text()).get("latency_repeats", 1) == cfg.latency_repeats
 
-    if cfg.algo.steps == 0 and not out.exists():
+    if cfg.algo.steps == 0 and (current() or not out.exists()):
         records.run_record(cfg, evaluate)  # skipped when finished
         result = json.loads(out.read_text())
     elif current():

@@ -43,6 +43,18 @@ def test_an_evaluation_only_record_is_written_once_and_then_skipped(tmp_path):
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "is finished; skipping it" in again.stdout + again.stderr
     assert json.loads((run / "env.json").read_text())["invocations"][-1]["finished"] is True
+    # asked for more latency repeats, the same record is evaluated again, interleaved; the metrics do not move
+    repeated = subprocess.run([*command, "latency_repeats=2"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert repeated.returncode == 0, repeated.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == [run] and "median of 2 interleaved repeats" in repeated.stdout
+    result = json.loads((run / "eval.json").read_text())
+    assert result["latency_repeats"] == 2 and len(result["benchmarks"]["lab"]["latency"]["wall_s_on"]) == 2
+    def timeless(metrics):
+        return {k: v for k, v in metrics.items() if k != "wall_s"}
+
+    for side in ("saar_off", "saar_on"):
+        assert timeless(result["benchmarks"]["lab"][side]) == timeless(lab[side])
 
 
 def test_benchmarks_need_an_evaluation_only_config(tmp_path):

@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 
 from cleaner.purify import purify
 from cleaner.saar import SaarConfig
-from cleaner.stats import mean_stderr
+from cleaner.stats import first_step_reaching, mean_stderr, paired_difference
 from cleaner.trajectory import Trajectory, read_jsonl
 from harness.records import hashed_part
 
@@ -328,9 +328,68 @@ def budget(records: list[Record], results: dict[str, Any]) -> Table:
                   "token the policy generated, SAAR retries included."))
 
 
+def held_out_curve(group: list[Record]) -> list[tuple[int, float]]:
+    """(step, held-out accuracy averaged over the group's seeds) at every step all seeds evaluated (`eval_every`),
+    and at the last step (the final evaluation)."""
+    by_step: dict[int, list[float]] = {}
+    for r in group:
+        for row in r.metrics:
+            if "eval" in row:
+                by_step.setdefault(row["step"], []).append(row["eval"]["accuracy"])
+        by_step.setdefault(r.steps, []).append(r.summary["eval"]["accuracy"])
+    return [(step, sum(v) / len(v)) for step, v in sorted(by_step.items()) if len(v) == len(group)]
+
+
+def interval_cell(d: dict[str, float], scale: float = 1.0, digits: int = 1) -> Cell:
+    return Cell(f"{scale * d['mean']:+.{digits}f} [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]")
+
+
+def comparison(records: list[Record]) -> Table | None:
+    """Each CLEANER group against the baseline that differs from it only in SAAR, paired by seed (at least two
+    common seeds): the differences of held-out pass@1 and of tool failures per trajectory with Student's t
+    interval and the paired t-test's p-value (no bootstrap: with a handful of seeds its percentile interval is far
+    too narrow); and the steps each method took to reach the
+    baseline's final held-out accuracy (on the seed-mean curve of evaluations every `eval_every` steps)."""
+    pooled: dict[str, list[list[Record]]] = {}
+    for g in groups(records):
+        if g[0].steps and all("eval" in r.summary for r in g):
+            rest = json.loads(group_key(g[0].config))
+            rest.pop("saar", None)
+            pooled.setdefault(json.dumps(rest, sort_keys=True), []).append(g)
+    rows = []
+    for family in pooled.values():
+        base = next((g for g in family if not g[0].saar), None)
+        for g in family if base is not None else []:
+            base_by_seed = {r.config["seed"]: r for r in base}
+            pairs = [(r, base_by_seed[r.config["seed"]]) for r in g if r.config["seed"] in base_by_seed and r.saar]
+            if len(pairs) < 2:
+                continue
+            def side(key: str, i: int) -> list[float]:
+                return [pair[i].summary["eval"][key] for pair in pairs]
+            acc = paired_difference(side("accuracy", 0), side("accuracy", 1))
+            fails = paired_difference(side("final_failures_per_traj", 0), side("final_failures_per_traj", 1))
+            target = sum(side("accuracy", 1)) / len(pairs)
+            cleaner_group, base_group = [c for c, _ in pairs], [b for _, b in pairs]
+            reach = [first_step_reaching(held_out_curve(x), target) for x in (cleaner_group, base_group)]
+            rows.append((Cell(label(g[0])), Cell(str(len(pairs))), interval_cell(acc, 100),
+                         Cell(f"{acc['p_value']:.2f}"), interval_cell(fails, digits=3), Cell(f"{fails['p_value']:.2f}"),
+                         Cell(" / ".join("-" if n is None else str(n) for n in reach)),
+                         Cell(" ".join(r.name for pair in pairs for r in pair))))
+    if not rows:
+        return None
+    return Table("comparison", "CLEANER against the baseline, paired by seed (held-out, SAAR off at test time)",
+                 ("CLEANER", "seeds", "Δ Pass@1 (points) [95% t]", "p", "Δ tool failures / traj [95% t]", "p", "steps to the baseline's final Pass@1 (CLEANER / baseline)",
+                  "source"), tuple(rows),
+                 ("Δ = CLEANER - baseline per seed, then the mean, with Student's t interval; p: two-sided paired "
+                  "t-test.",
+                  "Steps: the first evaluated step at which the seed-mean held-out Pass@1 reaches the baseline's "
+                  "final one; - when it never does."))
+
+
 def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
-    return [table1(records, results), table2(records, results), table4(records, results), ablation(records),
-            budget(records, results)]
+    tables = [table1(records, results), table2(records, results), table4(records, results), ablation(records),
+              budget(records, results), comparison(records)]
+    return [t for t in tables if t is not None]
 
 
 # -- renderers ----------------------------------------------------------------------------------------------------

@@ -306,3 +306,31 @@ def test_with_no_arguments_on_a_fresh_clone_it_regenerates_the_committed_report(
     assert len(tables) == 16
     for name in tables:
         assert (tmp_path / "results" / "report" / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+def test_the_paired_comparison_by_hand(tmp_path):
+    """Baseline and CLEANER on seeds 0-2 (CLEANER also on seed 3, which has no pair), 20 steps, evaluated at
+    step 10 and at the end. Pass@1 differences 0.1, 0, 0.1: mean 0.0667, stderr 0.0333, t = 2.0 on 2 degrees of
+    freedom (t_0.975 = 4.303, p = 0.18). Failure differences -0.1, 0, 0: mean -0.0333, t = -1.0 (p = 0.42). The
+    baseline's final mean is 0.7; CLEANER's mean at step 10 is 0.733, the baseline's 0.6: steps 10 / 20."""
+    def summary(accuracy, failures):
+        return {"accuracy": accuracy, "accuracy_stderr": 0.01, "wall_s": 1.0, "pass_at_k": {"1": accuracy},
+                "final_failures_per_traj": failures}
+
+    rows = {("base", 0): (0.6, 0.3, 0.5), ("base", 1): (0.7, 0.2, 0.6), ("base", 2): (0.8, 0.1, 0.7),
+            ("clean", 0): (0.7, 0.2, 0.7), ("clean", 1): (0.7, 0.2, 0.7), ("clean", 2): (0.9, 0.1, 0.8),
+            ("clean", 3): (0.1, 0.9, 0.1)}
+    for (method, seed), (accuracy, failures, at_10) in rows.items():
+        write_record(tmp_path, f"{method}{seed}", steps=20, saar=method == "clean", seed=seed,
+                     summary_eval=summary(accuracy, failures),
+                     metrics=[{"step": 10, "eval": {"accuracy": at_10}}, {"step": 20}])
+    table = report.comparison(report.load_records(tmp_path))
+    assert table is not None and len(table.rows) == 1
+    cells = [c.text for c in table.rows[0]]
+    assert cells == ["lab CLEANER (γ 0.5, K 3, p 1.0)", "3", "+6.7 [-7.7, +21.0]", "0.18", "-0.033 [-0.177, +0.110]",
+                     "0.42", "10 / 20", "clean0 base0 clean1 base1 clean2 base2"]
+    assert report.comparison(report.load_records(tmp_path)) == table
+    (tmp_path / "clean2").rename(tmp_path / "x")  # one pair left: no comparison
+    for name in ("clean1", "x"):
+        (tmp_path / name / "summary.json").unlink()
+    assert report.comparison(report.load_records(tmp_path)) is None

@@ -82,7 +82,8 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def git_state(repo: Path | None = None) -> dict[str, Any]:
-    """The checkout's commit and its uncommitted changes (tracked files only), or nulls outside a git checkout."""
+    """The checkout's commit and its uncommitted changes (tracked files only, outside `results/`: records and reports
+    are what runs write, not what they run), or nulls outside a git checkout."""
     repo = repo or REPO
 
     def git(*args: str) -> str:
@@ -90,7 +91,7 @@ def git_state(repo: Path | None = None) -> dict[str, Any]:
 
     try:
         return {"commit": git("rev-parse", "HEAD").strip(),
-                "dirty": git("status", "--porcelain", "--untracked-files=no").splitlines()}
+                "dirty": git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results").splitlines()}
     except (subprocess.CalledProcessError, FileNotFoundError):
         return {"commit": None, "dirty": []}
 

@@ -89,11 +89,14 @@ def test_strict_refuses_a_dirty_tree_naming_the_files(composed, tmp_path, monkey
     git = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=t"]
     subprocess.run(git + ["init", "-q"], check=True)
     (repo / "a.py").write_text("x = 1\n")
-    subprocess.run(git + ["add", "a.py"], check=True)
+    (repo / "results").mkdir()
+    (repo / "results" / "study.db").write_text("1")
+    subprocess.run(git + ["add", "a.py", "results"], check=True)
     subprocess.run(git + ["commit", "-qm", "a"], check=True)
     monkeypatch.setattr(records, "REPO", repo)
     cfg = composed(["strict=true", f"runs_root={tmp_path / 'runs'}"])
     ran = []
+    (repo / "results" / "study.db").write_text("2")  # committed records that runs rewrite are not code: clean
     records.run_record(cfg, lambda d: ran.append(d) or {"eval": {}}, log=lambda s: None)  # clean: runs
     (repo / "a.py").write_text("x = 2\n")
     with pytest.raises(schema.ConfigError, match=r"^strict=true needs a committed tree, .*: a.py$"):

@@ -68,42 +68,49 @@ class ModelSchema:
     attn_implementation: str = "sdpa"
 
 
+LAB = TrainConfig()  # the lab trainer's defaults: the algo group's defaults are read from it, never copied
+
+
 @dataclass
 class AlgoSchema:
     name: str = "lab"  # the recipe's name, for tables
-    steps: int = 10  # RL steps (the paper reports its results at 250 steps for 4B)
-    prompts_per_step: int = 8  # prompts per RL step ("train_batch_size: 128")
-    group_size: int = 8  # rollouts per prompt ("group_size: 16")
-    ppo_mini_batch_size: int = 4  # prompts per optimizer update ("ppo_mini_batch_size: 32"; 128 / 32 = 4 updates)
-    lr: float = 1e-4  # peak learning rate ("2e-6" for 4B, "1e-6" for 7B; the lab's 3.8 M model needs far more)
-    lr_warmup_steps: int = 0  # linear warm-up, then constant ("lr_warmup_steps: 20")
-    max_grad_norm: float = 1.0  # gradient clipping by global norm (verl's default, 1.0)
-    adv_estimator: str = "grpo"  # a key of cleaner.rl.advantages.ADVANTAGES ("adv_estimator: grpo")
-    norm_adv_by_std: bool = True  # GRPO divides by the group std; False gives Dr. GRPO
-    policy_loss: str = "ppo_clip"  # a key of cleaner.rl.losses.POLICY_LOSSES
-    clip_ratio_low: float = 0.2  # ("clip_ratio_low: 0.20")
-    clip_ratio_high: float = 0.28  # DAPO clip-higher ("clip_ratio_high: 0.28")
-    clip_ratio_c: float = 10.0  # dual clip ("clip_ratio_c: 10.0")
-    loss_agg_mode: str = "token-mean"  # a key of cleaner.rl.aggregation.AGGREGATIONS ("token-mean")
-    overlong_buffer_tokens: int = 64  # DAPO soft overlong punishment window ("overlong_buffer.len: 4096")
-    overlong_penalty_factor: float = 1.0  # ("overlong_buffer.penalty_factor: 1.0")
-    dynamic_sampling: bool = False  # DAPO: train only on groups whose rewards differ
-    temperature: float = 1.0  # training and held-out sampling temperature ("temperature: 1.0")
-    top_p: float = 1.0  # training rollouts ("top_p: 1.0")
-    eval_top_p: float = 1.0  # held-out rollouts ("eval top_p: 0.6"; the lab keeps 1.0)
-    max_turns: int = 4  # assistant turns per trajectory ("max_turns: 16")
-    max_response_tokens: int = 320  # tokens after the prompt ("max_response_length: 20480")
+    steps: int = LAB.steps  # RL steps (the paper reports its results at 250 steps for 4B)
+    prompts_per_step: int = LAB.prompts_per_step  # prompts per RL step ("train_batch_size: 128")
+    group_size: int = LAB.group_size  # rollouts per prompt ("group_size: 16")
+    # prompts per optimizer update ("ppo_mini_batch_size: 32"; 128 / 32 = 4 updates)
+    ppo_mini_batch_size: int = LAB.prompts_per_step // LAB.mini_batches
+    lr: float = LAB.lr  # peak learning rate ("2e-6" for 4B, "1e-6" for 7B; the lab's 3.8 M model needs far more)
+    lr_warmup_steps: int = LAB.lr_warmup_steps  # linear warm-up, then constant ("lr_warmup_steps: 20")
+    max_grad_norm: float = LAB.max_grad_norm  # gradient clipping by global norm (verl's default, 1.0)
+    adv_estimator: str = LAB.advantage.estimator  # a key of cleaner.rl.advantages.ADVANTAGES ("adv_estimator: grpo")
+    norm_adv_by_std: bool = LAB.advantage.norm_by_std  # GRPO divides by the group std; False gives Dr. GRPO
+    policy_loss: str = LAB.loss.policy_loss  # a key of cleaner.rl.losses.POLICY_LOSSES
+    clip_ratio_low: float = LAB.loss.clip_ratio_low  # ("clip_ratio_low: 0.20")
+    clip_ratio_high: float = LAB.loss.clip_ratio_high  # DAPO clip-higher ("clip_ratio_high: 0.28")
+    clip_ratio_c: float = LAB.loss.clip_ratio_c  # dual clip ("clip_ratio_c: 10.0")
+    loss_agg_mode: str = LAB.loss.loss_agg_mode  # a key of cleaner.rl.aggregation.AGGREGATIONS ("token-mean")
+    # DAPO soft overlong punishment window ("overlong_buffer.len: 4096")
+    overlong_buffer_tokens: int = LAB.overlong_buffer_tokens
+    overlong_penalty_factor: float = LAB.overlong_penalty_factor  # ("overlong_buffer.penalty_factor: 1.0")
+    dynamic_sampling: bool = LAB.dynamic_sampling  # DAPO: train only on groups whose rewards differ
+    temperature: float = LAB.temperature  # training and held-out sampling temperature ("temperature: 1.0")
+    top_p: float = LAB.top_p  # training rollouts ("top_p: 1.0")
+    eval_top_p: float = LAB.eval_top_p  # held-out rollouts ("eval top_p: 0.6"; the lab keeps 1.0)
+    max_turns: int = LAB.rollout.max_turns  # assistant turns per trajectory ("max_turns: 16")
+    max_response_tokens: int = LAB.rollout.max_response_tokens  # tokens after the prompt ("max_response_length: 20480")
     max_prompt_tokens: int = 256  # cluster=verl: longer training prompts are left out ("max_prompt_length: 2560")
     max_eval_prompt_tokens: int = 256  # cluster=verl: the same for validation ("eval max_prompt_length: 4096")
     # cluster=verl: verl's rollout importance-sampling correction level ("token" | "sequence"; "" off, the
     # paper's setting); on, the spliced spans' rollout log-probs are re-scored under the purified context first
     rollout_is: str = ""
-    max_tool_response_chars: int = 256  # tool output shown to the model, middle-cut ("truncated to 256 chars")
-    retries_count_against_limits: bool = False  # SAAR retries count as turns and budget (the authors': no)
-    eval_every: int = 0  # steps between held-out evaluations; 0: only after the last step
-    eval_problems: int = 200  # held-out problems per evaluation
-    eval_samples: int = 1  # samples per held-out problem (pass@1 is their mean)
-    eval_split: str = "test"  # the lab's held-out problems: "test", or "val" to tune on (never the test split)
+    # tool output shown to the model, middle-cut ("truncated to 256 chars")
+    max_tool_response_chars: int = LAB.rollout.max_tool_response_chars
+    # SAAR retries count as turns and budget (the authors': no)
+    retries_count_against_limits: bool = LAB.rollout.retries_count_against_limits
+    eval_every: int = LAB.eval_every  # steps between held-out evaluations; 0: only after the last step
+    eval_problems: int = LAB.eval_problems  # held-out problems per evaluation
+    eval_samples: int = LAB.eval_samples  # samples per held-out problem (pass@1 is their mean)
+    eval_split: str = LAB.eval_split  # the lab's held-out problems: "test", or "val" to tune on (never the test split)
 
 
 @dataclass

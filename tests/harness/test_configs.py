@@ -22,7 +22,7 @@ SWEEP_FILES = sorted((REPO / "sweeps").glob("**/*.yaml"))
 def test_the_yaml_files_are_all_found():
     assert len(list(CONF.glob("*.yaml"))) == 2  # train.yaml, sweep.yaml
     assert len(GROUP_FILES) == 29
-    assert len(SWEEP_FILES) == 5
+    assert len(SWEEP_FILES) == 6
 
 
 @pytest.mark.parametrize("config_name", ["train", "sweep"])

@@ -30,7 +30,7 @@ report: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# verl's own trainer end to end on the CPU (tests marked slow; about 14 minutes on 2 cores); CI runs it too
+# verl's own trainer end to end on the CPU (tests marked slow; 5 to 14 minutes on 2 cores, by load); CI runs it too
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

@@ -44,7 +44,7 @@ from cleaner.models import BUNDLED, load_causal_lm, load_tokenizer
 from cleaner.rollout.engines import Engine, SamplingParams, sglang_engine, transformers_engine
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import open_pool
-from cleaner.stats import bootstrap_interval, paired_difference
+from cleaner.stats import paired_difference
 from cleaner.trajectory import Trajectory, write_jsonl, write_lines_atomic
 from harness import cli, records, schema
 
@@ -54,7 +54,7 @@ SAMPLES_KEPT = 8  # SAAR-off trajectories with a failed call kept per benchmark 
 def compare(off: dict[str, Any], on: dict[str, Any], walls: dict[bool, list[float]] | None = None) -> dict[str, Any]:
     """Both sides' metrics (of their first run), the accuracy difference, and SAAR's latency: over the repeated
     runs of `walls` (wall seconds per side, measured off, on, off, on, ...), each repeat's overhead on / off - 1,
-    their median (`latency_overhead`), the bootstrap interval of their mean and the paired t interval of the extra
+    their median (`latency_overhead`), Student's t interval of their mean and the paired t interval of the extra
     seconds (from 2 repeats on), seconds per problem, and the extra tokens SAAR sampled."""
     walls = walls or {False: [off["wall_s"]], True: [on["wall_s"]]}
     overheads = [b / a - 1.0 for a, b in zip(walls[False], walls[True])]
@@ -65,7 +65,8 @@ def compare(off: dict[str, Any], on: dict[str, Any], walls: dict[bool, list[floa
         "seconds_per_problem_on": statistics.median(walls[True]) / on["problems"],
         "extra_tokens": on["generated_tokens"] - off["generated_tokens"], "retry_tokens_on": on["retry_tokens"]}
     if len(overheads) >= 2:
-        latency["overhead_mean_interval95"] = list(bootstrap_interval(overheads))
+        mean = paired_difference(overheads, [0.0] * len(overheads))
+        latency["overhead_mean_interval95"] = [mean["low"], mean["high"]]
         latency["extra_seconds"] = paired_difference(walls[True], walls[False])
     return {"saar_off": off, "saar_on": on, "accuracy_delta": on["accuracy"] - off["accuracy"],
             "latency_overhead": statistics.median(overheads), "latency": latency}

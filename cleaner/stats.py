@@ -1,5 +1,5 @@
 """Numbers for result tables: pass@k, a mean with its standard error, paired differences with their t interval
-and p-value, bootstrap intervals, and the first step a learning curve reaches a level."""
+and p-value, and the first step a learning curve reaches a level."""
 
 from __future__ import annotations
 
@@ -89,19 +89,6 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float]:
     p = 2 * (1 - student_t_cdf(abs(t), df)) if math.isfinite(t) else 0.0
     return {"n": len(diffs), "mean": mean, "stderr": stderr, "low": mean - half, "high": mean + half, "t": t,
             "p_value": p, "confidence": confidence}
-
-
-def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """The percentile bootstrap interval of the mean of `values` (resampled with replacement, a seeded generator):
-    the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of the resampled means."""
-    import random
-
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("bootstrap_interval needs at least one value")
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return means[int((1 - confidence) / 2 * resamples)], means[min(resamples - 1, int((1 + confidence) / 2 * resamples))]
 
 
 def first_step_reaching(curve, threshold: float) -> int | None:

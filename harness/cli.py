@@ -41,10 +41,19 @@ def unknown_key(key: str) -> str | None:
     return None
 
 
+def _sets_a_search(arg: str) -> bool:
+    """Whether an argument gives the run a search: `search=...`, or a sweep file (`+sweeps=NAME`) that has one."""
+    key, _, value = arg.lstrip("+~").partition("=")
+    if key == "search":
+        return True
+    sweep = REPO / "sweeps" / f"{value}.yaml"
+    return key == "sweeps" and sweep.exists() and "\nsearch:" in "\n" + sweep.read_text()
+
+
 def check_overrides(argv: list[str]) -> None:
     """Exit with status 2 and one message if a `key=value` argument names a key the schema lacks. Group choices
     (`model=qwen3_4b`) and Hydra's own keys are left to Hydra, which lists the valid options itself."""
-    searching = any(arg.startswith(("+sweeps=", "search=", "+search=")) for arg in argv)
+    searching = any(_sets_a_search(arg) for arg in argv)
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue

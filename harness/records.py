@@ -5,11 +5,12 @@
   invocation with its wall time (a resumed run has several);
 - `metrics.jsonl` and `summary.json`: written by the job (for the lab, `cleaner.lab.trainer`).
 
-The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity), taken as
-its difference from the schema's defaults (`hashed_part`); the launcher lives under `hydra`, which is not part of
-the config, so a run launched locally or on SLURM is the same run. It is the run's only name: the lab trainer, the
-sweeps, the search, `harness.eval`, verl's experiment name and the report all use it. Same config, same folder: a folder with `summary.json` is finished and skipped; any other is resumed by the
-job from its last checkpoint. Every file is replaced atomically (written beside, then renamed).
+The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity) and
+`engine.urls` (where the servers run), taken as its difference from the schema's defaults (`hashed_part`); the
+launcher lives under `hydra`, which is not part of the config, so a run launched locally or on SLURM is the same
+run. It is the run's only name: the lab trainer, the sweeps, the search, `harness.eval`, verl's experiment name and
+the report all use it. Same config, same folder: a folder with `summary.json` is finished and skipped; any other is
+resumed by the job from its last checkpoint. Every file is replaced atomically (written beside, then renamed).
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(hashed_part(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
+OUTPUTS = ("results/runs", "results/tuning", "results/report")  # what runs write (the SFT checkpoint is an input)
+
+
 def git_state(repo: Path | None = None) -> dict[str, Any]:
-    """The checkout's commit and its uncommitted changes (tracked files only, outside `results/`: records and reports
-    are what runs write, not what they run), or nulls outside a git checkout."""
+    """The checkout's commit and its uncommitted changes (tracked files only, except the committed records, studies
+    and reports that runs write: `OUTPUTS`), or nulls outside a git checkout."""
     repo = repo or REPO
 
     def git(*args: str) -> str:
@@ -91,7 +95,8 @@ def git_state(repo: Path | None = None) -> dict[str, Any]:
 
     try:
         return {"commit": git("rev-parse", "HEAD").strip(),
-                "dirty": git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results").splitlines()}
+                "dirty": git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                             *(f":!{path}" for path in OUTPUTS)).splitlines()}
     except (subprocess.CalledProcessError, FileNotFoundError):
         return {"commit": None, "dirty": []}
 

@@ -2,12 +2,13 @@
 
     python -m harness.report [--runs results/runs] [--paper PATH] [--out results/report]
 
-Reads every run record under `--runs` (by default `results/runs`, where runs are recorded; on a fresh clone, which
-has none, the records the committed report cites, `results/report/runs`, so the command regenerates it) (folders holding `config.yaml`; see `harness.records`) and the paper's
-figures (`paper_results.yaml`, by default `../shared/reference/` beside the repository), and writes to `--out`:
+Reads every run record under `--runs` (folders holding `config.yaml`; see `harness.records`; by default
+`results/runs`, where runs are recorded, or on a fresh clone, which has none, the records the committed report
+cites, `results/report/runs`, so the command regenerates it) and the paper's figures (`paper_results.yaml`, by default `../shared/reference/` beside the repository), and writes to `--out`:
 - `<table>.md`, `<table>.csv`, `<table>.tex` and all Markdown tables in `tables.md`: Table 1 (methods x benchmarks,
   RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
-  / p ablation, and the step budget (steps, prompts, trajectories and sampled tokens);
+  / p ablation, the step budget (steps, prompts, trajectories and sampled tokens), and the comparison of each CLEANER
+  setting with the baseline, paired by seed (when two or more seeds pair);
 - `curves.png`: accuracy and tool failures per trajectory against RL step, baseline vs CLEANER;
 - `index.html`: the tables, the figure, and sample trajectories (original and purified side by side, spliced
   spans highlighted);
@@ -345,8 +346,8 @@ def interval_cell(d: dict[str, float], scale: float = 1.0, digits: int = 1) -> C
 
 
 def comparison(records: list[Record]) -> Table | None:
-    """Each CLEANER group against the baseline that differs from it only in SAAR, paired by seed (at least two
-    common seeds): the differences of held-out pass@1 and of tool failures per trajectory with Student's t
+    """Each CLEANER group against each baseline that differs from it only in SAAR and the learning rate (each
+    method's own, when tuned), paired by seed (at least two common seeds): the differences of held-out pass@1 and of tool failures per trajectory with Student's t
     interval and the paired t-test's p-value (no bootstrap: with a handful of seeds its percentile interval is far
     too narrow); and the steps each method took to reach the
     baseline's final held-out accuracy (on the seed-mean curve of evaluations every `eval_every` steps)."""
@@ -355,11 +356,12 @@ def comparison(records: list[Record]) -> Table | None:
         if g[0].steps and all("eval" in r.summary for r in g):
             rest = json.loads(group_key(g[0].config))
             rest.pop("saar", None)
+            rest.get("algo", {}).pop("lr", None)  # each method may have its own tuned learning rate
             pooled.setdefault(json.dumps(rest, sort_keys=True), []).append(g)
     rows = []
     for family in pooled.values():
-        base = next((g for g in family if not g[0].saar), None)
-        for g in family if base is not None else []:
+        bases = [g for g in family if not g[0].saar]
+        for g, base in ((g, base) for g in family if g[0].saar for base in bases):
             base_by_seed = {r.config["seed"]: r for r in base}
             pairs = [(r, base_by_seed[r.config["seed"]]) for r in g if r.config["seed"] in base_by_seed and r.saar]
             if len(pairs) < 2:
@@ -371,7 +373,9 @@ def comparison(records: list[Record]) -> Table | None:
             target = sum(side("accuracy", 1)) / len(pairs)
             cleaner_group, base_group = [c for c, _ in pairs], [b for _, b in pairs]
             reach = [first_step_reaching(held_out_curve(x), target) for x in (cleaner_group, base_group)]
-            rows.append((Cell(label(g[0])), Cell(str(len(pairs))), interval_cell(acc, 100),
+            lr = (g[0].config["algo"].get("lr"), base[0].config["algo"].get("lr"))
+            name = label(g[0]) + (f", lr {lr[0]:g} vs the baseline's {lr[1]:g}" if lr[0] != lr[1] else "")
+            rows.append((Cell(name), Cell(str(len(pairs))), interval_cell(acc, 100),
                          Cell(f"{acc['p_value']:.2f}"), interval_cell(fails, digits=3), Cell(f"{fails['p_value']:.2f}"),
                          Cell(" / ".join("-" if n is None else str(n) for n in reach)),
                          Cell(" ".join(r.name for pair in pairs for r in pair))))
@@ -556,6 +560,9 @@ def write_report(runs_root: Path, paper_results: Path, out: Path) -> list[Table]
     results = _read(paper_results, yaml.safe_load)
     tables = build_tables(records, results)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("comparison",):  # a table written only when it has rows: no old copy may outlive it
+        for suffix in (".md", ".csv", ".tex"):
+            (out / f"{stale}{suffix}").unlink(missing_ok=True)
     for t in tables:
         (out / f"{t.name}.md").write_text(to_markdown(t))
         (out / f"{t.name}.csv").write_text(to_csv(t))

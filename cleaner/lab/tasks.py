@@ -9,8 +9,9 @@ can solve them by calling the tool; doing them in the head is out of reach for a
 - `power_digit_sum`: the digit sum of a^b
 - `lcm`: the least common multiple of two or three numbers
 
-Train and test are disjoint by construction: a problem belongs to the test split when a hash of its question falls
-in the test bucket (10%), so no question appears in both, whatever the seeds.
+Train, val and test are disjoint by construction: a question's split is the bucket its hash falls in (`SPLITS`:
+test and val 5.1% each, train the rest), so no question appears in two, whatever the seeds. The test split was
+10.2% of questions until val was cut from it: records made before then were scored on a different held-out set.
 """
 
 from __future__ import annotations

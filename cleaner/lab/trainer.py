@@ -147,7 +147,7 @@ def _save_checkpoint(run_dir: Path, model: Any, tokenizer: Any, opt: torch.optim
 async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: Any, saar: SaarConfig | None = None,
                    task: Task = tasks) -> tuple[dict[str, Any], list[Trajectory]]:
     """Held-out pass@1 on `cfg.eval_split` at the training temperature: (metrics, trajectories). SAAR at test time
-    is `saar` (None: off, the paper's evaluation; the harness passes `replace(cfg.rollout.saar, enabled=True)`)."""
+    is `saar` (None: off, the paper's evaluation; `harness.eval` passes the run's saar with `enabled` set)."""
     problems = task.problems(cfg.eval_split, cfg.eval_problems, seed=cfg.seed)
     sampling = SamplingParams(cfg.temperature, cfg.eval_top_p)
     rollout_cfg = replace(cfg.rollout, saar=saar or replace(cfg.rollout.saar, enabled=False))

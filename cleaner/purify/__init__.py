@@ -568,10 +568,10 @@ def run(
     src: Path,
     dst: Path,
     cfg: saar.SaarConfig,
+    tokenizer: Any,
+    tokenizer_name: str = "lab",
     seed: int = 0,
     fmt: str = "hermes",
-    tokenizer: Any = None,
-    tokenizer_name: str = "lab",
     outputs_in: str = "auto",
     error_pattern: str | None = None,
     strict: bool = False,
@@ -581,15 +581,14 @@ def run(
     in the report; the CLI loads it, `cleaner.models.load_tokenizer`); `write_tokens` also writes the token-level
     trajectories beside `dst`."""
     opts = ReadOptions(chat.get_format(fmt), outputs_in, None if error_pattern is None else _compile(error_pattern))
-    tok = tokenizer
-    items, rejected = read_items(src, tok, opts, strict)
+    items, rejected = read_items(src, tokenizer, opts, strict)
     originals = [item.original for item in items]
     purified = [purify(t, cfg, seed) for t in originals]
     out_records = []
     for item, traj in zip(items, purified):
         if any(t.splices for t in traj.turns):
-            messages = to_messages(item.log, traj.turns, tok)
-            text = chat.decode(tok, traj.ids[len(traj.prompt):])
+            messages = to_messages(item.log, traj.turns, tokenizer)
+            text = chat.decode(tokenizer, traj.ids[len(traj.prompt):])
             record = SHAPES[item.shape].write(item.record, item.log, messages, text)
         else:
             record = item.record

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = saar.SaarConfig(True, args.gamma, args.max_retries, args.rollback_probability, args.similarity)
         chat.get_format(args.format)
         name = args.tokenizer or "lab"
-        report = purify.run(args.src, args.dst, cfg, args.seed, args.format, load_tokenizer(name), name,
+        report = purify.run(args.src, args.dst, cfg, load_tokenizer(name), name, args.seed, args.format,
                             args.outputs_in, args.error_pattern, args.strict, write_tokens=args.tokenizer is not None)
     except (purify.PurifyInputError, ValueError, OSError) as e:  # bad input or options: one line, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -1,10 +1,9 @@
 """Generation engines: token ids in, sampled token ids and their log-probs out.
 
-Every engine offers `generate(requests, sampling)` (a batch, for the batched driver) and `agenerate(request,
-sampling)` (one request, for the async driver). Sampling is seeded per request (`GenRequest.seed`), so a
-trajectory samples the same tokens whether it runs alone or in a batch, up to floating-point differences that
-padding introduces (last-digit changes of the logits; a sampled token flips only when they cross a sampling
-boundary).
+Every engine offers `generate(requests, sampling)`: a batch, for the driver (`cleaner.rollout.drivers`). Sampling
+is seeded per request (`GenRequest.seed`), so a trajectory samples the same tokens whether it runs alone or in a
+batch, up to floating-point differences that padding introduces (last-digit changes of the logits; a sampled
+token flips only when they cross a sampling boundary).
 
 Log-probs are those of the temperature-scaled distribution before top-p / top-k filtering, the quantity the
 trainer recomputes (logits divided by the temperature, as verl does).
@@ -60,8 +59,6 @@ class GenOutput:
 class Engine(Protocol):
     def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]: ...
 
-    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput: ...
-
 
 def sample_token(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> tuple[int, float]:
     """Sample one token from a row of logits `[vocab]`; returns (token, its log-prob at the sampling temperature)."""
@@ -91,15 +88,12 @@ class TransformersEngine:
         self.model = model
         self.eos_id = eos_id
         self.pad_id = pad_id
-        self._lock = threading.Lock()  # one forward at a time when the async driver runs requests in threads
+        self._lock = threading.Lock()  # one forward at a time (verl's CPU rollout server scores from another thread)
 
     @torch.no_grad()
     def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
         with self._lock:
             return self._generate(requests, sampling)
-
-    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput:
-        return (await asyncio.to_thread(self.generate, [request], sampling))[0]
 
     def _generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
         width = max(len(r.context) for r in requests)
@@ -151,9 +145,6 @@ class ScriptedEngine:
 
     def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
         return [self._one(r) for r in requests]
-
-    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput:
-        return self._one(request)
 
     def _one(self, request: GenRequest) -> GenOutput:
         self.requests.append(request)
@@ -217,9 +208,10 @@ class SGLangEngine:
             "return_logprob": True,
         }
 
-    async def agenerate(self, request: GenRequest, sampling: SamplingParams) -> GenOutput:
+    async def agenerate(self, request: GenRequest, sampling: SamplingParams,
+                        client: httpx.AsyncClient | None = None) -> GenOutput:
         url = self.server_for(request.request_id)
-        response = await self._client().post(f"{url}/generate", json=self.payload(request, sampling))
+        response = await (client or self._client()).post(f"{url}/generate", json=self.payload(request, sampling))
         response.raise_for_status()
         body = response.json()
         ids = [int(i) for i in body["output_ids"]]
@@ -230,8 +222,11 @@ class SGLangEngine:
         return GenOutput(tuple(ids), tuple(logprobs))
 
     def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenOutput]:
+        """A batch, its requests sent at once (the servers batch them), on an event loop and client of its own that
+        end with it (the driver calls this from a worker thread)."""
         async def all_of_them() -> list[GenOutput]:
-            return list(await asyncio.gather(*(self.agenerate(r, sampling) for r in requests)))
+            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                return list(await asyncio.gather(*(self.agenerate(r, sampling, client) for r in requests)))
 
         return asyncio.run(all_of_them())
 

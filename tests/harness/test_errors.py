@@ -89,14 +89,14 @@ def test_strict_refuses_a_dirty_tree_naming_the_files(composed, tmp_path, monkey
     git = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=t"]
     subprocess.run(git + ["init", "-q"], check=True)
     (repo / "a.py").write_text("x = 1\n")
-    (repo / "results").mkdir()
-    (repo / "results" / "study.db").write_text("1")
+    (repo / "results" / "tuning").mkdir(parents=True)
+    (repo / "results" / "tuning" / "study.db").write_text("1")
     subprocess.run(git + ["add", "a.py", "results"], check=True)
     subprocess.run(git + ["commit", "-qm", "a"], check=True)
     monkeypatch.setattr(records, "REPO", repo)
     cfg = composed(["strict=true", f"runs_root={tmp_path / 'runs'}"])
     ran = []
-    (repo / "results" / "study.db").write_text("2")  # committed records that runs rewrite are not code: clean
+    (repo / "results" / "tuning" / "study.db").write_text("2")  # committed records that runs rewrite: clean
     records.run_record(cfg, lambda d: ran.append(d) or {"eval": {}}, log=lambda s: None)  # clean: runs
     (repo / "a.py").write_text("x = 2\n")
     with pytest.raises(schema.ConfigError, match=r"^strict=true needs a committed tree, .*: a.py$"):
@@ -109,6 +109,8 @@ def test_strict_refuses_a_dirty_tree_naming_the_files(composed, tmp_path, monkey
 @pytest.mark.parametrize("overrides, message", [
     (["search.trials=2"], "error: search.trials sets a search, which has no space yet: start from +sweeps=optuna "
                           "(sweeps/optuna.yaml)"),
+    (["+sweeps=gamma", "search.trials=2"], "error: search.trials sets a search, which has no space yet: start from "
+                                           "+sweeps=optuna (sweeps/optuna.yaml)"),
     (["+sweeps=optuna", "search.trials=0"], "error: search.trials must be at least 1, got 0"),
     (["+sweeps=optuna", "search.parallel=0"], "error: search.parallel must be at least 1, got 0"),
 ])

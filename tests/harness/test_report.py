@@ -312,7 +312,8 @@ def test_the_paired_comparison_by_hand(tmp_path):
     """Baseline and CLEANER on seeds 0-2 (CLEANER also on seed 3, which has no pair), 20 steps, evaluated at
     step 10 and at the end. Pass@1 differences 0.1, 0, 0.1: mean 0.0667, stderr 0.0333, t = 2.0 on 2 degrees of
     freedom (t_0.975 = 4.303, p = 0.18). Failure differences -0.1, 0, 0: mean -0.0333, t = -1.0 (p = 0.42). The
-    baseline's final mean is 0.7; CLEANER's mean at step 10 is 0.733, the baseline's 0.6: steps 10 / 20."""
+    baseline's final mean is 0.7; CLEANER's mean at step 10 is 0.733, the baseline's 0.6: steps 10 / 20. Each
+    method has its own learning rate, as after tuning: they still pair."""
     def summary(accuracy, failures):
         return {"accuracy": accuracy, "accuracy_stderr": 0.01, "wall_s": 1.0, "pass_at_k": {"1": accuracy},
                 "final_failures_per_traj": failures}
@@ -324,10 +325,14 @@ def test_the_paired_comparison_by_hand(tmp_path):
         write_record(tmp_path, f"{method}{seed}", steps=20, saar=method == "clean", seed=seed,
                      summary_eval=summary(accuracy, failures),
                      metrics=[{"step": 10, "eval": {"accuracy": at_10}}, {"step": 20}])
+        config = tmp_path / f"{method}{seed}" / "config.yaml"  # each method with its own (tuned) learning rate
+        values = yaml.safe_load(config.read_text())
+        values["algo"]["lr"] = 5e-5 if method == "clean" else 1e-4
+        config.write_text(yaml.safe_dump(values))
     table = report.comparison(report.load_records(tmp_path))
     assert table is not None and len(table.rows) == 1
     cells = [c.text for c in table.rows[0]]
-    assert cells == ["lab CLEANER (γ 0.5, K 3, p 1.0)", "3", "+6.7 [-7.7, +21.0]", "0.18", "-0.033 [-0.177, +0.110]",
+    assert cells == ["lab CLEANER (γ 0.5, K 3, p 1.0), lr 5e-05 vs the baseline's 0.0001", "3", "+6.7 [-7.7, +21.0]", "0.18", "-0.033 [-0.177, +0.110]",
                      "0.42", "10 / 20", "clean0 base0 clean1 base1 clean2 base2"]
     assert report.comparison(report.load_records(tmp_path)) == table
     (tmp_path / "clean2").rename(tmp_path / "x")  # one pair left: no comparison

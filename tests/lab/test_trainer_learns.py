@@ -13,7 +13,7 @@ Deliberate bugs each test was seen to catch (each made by hand in `cleaner/lab/t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cleaner.stats import (bootstrap_interval, first_step_reaching, mean_stderr, paired_difference, pass_at_k,
+from cleaner.stats import (first_step_reaching, mean_stderr, paired_difference, pass_at_k,
                            student_t_quantile)
 
 
@@ -69,16 +69,6 @@ def test_a_paired_difference_by_hand():
     assert paired_difference([1, 2, 3], [2, 3, 4])["p_value"] == 0.0  # a constant difference: no variance
     with pytest.raises(ValueError, match="at least two pairs"):
         paired_difference([1], [2])
-
-
-def test_the_bootstrap_interval_is_seeded_and_brackets_the_mean():
-    """Equal values give a point; a seed gives the same interval twice; a spread sample's interval holds its mean
-    and lies inside its range. Breakage checked: the quantile indices swapped."""
-    assert bootstrap_interval([0.5] * 8) == (0.5, 0.5)
-    values = [0.2, 0.4, 0.9, 0.5, 0.7, 0.1]
-    low, high = bootstrap_interval(values, seed=3)
-    assert (low, high) == bootstrap_interval(values, seed=3)
-    assert 0.1 < low < sum(values) / 6 < high < 0.9
 
 
 def test_first_step_reaching_a_level():

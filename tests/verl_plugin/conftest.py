@@ -4,6 +4,7 @@ managers (scripted outputs, or the tiny model sampling), and a verl batch of pro
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from dataclasses import replace
@@ -156,7 +157,7 @@ class ModelServer:
         sampling = SamplingParams(sampling_params["temperature"], sampling_params["top_p"],
                                   max(0, sampling_params["top_k"]))
         request = GenRequest(request_id, tuple(prompt_ids), sampling_params["max_tokens"], next(self._seed))
-        out = await self.engine.agenerate(request, sampling)
+        [out] = await asyncio.to_thread(self.engine.generate, [request], sampling)
         self.outputs.append(TokenOutput(token_ids=list(out.ids), log_probs=list(out.logprobs),
                                         extra_fields=weights_fields(0)))
         return self.outputs[-1]

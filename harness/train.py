@@ -40,6 +40,18 @@ def init_checkpoint(cfg: DictConfig, log: Any) -> Path:
     raise schema.ConfigError(f"model.path={cfg.model.path} holds no checkpoint (no config.json there)")
 
 
+def check_start(cfg: DictConfig, run_dir: Path) -> None:
+    """A finished lab run started from the checkpoint `model.path` names now. The lab's SFT checkpoint is named by
+    its recipe's hash and is the schema's default path, so a new SFT recipe keeps every run's name; without this
+    check its old runs would be reused as if trained from the new checkpoint."""
+    summary = run_dir / "summary.json"
+    start = Path(cfg.model.path).name
+    trained_from = json.loads(summary.read_text()).get("init", start) if summary.exists() else start
+    if trained_from != start:
+        raise schema.ConfigError(f"run {run_dir} was trained from the checkpoint {trained_from}, not {start} "
+                                 f"(model.path={cfg.model.path}); move that folder away to train again")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, then run the job in its record folder; returns the run's summary."""
     schema.validate(cfg)
@@ -53,6 +65,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                  "the same overrides")
     train_cfg = None if verl_cluster else schema.lab_train_config(cfg)
     name = records.config_hash(cfg)
+    if not verl_cluster:
+        check_start(cfg, Path(cfg.runs_root) / name)
     log = (lambda s: None) if cfg.quiet else (lambda s: print(f"[{name}] {s}", flush=True))
     if HydraConfig.initialized():  # for the sweep's progress table: which job runs which record
         out = Path(HydraConfig.get().runtime.output_dir)

@@ -3,9 +3,11 @@ ones)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,18 @@ def test_a_search_without_a_space_or_trials_exits_2_with_one_line(tmp_path, over
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in proc.stderr
+
+
+def test_a_finished_lab_run_from_another_sft_checkpoint_is_not_reused(composed, tmp_path):
+    """The lab's SFT checkpoint is the schema's default model.path, so a new SFT recipe keeps every run's name: a
+    finished record made from another checkpoint exits 2 naming both, instead of being reused."""
+    cfg = composed([f"runs_root={tmp_path}"])
+    run = tmp_path / records.config_hash(cfg)
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"init": "0123456789ab", "steps": 10, "eval": {}}))
+    proc = subprocess.run([sys.executable, "-m", "harness.train", f"runs_root={tmp_path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: run {run} was trained from the checkpoint 0123456789ab, not {Path(cfg.model.path).name} "
+        f"(model.path={cfg.model.path}); move that folder away to train again")

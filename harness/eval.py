@@ -17,7 +17,8 @@ Writes `<run folder>/eval.json` (skipped when present with the same `latency_rep
 sets (Pass@1 as the mean over `algo.eval_samples` samples with its stderr over problems, the unbiased pass@k, tool
 calls and failures per trajectory, turns, response tokens, wall seconds), the accuracy difference and SAAR's latency
 overhead (the median over repeats, with intervals from 2 repeats on; the paper reports +8.8% for Qwen3-4B). Also `samples.jsonl`: the SAAR-off trajectories that had a failed tool call, token by
-token, which `harness.report` purifies offline to show original and purified side by side.
+token, which `harness.report` purifies offline to show original and purified side by side. `eval.json` names the
+commit that evaluated (`git`); with `strict=true` a tree with uncommitted changes is refused, as by `harness.train`.
 """
 
 from __future__ import annotations
@@ -188,12 +189,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir / "eval.json"
 
     def evaluate(run_dir: Path) -> dict[str, Any]:
+        git = records.checked_git_state(cfg)  # the commit that evaluated: a trained run may be evaluated later
         torch.set_num_threads(idle_threads())
         if cfg.data.name == "lab":
             checkpoint = run_dir / "checkpoint" if cfg.algo.steps else Path(cfg.model.path)
             result, samples = asyncio.run(lab_off_and_on(checkpoint, cfg))
         else:
             result, samples = asyncio.run(benchmarks_off_and_on(cfg))
+        result["git"] = {"commit": git["commit"], "dirty": bool(git["dirty"])}
         write_jsonl(run_dir / "samples.jsonl", samples)
         write_lines_atomic(out, iter([json.dumps(result, indent=1)]))
         if cfg.algo.steps == 0:  # an evaluation-only record is finished when its summary says where its results are

@@ -101,6 +101,15 @@ def git_state(repo: Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": []}
 
 
+def checked_git_state(cfg: DictConfig) -> dict[str, Any]:
+    """`git_state()`; with `strict=true`, a ConfigError naming the uncommitted files unless there are none."""
+    git = git_state()
+    if cfg.strict and git["dirty"]:
+        raise ConfigError("strict=true needs a committed tree, but these files have uncommitted changes: "
+                          + ", ".join(line[3:] for line in git["dirty"]))
+    return git
+
+
 def environment(seed: int) -> dict[str, Any]:
     import torch
 
@@ -139,10 +148,7 @@ def run_record(cfg: DictConfig, job: Callable[[Path], dict[str, Any]], log: Call
     """Run `job(run_dir)` in the run's folder, unless the folder says the run is finished; returns the summary.
     One process at a time holds a run's folder (an flock on `lock`): a second one waits, then finds it finished."""
     run_dir = Path(cfg.runs_root) / config_hash(cfg)
-    git = git_state()
-    if cfg.strict and git["dirty"]:
-        raise ConfigError("strict=true needs a committed tree, but these files have uncommitted changes: "
-                          + ", ".join(line[3:] for line in git["dirty"]))
+    git = checked_git_state(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "lock", "w") as lock:
         try:

@@ -1,19 +1,24 @@
 """The paper's tables, regenerated from run records beside the paper's reported numbers:
 
-    python -m harness.report [--runs results/runs] [--paper PATH] [--out results/report]
+    python -m harness.report [--runs results/runs] [--paper PATH] [--out results/report] [--strict]
 
 Reads every run record under `--runs` (folders holding `config.yaml`; see `harness.records`; by default
 `results/runs`, where runs are recorded, or on a fresh clone, which has none, the records the committed report
-cites, `results/report/runs`, so the command regenerates it) and the paper's figures (`paper_results.yaml`, by default `../shared/reference/` beside the repository), and writes to `--out`:
+cites, `results/report/runs`, so the command regenerates it) and the paper's figures (`paper_results.yaml`, by
+default `../shared/reference/` beside the repository), and writes to `--out`:
 - `<table>.md`, `<table>.csv`, `<table>.tex` and all Markdown tables in `tables.md`: Table 1 (methods x benchmarks,
   RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
-  / p ablation, the step budget (steps, prompts, trajectories and sampled tokens), and the comparison of each CLEANER
-  setting with the baseline, paired by seed (when two or more seeds pair);
-- `curves.png`: accuracy and tool failures per trajectory against RL step, baseline vs CLEANER;
+  / p ablation, the step budget (steps, prompts, trajectories and sampled tokens), the comparison of each CLEANER
+  setting with the baseline, paired by seed (when two or more seeds pair), and SAAR's latency at test time over
+  repeated evaluations (when an evaluation was repeated);
+- `curves.png`: held-out Pass@1 (from the start), training accuracy and tool failures per trajectory against RL
+  step, one line per method with a band over seeds;
 - `index.html`: the tables, the figure, and sample trajectories (original and purified side by side, spliced
   spans highlighted);
 - `runs/<run>/`: a copy of each cited record, without checkpoints, so every measured cell traces to a folder in
   the report.
+With `--strict` it writes nothing and exits 2 unless every record was made at one clean commit (`env.json`, and
+`eval.json`'s commit when it names one).
 
 Cells. A measured cell is a percentage with its stderr: over seeds when the row pools several seeds (`n seeds`),
 else over problems. Its row's `source` names the run folders it comes from. A cell reported by the paper carries a
@@ -77,6 +82,20 @@ class Record:
     @property
     def saar(self) -> bool:
         return bool(self.config["saar"]["enabled"])
+
+
+def provenance(r: Record) -> str | None:
+    """Why a record may not come from committed code, or None: every invocation of its run (`env.json`) and its
+    evaluation (`eval.json`, when it names its commit) ran at one clean commit."""
+    if not (r.path / "env.json").exists():
+        return "no env.json"
+    env = _read(r.path / "env.json", json.loads)
+    made = env.get("invocations") or [{"commit": env["git"]["commit"], "dirty": bool(env["git"]["dirty"])}]
+    if any(i["dirty"] for i in made) or (r.evaluation or {}).get("git", {}).get("dirty"):
+        return "made from a tree with uncommitted changes"
+    if len({i["commit"] for i in made}) > 1:
+        return "resumed at another commit"
+    return None
 
 
 def _read(path: Path, parse: Callable[[str], Any]) -> Any:
@@ -329,16 +348,41 @@ def budget(records: list[Record], results: dict[str, Any]) -> Table:
                   "token the policy generated, SAAR retries included."))
 
 
-def held_out_curve(group: list[Record]) -> list[tuple[int, float]]:
-    """(step, held-out accuracy averaged over the group's seeds) at every step all seeds evaluated (`eval_every`),
-    and at the last step (the final evaluation)."""
+HELD_OUT = ("eval_split", "eval_problems", "eval_samples", "temperature", "eval_top_p", "max_turns",
+            "max_response_tokens", "max_eval_prompt_tokens", "max_tool_response_chars")  # algo keys evaluate() reads
+
+
+def held_out_set(config: dict[str, Any]) -> str:
+    """What a lab held-out Pass@1 is measured on: the initial checkpoint, the problems (seed, split, count), the
+    sampling and the tool's limits; not how the policy was trained."""
+    algo = config["algo"]
+    return json.dumps([config["model"].get("path"), config["seed"], config.get("sandbox"),
+                       *(algo.get(k) for k in HELD_OUT)], sort_keys=True)
+
+
+def starts(records: list[Record]) -> dict[str, Record]:
+    """Evaluation-only lab records (`harness.eval algo.steps=0`: an initial checkpoint, SAAR off at test time) by
+    `held_out_set`: step 0 of every run trained from that checkpoint on the same held-out problems."""
+    return {held_out_set(r.config): r for r in records if r.steps == 0 and eval_side(r, "lab", "off") is not None}
+
+
+def held_out_points(group: list[Record], start: dict[str, Record]) -> list[tuple[int, list[float]]]:
+    """(step, each seed's held-out Pass@1) at every step all the group's seeds were evaluated: step 0 (the initial
+    checkpoint, from `start`), every `eval_every` steps, and the last step (the final evaluation)."""
     by_step: dict[int, list[float]] = {}
     for r in group:
+        if held_out_set(r.config) in start:
+            by_step.setdefault(0, []).append(eval_side(start[held_out_set(r.config)], "lab", "off")["accuracy"])
         for row in r.metrics:
             if "eval" in row:
                 by_step.setdefault(row["step"], []).append(row["eval"]["accuracy"])
         by_step.setdefault(r.steps, []).append(r.summary["eval"]["accuracy"])
-    return [(step, sum(v) / len(v)) for step, v in sorted(by_step.items()) if len(v) == len(group)]
+    return [(step, v) for step, v in sorted(by_step.items()) if len(v) == len(group)]
+
+
+def held_out_curve(group: list[Record], start: dict[str, Record]) -> list[tuple[int, float]]:
+    """`held_out_points` averaged over the seeds."""
+    return [(step, sum(v) / len(v)) for step, v in held_out_points(group, start)]
 
 
 def interval_cell(d: dict[str, float], scale: float = 1.0, digits: int = 1) -> Cell:
@@ -347,10 +391,11 @@ def interval_cell(d: dict[str, float], scale: float = 1.0, digits: int = 1) -> C
 
 def comparison(records: list[Record]) -> Table | None:
     """Each CLEANER group against each baseline that differs from it only in SAAR and the learning rate (each
-    method's own, when tuned), paired by seed (at least two common seeds): the differences of held-out pass@1 and of tool failures per trajectory with Student's t
-    interval and the paired t-test's p-value (no bootstrap: with a handful of seeds its percentile interval is far
-    too narrow); and the steps each method took to reach the
-    baseline's final held-out accuracy (on the seed-mean curve of evaluations every `eval_every` steps)."""
+    method's own, when tuned), paired by seed (at least two common seeds): the seed-mean held-out Pass@1 of the
+    start (when evaluated), the baseline and CLEANER; the differences of held-out Pass@1 and of tool failures per
+    trajectory with Student's t interval and the paired t-test's p-value (no bootstrap: with a handful of seeds its
+    percentile interval is far too narrow); and the steps each method took to reach the baseline's final held-out
+    Pass@1 (on the seed-mean curve of evaluations every `eval_every` steps, from the start)."""
     pooled: dict[str, list[list[Record]]] = {}
     for g in groups(records):
         if g[0].steps and all("eval" in r.summary for r in g):
@@ -358,6 +403,7 @@ def comparison(records: list[Record]) -> Table | None:
             rest.pop("saar", None)
             rest.get("algo", {}).pop("lr", None)  # each method may have its own tuned learning rate
             pooled.setdefault(json.dumps(rest, sort_keys=True), []).append(g)
+    start = starts(records)
     rows = []
     for family in pooled.values():
         bases = [g for g in family if not g[0].saar]
@@ -371,28 +417,62 @@ def comparison(records: list[Record]) -> Table | None:
             acc = paired_difference(side("accuracy", 0), side("accuracy", 1))
             fails = paired_difference(side("final_failures_per_traj", 0), side("final_failures_per_traj", 1))
             target = sum(side("accuracy", 1)) / len(pairs)
-            cleaner_group, base_group = [c for c, _ in pairs], [b for _, b in pairs]
-            reach = [first_step_reaching(held_out_curve(x), target) for x in (cleaner_group, base_group)]
+            held_out = [held_out_curve([pair[i] for pair in pairs], start) for i in (0, 1)]
+            reach = [first_step_reaching(curve, target) for curve in held_out]
+            at_0 = dict(held_out[1]).get(0)  # the same checkpoint and problems for both methods, seed by seed
+            means = ("-" if at_0 is None else f"{100 * at_0:.1f}", f"{100 * target:.1f}",
+                     f"{100 * sum(side('accuracy', 0)) / len(pairs):.1f}")
             lr = (g[0].config["algo"].get("lr"), base[0].config["algo"].get("lr"))
             name = label(g[0]) + (f", lr {lr[0]:g} vs the baseline's {lr[1]:g}" if lr[0] != lr[1] else "")
-            rows.append((Cell(name), Cell(str(len(pairs))), interval_cell(acc, 100),
+            cited = [r for pair in pairs for r in (*pair, start.get(held_out_set(pair[1].config))) if r is not None]
+            rows.append((Cell(name), Cell(str(len(pairs))), Cell(" / ".join(means)), interval_cell(acc, 100),
                          Cell(f"{acc['p_value']:.2f}"), interval_cell(fails, digits=3), Cell(f"{fails['p_value']:.2f}"),
                          Cell(" / ".join("-" if n is None else str(n) for n in reach)),
-                         Cell(" ".join(r.name for pair in pairs for r in pair))))
+                         Cell(" ".join(r.name for r in cited))))
     if not rows:
         return None
     return Table("comparison", "CLEANER against the baseline, paired by seed (held-out, SAAR off at test time)",
-                 ("CLEANER", "seeds", "Δ Pass@1 (points) [95% t]", "p", "Δ tool failures / traj [95% t]", "p", "steps to the baseline's final Pass@1 (CLEANER / baseline)",
+                 ("CLEANER", "seeds", "Pass@1 (%): start / baseline / CLEANER", "Δ Pass@1 (points) [95% t]", "p",
+                  "Δ tool failures / traj [95% t]", "p", "steps to the baseline's final Pass@1 (CLEANER / baseline)",
                   "source"), tuple(rows),
-                 ("Δ = CLEANER - baseline per seed, then the mean, with Student's t interval; p: two-sided paired "
+                 ("Start: the initial (SFT) checkpoint on each seed's held-out problems (an evaluation-only record, "
+                  "algo.steps=0); - without one. Pass@1 values are means over the paired seeds.",
+                  "Δ = CLEANER - baseline per seed, then the mean, with Student's t interval; p: two-sided paired "
                   "t-test.",
-                  "Steps: the first evaluated step at which the seed-mean held-out Pass@1 reaches the baseline's "
-                  "final one; - when it never does."))
+                  "Steps: the first evaluated step (0: the start) at which the seed-mean held-out Pass@1 reaches "
+                  "the baseline's final one; - when it never does."))
+
+
+def latency(records: list[Record]) -> Table | None:
+    """SAAR's cost at test time, from evaluations repeated `latency_repeats` (2 or more) times, SAAR off and on
+    interleaved: one row per record and benchmark."""
+    rows = []
+    for r in records:
+        for benchmark, m in (r.evaluation or {}).get("benchmarks", {}).items():
+            lat = m["latency"] if "latency" in m else {"repeats": 1}
+            if lat["repeats"] < 2:
+                continue
+            low, high = lat["overhead_mean_interval95"]
+            extra = lat["extra_seconds"]
+            rows.append((Cell(label(r)), Cell(str(r.config["seed"])), Cell(BENCHMARKS.get(benchmark, benchmark)),
+                         Cell(str(lat["repeats"])), Cell(f"{100 * m['latency_overhead']:+.1f}%"),
+                         Cell(f"[{100 * low:+.1f}%, {100 * high:+.1f}%]"),
+                         Cell(f"{extra['mean']:+.1f} [{extra['low']:+.1f}, {extra['high']:+.1f}]"),
+                         Cell(f"{lat['seconds_per_problem_off']:.3f} / {lat['seconds_per_problem_on']:.3f}"),
+                         Cell(f"{lat['extra_tokens']:+d}"), Cell(r.name)))
+    if not rows:
+        return None
+    return Table("latency", "SAAR's latency at test time: off and on interleaved over repeated evaluations",
+                 ("model", "seed", "benchmark", "repeats", "overhead (median)", "mean overhead [95% t]",
+                  "extra seconds [95% t]", "s / problem (off / on)", "extra tokens", "source"), tuple(rows),
+                 ("Each repeat evaluates the same checkpoint, problems and seeds with SAAR off, then on; overhead = "
+                  "on / off - 1 per repeat. The tokens are the same in every repeat; extra tokens = SAAR on - off, "
+                  "retries included.",))
 
 
 def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
     tables = [table1(records, results), table2(records, results), table4(records, results), ablation(records),
-              budget(records, results), comparison(records)]
+              budget(records, results), comparison(records), latency(records)]
     return [t for t in tables if t is not None]
 
 
@@ -451,9 +531,22 @@ def to_html_table(t: Table) -> str:
 
 # -- figure -------------------------------------------------------------------------------------------------------
 
+def series(group: list[Record], start: dict[str, Record]) -> tuple[list[tuple[int, float, float]], ...]:
+    """The figure's three panels for one group of seeds, as (step, mean over seeds, stderr) points: held-out Pass@1
+    (`held_out_points`: from the start, at every evaluation; none before the runs finish), training accuracy and
+    tool failures per trajectory (the policy's first attempts) at every step all seeds reached."""
+    finished = all("eval" in r.summary for r in group)
+    held_out = [(step, *mean_stderr(v)) for step, v in held_out_points(group, start)] if finished else []
+    steps = min(len(r.metrics) for r in group)
+    per_step = [[(group[0].metrics[i]["step"], *mean_stderr([r.metrics[i][key] for r in group])) for i in range(steps)]
+                for key in ("accuracy", "first_attempt_failures_per_traj")]
+    return (held_out, *per_step)
+
+
 def curves(records: list[Record], path: Path) -> bool:
-    """Training accuracy and tool failures per trajectory (the policy's first attempts) against RL step, one line
-    per method (mean over seeds, shaded ± stderr). False when no record has steps to plot."""
+    """One line per method (the mean over seeds, shaded ± stderr) against RL step: held-out Pass@1 (from the start,
+    at every evaluation), training accuracy, and tool failures per trajectory (the policy's first attempts) at every
+    step. False when no record has steps to plot."""
     trained = groups(r for r in records if r.metrics)
     if not trained:
         return False
@@ -463,22 +556,25 @@ def curves(records: list[Record], path: Path) -> bool:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    start = starts(records)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     for g in trained:
-        steps = min(len(r.metrics) for r in g)
-        for ax, key in zip(axes, ("accuracy", "first_attempt_failures_per_traj")):
-            per_step = [mean_stderr([r.metrics[i][key] for r in g]) for i in range(steps)]  # stderr 0 for 1 seed
-            x = [g[0].metrics[i]["step"] for i in range(steps)]
-            mean = [m for m, _ in per_step]
-            se = [s for _, s in per_step]
-            line, = ax.plot(x, mean, label=f"{label(g[0])} ({len(g)} seed{'s' * (len(g) > 1)})")
-            ax.fill_between(x, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
-                            color=line.get_color(), alpha=0.2)
+        color = None
+        for ax, points in zip(axes, series(g, start)):
+            if not points:
+                continue
+            x, mean, se = zip(*points)
+            line, = ax.plot(x, mean, marker="o" if ax is axes[0] else None, markersize=3, color=color,
+                            label=f"{label(g[0])} ({len(g)} seed{'s' * (len(g) > 1)})")
+            color = line.get_color()
+            ax.fill_between(x, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)], color=color,
+                            alpha=0.2)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set(xlabel="RL step", ylabel="training accuracy", title="Accuracy")
-    axes[1].set(xlabel="RL step", ylabel="failed tool calls / trajectory", title="Tool failures (first attempts)")
-    axes[0].legend(fontsize=7)
+    axes[0].set(xlabel="RL step", ylabel="held-out Pass@1", title="Held-out Pass@1 (SAAR off)")
+    axes[1].set(xlabel="RL step", ylabel="training accuracy", title="Training accuracy")
+    axes[2].set(xlabel="RL step", ylabel="failed tool calls / trajectory", title="Tool failures (first attempts)")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -542,12 +638,13 @@ td.reported { color: #555; font-style: italic; }
 .turn.failed { border-left-color: #c62828; background: #fdecea; }
 .observation { color: #666; }
 .splice { background: #c8e6c9; outline: 1px solid #2e7d32; }
+img { max-width: 100%; }
 """
 
 
 def page(tables: list[Table], figure: bool, samples: list[tuple[str, Trajectory, Trajectory]]) -> str:
-    fig = ('<section id="curves"><h2>Training curves</h2><img src="curves.png" alt="accuracy and tool failures '
-           'per trajectory against RL step"></section>' if figure else "")
+    fig = ('<section id="curves"><h2>Learning curves</h2><img src="curves.png" alt="held-out Pass@1, training '
+           'accuracy and tool failures per trajectory against RL step"></section>' if figure else "")
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>CLEANER harness report"
             f"</title><style>{STYLE}</style></head><body><h1>CLEANER harness report</h1>"
             + "".join(to_html_table(t) for t in tables) + fig + samples_html(samples) + "</body></html>\n")
@@ -560,7 +657,7 @@ def write_report(runs_root: Path, paper_results: Path, out: Path) -> list[Table]
     results = _read(paper_results, yaml.safe_load)
     tables = build_tables(records, results)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("comparison",):  # a table written only when it has rows: no old copy may outlive it
+    for stale in ("comparison", "latency"):  # a table written only when it has rows: no old copy may outlive it
         for suffix in (".md", ".csv", ".tex"):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     for t in tables:
@@ -586,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "else the records the committed report cites, <out>/runs)")
     parser.add_argument("--paper", type=Path, default=PAPER_RESULTS, help="the paper's figures (paper_results.yaml)")
     parser.add_argument("--out", type=Path, default=Path("results/report"), help="output folder")
+    parser.add_argument("--strict", action="store_true", help="exit 2 unless every record was made at a clean "
+                                                              "commit (the committed report is made with it)")
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = LOCAL_RUNS if LOCAL_RUNS.exists() else args.out / "runs"
@@ -595,6 +694,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {what} {path} does not exist", file=sys.stderr)
             return 2
     try:
+        if args.strict:
+            unclean = [f"{r.name} ({why})" for r in load_records(args.runs) if (why := provenance(r))]
+            if unclean:
+                raise ReportError("--strict: not made at a clean commit: " + ", ".join(unclean))
         tables = write_report(args.runs, args.paper, args.out)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

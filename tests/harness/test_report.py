@@ -213,7 +213,7 @@ def test_the_figure_plots_accuracy_and_failures_per_step(runs, tmp_path):
     import matplotlib.image
 
     image = matplotlib.image.imread(out / "curves.png")
-    assert image.shape[:2] == (432, 1200)  # 10 x 3.6 inches at 120 dpi
+    assert image.shape[:2] == (432, 1800)  # 15 x 3.6 inches at 120 dpi
     assert image[..., :3].std() > 0.05  # lines, not a blank canvas
 
 
@@ -276,7 +276,7 @@ def test_the_html_report_loads_in_headless_chromium_with_tables_and_a_highlighte
         page.goto((out / "index.html").as_uri(), wait_until="load")
         assert page.locator("section.table table").count() == 5
         assert page.locator("td.reported").first.inner_text() == "66.7†"
-        assert page.locator("img[src='curves.png']").evaluate("img => img.naturalWidth") == 1200
+        assert page.locator("img[src='curves.png']").evaluate("img => img.naturalWidth") == 1800
         # the sample: its failed turn on the left, the spliced fix highlighted on the right
         sample = page.locator("#samples .sample").first
         assert sample.locator(".turn.failed").count() == 1
@@ -312,11 +312,23 @@ def test_the_paired_comparison_by_hand(tmp_path):
     """Baseline and CLEANER on seeds 0-2 (CLEANER also on seed 3, which has no pair), 20 steps, evaluated at
     step 10 and at the end. Pass@1 differences 0.1, 0, 0.1: mean 0.0667, stderr 0.0333, t = 2.0 on 2 degrees of
     freedom (t_0.975 = 4.303, p = 0.18). Failure differences -0.1, 0, 0: mean -0.0333, t = -1.0 (p = 0.42). The
-    baseline's final mean is 0.7; CLEANER's mean at step 10 is 0.733, the baseline's 0.6: steps 10 / 20. Each
-    method has its own learning rate, as after tuning: they still pair."""
+    SFT start, evaluated per seed on the same held-out problems (another problem count does not count), is 0.5,
+    0.6, 0.7: mean 0.6. The baseline's final mean is 0.7; CLEANER's mean at step 10 is 0.733, the baseline's 0.6:
+    steps 10 / 20; with a start of 0.8 on every seed both methods "reach" it at step 0. Each method has its own
+    learning rate, as after tuning: they still pair. Breakage checked: a start matched without its seed (every
+    seed then gets one start) gives 70.0, not 60.0."""
     def summary(accuracy, failures):
         return {"accuracy": accuracy, "accuracy_stderr": 0.01, "wall_s": 1.0, "pass_at_k": {"1": accuracy},
                 "final_failures_per_traj": failures}
+
+    def start(name, seed, accuracy, problems=None):
+        off = summary(accuracy, 0.0)
+        run = write_record(tmp_path, name, steps=0, saar=False, seed=seed,
+                           evaluation={"lab": {"saar_off": off, "saar_on": off}})
+        if problems:
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["algo"]["eval_problems"] = problems
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
 
     rows = {("base", 0): (0.6, 0.3, 0.5), ("base", 1): (0.7, 0.2, 0.6), ("base", 2): (0.8, 0.1, 0.7),
             ("clean", 0): (0.7, 0.2, 0.7), ("clean", 1): (0.7, 0.2, 0.7), ("clean", 2): (0.9, 0.1, 0.8),
@@ -329,13 +341,90 @@ def test_the_paired_comparison_by_hand(tmp_path):
         values = yaml.safe_load(config.read_text())
         values["algo"]["lr"] = 5e-5 if method == "clean" else 1e-4
         config.write_text(yaml.safe_dump(values))
-    table = report.comparison(report.load_records(tmp_path))
+    for seed, accuracy in enumerate((0.5, 0.6, 0.7)):
+        start(f"start{seed}", seed, accuracy)
+    start("other0", 0, 1.0, problems=50)  # another held-out set: not seed 0's start
+    records = report.load_records(tmp_path)
+    table = report.comparison(records)
     assert table is not None and len(table.rows) == 1
     cells = [c.text for c in table.rows[0]]
-    assert cells == ["lab CLEANER (γ 0.5, K 3, p 1.0), lr 5e-05 vs the baseline's 0.0001", "3", "+6.7 [-7.7, +21.0]", "0.18", "-0.033 [-0.177, +0.110]",
-                     "0.42", "10 / 20", "clean0 base0 clean1 base1 clean2 base2"]
+    assert cells == ["lab CLEANER (γ 0.5, K 3, p 1.0), lr 5e-05 vs the baseline's 0.0001", "3", "60.0 / 70.0 / 76.7",
+                     "+6.7 [-7.7, +21.0]", "0.18", "-0.033 [-0.177, +0.110]", "0.42", "10 / 20",
+                     "clean0 base0 start0 clean1 base1 start1 clean2 base2 start2"]
     assert report.comparison(report.load_records(tmp_path)) == table
+    # the figure's held-out curve, seed by seed: from the start when every seed has one (not CLEANER's seed 3)
+    by_name = {r.name: r for r in records}
+    starts = report.starts(records)
+    assert report.held_out_points([by_name[f"base{i}"] for i in range(3)], starts) == [
+        (0, [0.5, 0.6, 0.7]), (10, [0.5, 0.6, 0.7]), (20, [0.6, 0.7, 0.8])]
+    assert report.held_out_points([by_name[f"clean{i}"] for i in range(4)], starts) == [
+        (10, [0.7, 0.7, 0.8, 0.1]), (20, [0.7, 0.7, 0.9, 0.1])]
+    for seed in range(3):  # a start at or above the baseline's final Pass@1: both methods are there at step 0
+        shutil.rmtree(tmp_path / f"start{seed}")
+        start(f"start{seed}", seed, 0.8)
+    cells = [c.text for c in report.comparison(report.load_records(tmp_path)).rows[0]]
+    assert (cells[2], cells[7]) == ("80.0 / 70.0 / 76.7", "0 / 0")
     (tmp_path / "clean2").rename(tmp_path / "x")  # one pair left: no comparison
     for name in ("clean1", "x"):
         (tmp_path / name / "summary.json").unlink()
     assert report.comparison(report.load_records(tmp_path)) is None
+
+
+def test_the_latency_table_by_hand(tmp_path):
+    """A run evaluated 3 times, SAAR off and on interleaved (`harness.eval.compare` writes what harness.eval
+    writes): off 10, 10, 10 s, on 11, 12, 13 s over 100 problems. Overheads 10, 20, 30%: median +20.0%; mean 20%,
+    stderr 5.77%, t_0.975 on 2 df 4.303: [-4.8%, +44.8%]. Extra seconds 1, 2, 3: +2.0 [-0.5, +4.5]. Seconds per
+    problem: the medians over 100 problems, 0.100 / 0.120. Extra tokens 1200 - 1000. A run evaluated once has no
+    row; with no repeated evaluation there is no table."""
+    from harness.eval import compare
+
+    def side(wall, tokens):
+        return {"accuracy": 0.5, "accuracy_stderr": 0.05, "wall_s": wall, "problems": 100,
+                "generated_tokens": tokens, "retry_tokens": tokens - 1000, "pass_at_k": {"1": 0.5}}
+
+    repeated = compare(side(10.0, 1000), side(11.0, 1200), {False: [10.0, 10.0, 10.0], True: [11.0, 12.0, 13.0]})
+    write_record(tmp_path, "clean0", evaluation={"lab": repeated})
+    write_record(tmp_path, "once", seed=1, evaluation={"lab": compare(side(10.0, 1000), side(11.0, 1200))})
+    table = report.latency(report.load_records(tmp_path))
+    assert [[c.text for c in row] for row in table.rows] == [[
+        "lab CLEANER (γ 0.5, K 3, p 1.0)", "0", "lab held-out", "3", "+20.0%", "[-4.8%, +44.8%]", "+2.0 [-0.5, +4.5]",
+        "0.100 / 0.120", "+200", "clean0"]]
+    shutil.rmtree(tmp_path / "clean0")
+    assert report.latency(report.load_records(tmp_path)) is None
+
+
+def test_strict_refuses_records_not_made_at_one_clean_commit(runs, tmp_path):
+    """`--strict` (the committed report's mode) exits 2 naming each record without a clean provenance: no
+    env.json, an invocation from a dirty tree, a run resumed at another commit, an evaluation from a dirty tree.
+    With every record clean it writes the report."""
+    root, paper = runs
+
+    def env(name, *invocations):
+        (root / name / "env.json").write_text(json.dumps({"git": {"commit": "a", "dirty": []}, "invocations": [
+            {"commit": commit, "dirty": dirty} for commit, dirty in invocations]}))
+
+    env("base0", ("a", False))
+    env("base1", ("a", False), ("b", False))
+    env("clean0", ("a", True))
+    env("smol", ("a", False))
+    evaluation = json.loads((root / "smol" / "eval.json").read_text())
+    (root / "smol" / "eval.json").write_text(json.dumps({**evaluation, "git": {"commit": "a", "dirty": True}}))
+    shutil.rmtree(root / "unfinished")
+
+    def cli():
+        return subprocess.run([sys.executable, "-m", "harness.report", "--runs", str(root), "--paper", str(paper),
+                               "--out", str(tmp_path / "out"), "--strict"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+
+    proc = cli()
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip() == ("error: --strict: not made at a clean commit: base1 (resumed at another commit), "
+                                   "clean0 (made from a tree with uncommitted changes), smol (made from a tree with "
+                                   "uncommitted changes)")
+    env("base1", ("a", False))
+    env("clean0", ("a", False))
+    (root / "smol" / "eval.json").write_text(json.dumps({**evaluation, "git": {"commit": "a", "dirty": False}}))
+    (root / "base0" / "env.json").unlink()
+    assert cli().stderr.strip() == "error: --strict: not made at a clean commit: base0 (no env.json)"
+    env("base0", ("a", False))
+    assert cli().returncode == 0 and (tmp_path / "out" / "tables.md").exists()

@@ -224,19 +224,11 @@ def _built(make: Any, **kwargs: Any) -> Any:
 def validate(cfg: DictConfig) -> None:
     """Check every value of a composed run config, whatever its cluster; raises ConfigError naming the key."""
     algo = cfg.algo
-    if algo.steps < 0:
-        raise ConfigError(f"algo.steps must be >= 0 (0: evaluate model.path, no training), got {algo.steps}")
-    for key in ("prompts_per_step", "group_size", "ppo_mini_batch_size", "eval_problems", "eval_samples"):
-        if algo[key] < 1:
-            raise ConfigError(f"algo.{key} must be >= 1, got {algo[key]}")
-    if algo.prompts_per_step % algo.ppo_mini_batch_size:
-        raise ConfigError(f"algo.ppo_mini_batch_size={algo.ppo_mini_batch_size} must divide "
+    if not (algo.ppo_mini_batch_size >= 1 and algo.prompts_per_step % algo.ppo_mini_batch_size == 0):
+        raise ConfigError(f"algo.ppo_mini_batch_size={algo.ppo_mini_batch_size} must be >= 1 and divide "
                           f"algo.prompts_per_step={algo.prompts_per_step}")
     if cfg.latency_repeats < 1:
         raise ConfigError(f"latency_repeats must be >= 1, got {cfg.latency_repeats}")
-    if not (algo.lr > 0 and algo.lr_warmup_steps >= 0 and algo.eval_every >= 0):
-        raise ConfigError(f"algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got "
-                          f"{algo.lr}, {algo.lr_warmup_steps}, {algo.eval_every}")
     for key, allowed in (("engine.kind", ("transformers", "sglang")), ("cluster.kind", ("lab", "verl", "verl_cpu")),
                          ("model.dtype", ("float32", "bfloat16", "float16")), ("algo.eval_split", ("test", "val"))):
         if OmegaConf.select(cfg, key) not in allowed:
@@ -256,8 +248,7 @@ def validate(cfg: DictConfig) -> None:
         if name not in DATASETS or not (isinstance(samples, int) and samples >= 1):
             raise ConfigError(f"data.eval_samples.{name}={samples}: must be >= 1 and name a benchmark "
                               f"({', '.join(DATASETS)})")
-    sandbox_config(cfg)
-    lab_parts(cfg)
+    train_config(cfg)  # the library's own checks: SandboxConfig, SaarConfig, RolloutConfig, ..., TrainConfig
 
 
 def sandbox_config(cfg: DictConfig) -> SandboxConfig:
@@ -286,10 +277,17 @@ def lab_train_config(cfg: DictConfig) -> TrainConfig:
         if OmegaConf.select(cfg, key) != lab_value:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: the lab trainer (cluster=lab) needs "
                               f"{key}={lab_value}")
+    return train_config(cfg)
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    """The algo, saar and sandbox groups as the lab trainer's config (built on every path, for its checks). The
+    algo group keeps verl's and the paper's key names (`ppo_mini_batch_size`, `adv_estimator`, ...), which users
+    override and presets set, so its keys are mapped here, once, onto the library's nested configs."""
     rollout, advantage, loss = lab_parts(cfg)
     algo = cfg.algo
-    return TrainConfig(
-        steps=algo.steps, prompts_per_step=algo.prompts_per_step, group_size=algo.group_size, lr=algo.lr,
+    return _built(
+        TrainConfig, steps=algo.steps, prompts_per_step=algo.prompts_per_step, group_size=algo.group_size, lr=algo.lr,
         lr_warmup_steps=algo.lr_warmup_steps, mini_batches=algo.prompts_per_step // algo.ppo_mini_batch_size,
         max_grad_norm=algo.max_grad_norm, temperature=algo.temperature, top_p=algo.top_p, eval_top_p=algo.eval_top_p,
         rollout=rollout, advantage=advantage, loss=loss, overlong_buffer_tokens=algo.overlong_buffer_tokens,

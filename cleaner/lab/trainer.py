@@ -96,6 +96,23 @@ class TrainConfig:
     eval_split: str = "test"  # held-out problems: "test", or "val" for tuning (`cleaner.lab.tasks.SPLITS`)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Value checks, named as the run config names them (`algo.*`), so the harness raises them as they are."""
+        if self.steps < 0:
+            raise ValueError(f"algo.steps must be >= 0 (0: evaluate model.path, no training), got {self.steps}")
+        for key in ("prompts_per_step", "group_size", "eval_problems", "eval_samples"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
+        if not 1 <= self.mini_batches <= self.prompts_per_step:
+            raise ValueError(f"mini_batches (optimizer updates per step) must be in [1, prompts_per_step="
+                             f"{self.prompts_per_step}], got {self.mini_batches}")
+        if not (self.lr > 0 and self.lr_warmup_steps >= 0 and self.eval_every >= 0):
+            raise ValueError(f"algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got {self.lr}, "
+                             f"{self.lr_warmup_steps}, {self.eval_every}")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1 and 0 < self.eval_top_p <= 1):
+            raise ValueError(f"algo.temperature must be > 0 and algo.top_p, algo.eval_top_p in (0, 1]; got "
+                             f"{self.temperature}, {self.top_p}, {self.eval_top_p}")
+
 
 def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1

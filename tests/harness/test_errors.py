@@ -57,8 +57,10 @@ def test_unknown_key_messages(key, expected):
     ("saar.rollback_probability=1.2", "saar.rollback_probability (p) must be in [0, 1], got 1.2"),
     ("saar.gamma=-0.1", "saar.gamma must be in [0, 1], got -0.1"),
     ("saar.similarity=jaccard", "unknown similarity 'jaccard'; valid: "),
-    ("algo.ppo_mini_batch_size=3", "algo.ppo_mini_batch_size=3 must divide algo.prompts_per_step=8"),
-    ("algo.group_size=0", "algo.group_size must be >= 1, got 0"),
+    ("algo.ppo_mini_batch_size=3", "algo.ppo_mini_batch_size=3 must be >= 1 and divide algo.prompts_per_step=8"),
+    ("algo.group_size=0", "algo.group_size must be >= 1, got 0"),  # from TrainConfig's own checks, as the next ones
+    ("algo.lr=0", "algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got 0"),
+    ("algo.eval_top_p=0", "algo.temperature must be > 0 and algo.top_p, algo.eval_top_p in (0, 1]; got 1.0, 1.0, 0"),
     ("algo.loss_agg_mode=mean", "unknown loss_agg_mode 'mean'; valid: "),
     ("sandbox.timeout_s=0", "sandbox.timeout_s must be a positive number, got 0"),
     ("engine.kind=vllm", "engine.kind='vllm'; valid: transformers, sglang"),

@@ -88,3 +88,17 @@ def test_the_loss_starts_from_old_log_probs_recomputed_on_the_purified_sequences
     for key in ("accuracy", "ppo_kl", "spliced_tokens", "final_failures_per_traj"):
         [event] = events.Scalars(key)
         assert (event.step, event.value) == (1, pytest.approx(row[key], rel=1e-6, abs=1e-12))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": -1}, "algo.steps must be >= 0 (0: evaluate model.path, no training), got -1"),
+    ({"eval_samples": 0}, "algo.eval_samples must be >= 1, got 0"),
+    ({"mini_batches": 9}, "mini_batches (optimizer updates per step) must be in [1, prompts_per_step=8], got 9"),
+    ({"lr_warmup_steps": -1}, "algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got 0.0001, -1, 0"),
+    ({"temperature": 0.0}, "algo.temperature must be > 0 and algo.top_p, algo.eval_top_p in (0, 1]; got 0.0, 1.0, 1.0"),
+])
+def test_a_train_config_refuses_bad_values_naming_them(change, message):
+    """The library's own checks (the harness raises them as they are, under the run config's key names)."""
+    with pytest.raises(ValueError) as e:
+        TrainConfig(**change)
+    assert str(e.value) == message

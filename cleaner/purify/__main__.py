@@ -1,5 +1,6 @@
 """`python -m cleaner.purify`: the command line of the purifier (`cleaner.purify`), which loads the tokenizer by
-name (`cleaner.models.load_tokenizer`: the lab's, a bundled model's, a folder or a GGUF file)."""
+name: `lab` (the lab's own, `cleaner.lab.tokenizer`), or for `cleaner.models.load_tokenizer` a bundled model's, a
+folder or a GGUF file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from cleaner import chat, purify, saar
+from cleaner.lab.tokenizer import lab_tokenizer
 from cleaner.models import load_tokenizer
 
 
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = saar.SaarConfig(True, args.gamma, args.max_retries, args.rollback_probability, args.similarity)
         chat.get_format(args.format)
         name = args.tokenizer or "lab"
-        report = purify.run(args.src, args.dst, cfg, load_tokenizer(name), name, args.seed, args.format,
+        tokenizer = lab_tokenizer() if name == "lab" else load_tokenizer(name, names=("lab",))
+        report = purify.run(args.src, args.dst, cfg, tokenizer, name, args.seed, args.format,
                             args.outputs_in, args.error_pattern, args.strict, write_tokens=args.tokenizer is not None)
     except (purify.PurifyInputError, ValueError, OSError) as e:  # bad input or options: one line, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cleaner import purify, saar
+from cleaner.lab.tokenizer import lab_tokenizer
 from cleaner.models import load_tokenizer
 
 RECORDS = 10_000
@@ -39,13 +40,13 @@ def one_encode_per_text(tokenizer, texts):
 @pytest.mark.parametrize("tokenizer", ["lab", "smollm2"])
 @pytest.mark.parametrize("encoding", ["batched", "one_call_per_text"])
 def test_records_per_second(benchmark, monkeypatch, log_10k, tokenizer, encoding):
-    load_tokenizer(tokenizer)  # loaded once per process, outside the measured work
+    tok = lab_tokenizer() if tokenizer == "lab" else load_tokenizer(tokenizer)  # outside the measured work
     if encoding == "one_call_per_text":
         monkeypatch.setattr(purify, "encode_texts", one_encode_per_text)
     dst = log_10k.with_name(f"out_{tokenizer}_{encoding}.jsonl")
 
     def work() -> purify.Report:
-        return purify.run(log_10k, dst, saar.SaarConfig(), fmt="markdown", tokenizer=load_tokenizer(tokenizer),
+        return purify.run(log_10k, dst, saar.SaarConfig(), fmt="markdown", tokenizer=tok,
                           tokenizer_name=tokenizer, error_pattern="^Error:")
 
     report = benchmark.pedantic(work, rounds=2, iterations=1)

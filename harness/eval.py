@@ -230,4 +230,5 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":
     cli.check_overrides(sys.argv[1:])
+    sys.argv.append(cli.searchpath_override())  # +sweeps=NAME: a sweep file's values for one run
     main()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import subprocess
+import sys
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from harness import schema
+from harness import records, schema
 from harness.cli import CONF
 from harness.records import REPO
 
@@ -22,7 +24,7 @@ SWEEP_FILES = sorted((REPO / "sweeps").glob("**/*.yaml"))
 def test_the_yaml_files_are_all_found():
     assert len(list(CONF.glob("*.yaml"))) == 2  # train.yaml, sweep.yaml
     assert len(GROUP_FILES) == 29
-    assert len(SWEEP_FILES) == 6
+    assert len(SWEEP_FILES) == 7
 
 
 @pytest.mark.parametrize("config_name", ["train", "sweep"])
@@ -137,16 +139,28 @@ def test_the_lab_trainers_defaults_are_the_lab_presets(composed):
     """One recipe: `TrainConfig()` (the library's defaults, what `cleaner.lab.trainer` runs when called directly)
     is what `python -m harness.train` runs with no overrides."""
     from cleaner.lab.trainer import TrainConfig
-    from harness import schema
+    from harness import records, schema
 
     assert schema.lab_train_config(composed()) == TrainConfig()
 
 
 @pytest.mark.parametrize("saar, study", [("baseline", "tune_lr_saar_False"), ("cleaner", "tune_lr_saar_True")])
 def test_the_lr_tuning_sweep_scores_on_the_validation_split_one_study_per_method(composed, saar, study):
-    from harness import schema
+    from harness import records, schema
 
     cfg = composed(["+sweeps=tune_lr", f"saar={saar}"])
     assert cfg.search.study == study and list(cfg.search.space) == ["algo.lr"]
     train = schema.lab_train_config(cfg)
     assert (train.eval_split, train.eval_problems, train.steps) == ("val", 100, 20)
+
+
+@pytest.mark.parametrize("entry", ["harness.train", "harness.eval"])
+def test_a_sweep_file_gives_one_run_of_train_or_eval_its_values(composed, entry):
+    """`+sweeps=comparison saar=baseline seed=3` names, from `harness.train` or `harness.eval`, the run the
+    comparison sweep records for that seed. Breakage checked: without the sweeps' search path, `+sweeps=comparison`
+    became a new key `sweeps` and the file's values were lost: another run, with the default steps and lr."""
+    proc = subprocess.run([sys.executable, "-m", entry, "--cfg", "job", "+sweeps=comparison", "saar=baseline",
+                           "seed=3"], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    explicit = composed(["saar=baseline", "seed=3", "algo.steps=40", "algo.eval_problems=500", "algo.eval_every=10",
+                         "algo.lr=2.3362789638732874e-05"])
+    assert records.config_hash(OmegaConf.create(proc.stdout)) == records.config_hash(explicit)

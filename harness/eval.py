@@ -27,13 +27,11 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
@@ -221,15 +219,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-schema.register()
-
-
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, Any]:
-    return cli.guarded(run, cfg)
-
-
 if __name__ == "__main__":
-    cli.check_overrides(sys.argv[1:])
-    sys.argv.append(cli.searchpath_override())  # +sweeps=NAME: a sweep file's values for one run
-    main()
+    cli.main(run, "eval")

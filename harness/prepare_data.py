@@ -81,7 +81,7 @@ from omegaconf import DictConfig
 from cleaner import bench, data, verl_plugin
 from cleaner.data.livecodebench import decode_tests, lcb_problems
 from cleaner.data.math_sets import strip_instruction
-from cleaner.data.rows import DataError, Problem, column, gold_text, read_rows, verl_question
+from cleaner.data.rows import DataError, Problem, column, gold_text, json_value, read_rows, verl_question
 from harness.schema import ConfigError
 
 TRAIN = "train"  # the name of the training set's output
@@ -126,12 +126,9 @@ class PreparedData:
 def _object(value: Any, where: str) -> dict:
     """A row's object column, stored as an object or as its JSON."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: neither an object nor JSON ({e})") from None
+        return json_value(value, where, dict, "an object")
     if not isinstance(value, dict):
-        raise DataError(f"{where}: expected an object, got {type(value).__name__}")
+        raise DataError(f"{where}: expected an object, got a {type(value).__name__}")
     return value
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from cleaner.trajectory import write_lines_atomic
-from harness.schema import GROUPS, NOT_HASHED, ConfigError, RunSchema, register
+from harness.schema import GROUPS, NOT_HASHED, ConfigError, RunSchema
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "tokenizers", "verl", "math-verify", "hydra-core", "hydra-submitit-launcher",
@@ -42,7 +42,6 @@ PACKAGES = ("torch", "transformers", "tokenizers", "verl", "math-verify", "hydra
 def schema_defaults() -> dict[str, Any]:
     """The run config every field left at its default in the schema (`harness.schema`): each group's dataclass
     defaults and the top-level fields' defaults, resolved."""
-    register()  # the `${lab_sft:}` resolver of model.path's default
     groups = {name: OmegaConf.structured(cls) for name, cls in GROUPS.items()}
     top = {f.name: f.default for f in dataclasses.fields(RunSchema)
            if f.name not in GROUPS and f.default is not dataclasses.MISSING}

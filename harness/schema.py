@@ -213,6 +213,9 @@ def register() -> None:
     OmegaConf.register_new_resolver("lab_sft", lab_sft_path, replace=True)
 
 
+register()  # at import: every process that composes or resolves a run config (entry point, submitit job) has both
+
+
 def _built(make: Any, **kwargs: Any) -> Any:
     """`make(**kwargs)`, with cleaner's own value checks (whose messages name the key) raised as ConfigError."""
     try:

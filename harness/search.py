@@ -180,7 +180,6 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
 def main(argv: list[str]) -> None:
     cli.check_overrides(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver's own lines say what Optuna's would
-    schema.register()
     with initialize_config_dir(str(cli.CONF), version_base="1.3"):
         cfg = compose("sweep", overrides=[*argv, cli.searchpath_override()], return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)

@@ -9,23 +9,8 @@ Hydra's basic sweeper expands the grid; `launcher=local` (the default) runs each
 
 from __future__ import annotations
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from harness import cli, schema
+from harness import cli
 from harness.train import run
 
-schema.register()
-
-
-@hydra.main(config_path="conf", config_name="sweep", version_base="1.3")
-def main(cfg: DictConfig) -> dict:
-    return cli.guarded(run, cfg)
-
-
 if __name__ == "__main__":
-    cli.check_overrides(sys.argv[1:])
-    sys.argv.append(cli.searchpath_override())
-    main()
+    cli.main(run, "sweep", config="sweep")

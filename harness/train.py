@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
@@ -89,15 +87,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return records.run_record(cfg, job, log=log)
 
 
-schema.register()
-
-
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, Any]:
-    return cli.guarded(run, cfg)
-
-
 if __name__ == "__main__":
-    cli.check_overrides(sys.argv[1:])
-    sys.argv.append(cli.searchpath_override())  # +sweeps=NAME: a sweep file's values for one run
-    main()
+    cli.main(run, "train")

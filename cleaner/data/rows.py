@@ -60,16 +60,12 @@ def read_rows(path: Path) -> list[dict]:
     else:
         text = path.read_text(encoding="utf-8")
         if ext == ".jsonl":
-            rows = [_json_line(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+            lines = enumerate(text.splitlines(), 1)
+            rows = [json_value(line, f"{path}: line {n}") for n, line in lines if line.strip()]
         elif ext == ".json":
             if not text.strip():
                 raise DataError(f"{path}: empty file")
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: not JSON ({e})") from None
-            if not isinstance(rows, list):
-                raise DataError(f"{path}: expected a JSON list of objects, got a {type(rows).__name__}")
+            rows = json_value(text, str(path), list, "a JSON list of objects")
         else:
             rows = list(csv.DictReader(text.splitlines()))
     if not rows:
@@ -80,11 +76,15 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _json_line(path: Path, n: int, line: str) -> Any:
+def json_value(text: str, where: str, expected: type = object, what: str = "") -> Any:
+    """`text` parsed as JSON, checked to be an `expected` (described as `what`); a DataError naming `where`."""
     try:
-        return json.loads(line)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: line {n} is not JSON ({e})") from None
+        raise DataError(f"{where}: not JSON ({e})") from None
+    if not isinstance(value, expected):
+        raise DataError(f"{where}: expected {what}, got a {type(value).__name__}")
+    return value
 
 
 def column(row: dict, key: str, i: int) -> Any:

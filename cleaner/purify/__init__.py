@@ -522,6 +522,22 @@ def read_items(path: Path, tokenizer: Any, opts: ReadOptions, strict: bool) -> t
     return items, rejected
 
 
+_COUNTS = (  # label in the summary table -> key of the episode statistics
+    ("SAAR applied (draw with p)", "saar_applied"),
+    ("first-attempt calls", "first_attempt_calls"),
+    ("first-attempt failures (model errors)", "first_attempt_failures"),
+    ("infrastructure failures (never trigger)", "infra_failures"),
+    ("rollbacks triggered", "rollbacks_triggered"),
+    ("  recovered", "rollbacks_recovered"),
+    ("  exhausted (K retries failed)", "rollbacks_exhausted"),
+    ("  abandoned (retry not executed)", "rollbacks_abandoned"),
+    ("  interrupted (infrastructure)", "rollbacks_interrupted"),
+    ("splices shallow", "splices_shallow"),
+    ("splices deep", "splices_deep"),
+    ("failures left in final trajectories", "final_failures"),
+)
+
+
 @dataclass(frozen=True)
 class Report:
     trajectories: int
@@ -533,24 +549,13 @@ class Report:
     rejected_path: Path
 
     def table(self) -> str:
-        s = self.stats
+        """The summary the CLI prints: counts of the run's episodes (`stats`, keys of `_COUNTS`) and tokens."""
         removed = self.tokens_before - self.tokens_after
         share = removed / self.tokens_before if self.tokens_before else 0.0
         rows = [
             ("trajectories", self.trajectories),
             ("records rejected", self.rejected),
-            ("SAAR applied (draw with p)", s.get("saar_applied", 0)),
-            ("first-attempt calls", s.get("first_attempt_calls", 0)),
-            ("first-attempt failures (model errors)", s.get("first_attempt_failures", 0)),
-            ("infrastructure failures (never trigger)", s.get("infra_failures", 0)),
-            ("rollbacks triggered", s.get("rollbacks_triggered", 0)),
-            ("  recovered", s.get("rollbacks_recovered", 0)),
-            ("  exhausted (K retries failed)", s.get("rollbacks_exhausted", 0)),
-            ("  abandoned (retry not executed)", s.get("rollbacks_abandoned", 0)),
-            ("  interrupted (infrastructure)", s.get("rollbacks_interrupted", 0)),
-            ("splices shallow", s.get("splices_shallow", 0)),
-            ("splices deep", s.get("splices_deep", 0)),
-            ("failures left in final trajectories", s.get("final_failures", 0)),
+            *((label, self.stats.get(key, 0)) for label, key in _COUNTS),
             (f"tokens before -> after ({self.tokenizer} tokenizer)", f"{self.tokens_before} -> {self.tokens_after}"),
             ("tokens removed", f"{removed} ({share:.1%})"),
         ]

@@ -16,6 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 from cleaner.sandbox import backends
+# The zygote's /proc readers, one copy for both sides (importing _zygote only defines names and opens libc).
+from cleaner.sandbox._zygote import _children, _stat
 from cleaner.sandbox.backends import SANDBOX_ENV, CgroupTree, LaunchPlan, SandboxUnavailable
 from cleaner.sandbox.config import SandboxConfig
 from cleaner.sandbox.result import ExecutionResult, infra_error
@@ -32,41 +34,22 @@ class _WorkerDied(Exception):
     """The zygote's pipe closed: the sandbox process is gone."""
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ... (None if gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(b")") + 2:].split()
-
-
 def _process_tree(root: int) -> dict[int, bytes]:
     """`root` and its descendants, each with its start time (so that a reused pid is not taken for it)."""
     tree: dict[int, bytes] = {}
     stack = [root]
     while stack:
         pid = stack.pop()
-        fields = _stat_fields(pid)
+        fields = _stat(pid)
         if fields is None:
             continue
         tree[pid] = fields[19]
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as f:
-                    stack.extend(int(x) for x in f.read().split())
-            except OSError:
-                continue
+        stack.extend(_children(pid))
     return tree
 
 
 def _same_process_alive(pid: int, start_time: bytes) -> bool:
-    fields = _stat_fields(pid)
+    fields = _stat(pid)
     return fields is not None and fields[19] == start_time and fields[0] not in (b"Z", b"X")
 
 
@@ -85,7 +68,7 @@ def _kill_session(sid: int) -> None:
     """SIGKILL every process of session `sid`. The worker was started as a session leader; for rlimit this takes
     whatever the zygote left in its session, should the zygote die without its clean-up."""
     for name in os.listdir("/proc"):
-        fields = _stat_fields(int(name)) if name.isdigit() else None
+        fields = _stat(int(name)) if name.isdigit() else None
         if fields is not None and int(fields[3]) == sid:
             try:
                 os.kill(int(name), signal.SIGKILL)

@@ -162,7 +162,7 @@ def _verl_parquet(path, rows):
 
 GOOD = '{"prompt": "1+1?", "answer": 2}\n'
 MALFORMED = [  # (name, file name, content or a writer, the message expected)
-    ("aime25", "a.jsonl", GOOD + '{"prompt": "2+2?", "ans', r"a\.jsonl: line 2 is not JSON"),
+    ("aime25", "a.jsonl", GOOD + '{"prompt": "2+2?", "ans', r"a\.jsonl: line 2: not JSON"),
     ("aime25", "a.jsonl", GOOD + '{"prompt": "2+2?"}\n', r"row 1: missing column 'answer'"),
     ("aime25", "a.jsonl", "", r"a\.jsonl: empty file \(no rows\)"),
     ("aime25", "a.jsonl", "\n\n", r"empty file \(no rows\)"),

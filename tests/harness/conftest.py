@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from harness import cli, schema
+from harness import cli
 
 
 @pytest.fixture
 def composed():
     """composed(overrides, config_name="train", hydra=False) -> the composed config (with `hydra` if asked)."""
-    schema.register()
 
     def compose_run(overrides=(), config_name="train", hydra=False):
         with initialize_config_dir(str(cli.CONF), version_base="1.3"):

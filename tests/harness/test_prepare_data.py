@@ -119,10 +119,10 @@ def test_benchmarks_are_read_by_cleaner_data_and_keep_their_gold(tmp_path):
     ([{k: v for k, v in train_row().items() if k != "data_source"}], "row 0: missing column 'data_source'"),
     ([train_row(), train_row(prompt="What is 1 + 1?")], "row 1: verl 'prompt' must be a chat list"),
     ([train_row(reward_model={"style": "rule"})], "row 0: reward_model has no 'ground_truth'"),
-    ([train_row(reward_model="{not json")], "row 0 reward_model: neither an object nor JSON"),
+    ([train_row(reward_model="{not json")], "row 0 reward_model: not JSON"),
     ([train_row("train-code-apps", gold="def f(): pass")], "row 0 reward_model.ground_truth: neither JSON, a Python literal, nor base64"),
     ([train_row("train-code-apps", gold=json.dumps({"inputs": ["1"]}))], "row 0 (train-code-apps): "),
-    ([train_row(extra_info=[1, 2])], "row 0 extra_info: expected an object, got list"),
+    ([train_row(extra_info=[1, 2])], "row 0 extra_info: expected an object, got a list"),
 ], ids=["no-data-source", "prompt-text", "no-ground-truth", "reward-model-json", "code-not-json", "code-layout",
         "extra-info"])
 def test_malformed_rows_fail_naming_the_row_and_column(tmp_path, rows, message):

@@ -25,7 +25,6 @@ ENV = {**os.environ, "CLEANER_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # one thr
 
 
 def composed_search(tmp_path, trials):
-    schema.register()
     with initialize_config_dir(str(cli.CONF), version_base="1.3"):
         cfg = compose("sweep", overrides=["+sweeps=optuna", *TINY, f"runs_root={tmp_path / 'runs'}",
                                           f"search.trials={trials}", "search.parallel=2", cli.searchpath_override()],

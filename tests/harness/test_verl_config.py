@@ -75,7 +75,6 @@ def files(tmp_path_factory):
 
 def run_config(files, *overrides):
     """The composed harness config of a paper run on the fixture files."""
-    schema.register()
     args = [f"data.train_path={files['train']}", f"+data.eval_paths.aime24={files['aime24']}",
             f"+data.eval_paths.gpqa_diamond={files['gpqa_diamond']}", f"runs_root={files['runs']}",
             f"model.path={files['model']}", *overrides, cli.searchpath_override()]
@@ -405,7 +404,6 @@ def test_verl_cpu_is_the_same_translation_on_the_cpu_with_the_lab(tmp_path):
     transformers rollout server, and otherwise the GPU recipe's keys."""
     from cleaner.verl_plugin import cpu
 
-    schema.register()
     with initialize_config_dir(str(cli.CONF), version_base="1.3"):
         cfg = compose("train", overrides=["cluster=verl_cpu", "algo.steps=3", "algo.prompts_per_step=4",
                                           "algo.eval_problems=5", f"runs_root={tmp_path}", cli.searchpath_override()])

@@ -55,8 +55,8 @@ lock: $(STAMP)
 # The GPU nodes' lock (docs/cluster.md): this package's dependencies and gpu/requirements.in, with the overrides in
 # gpu/overrides.txt, resolved from PyPI as it was on GPU_LOCK_DATE for Linux x86-64 with glibc 2.34 (sglang's wheels
 # are manylinux_2_34) and CPython 3.12. Resolution only: nothing is downloaded but metadata, nothing installed.
-# The date lies a week or more in the past (index mirrors fill in late) and --refresh ignores uv's cache, so that a
-# fresh CI machine and a developer's resolve the same set.
+# --refresh ignores uv's cache. Index mirrors fill in late (a version dated before GPU_LOCK_DATE may appear weeks
+# later), so the check below starts from the committed pins, which uv keeps while they still satisfy every requirement.
 GPU_LOCK_DATE := 2026-11-25T00:00:00Z
 GPU_COMPILE = UV_PYTHON_DOWNLOADS=never .venv/bin/uv pip compile --quiet pyproject.toml gpu/requirements.in \
 	--overrides gpu/overrides.txt --python-platform x86_64-manylinux_2_34 --python-version 3.12 \
@@ -66,8 +66,9 @@ gpu-lock: $(STAMP)
 	rm -f gpu/requirements.lock.new && $(GPU_COMPILE) -o gpu/requirements.lock.new
 	mv gpu/requirements.lock.new gpu/requirements.lock
 
-# CI: resolve again and compare; fails when the set no longer resolves or differs from the committed lock
+# CI: resolve again from the committed pins and compare; fails when they no longer satisfy pyproject.toml,
+# gpu/requirements.in and gpu/overrides.txt (a requirement added, removed or changed without make gpu-lock)
 gpu-lock-check: $(STAMP)
-	tmp=$$(mktemp); $(GPU_COMPILE) -o $$tmp && diff -u gpu/requirements.lock $$tmp; status=$$?; rm -f $$tmp; \
-	[ $$status = 0 ] || echo "gpu/requirements.lock: the set no longer resolves, or resolves differently (above): \
-	run make gpu-lock and review the diff" >&2; exit $$status
+	tmp=$$(mktemp); cp gpu/requirements.lock $$tmp; $(GPU_COMPILE) -o $$tmp && diff -u gpu/requirements.lock $$tmp; \
+	status=$$?; rm -f $$tmp; [ $$status = 0 ] || echo "gpu/requirements.lock: the committed pins no longer resolve, \
+	or the requirements changed (above): run make gpu-lock and review the diff" >&2; exit $$status

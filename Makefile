@@ -25,6 +25,7 @@ comparison: $(STAMP)
 	CLEANER_THREADS=1 $(PY) -m harness.search +sweeps=tune_lr saar=cleaner runs_root=results/tuning
 	CLEANER_THREADS=1 $(PY) -m harness.sweep -m +sweeps=comparison
 	CLEANER_THREADS=1 $(PY) -m harness.eval -m algo.steps=0 seed=0,1,2,3,4 algo.eval_problems=500
+	CLEANER_THREADS=1 $(PY) -m harness.eval +sweeps=comparison saar=baseline seed=0 latency_repeats=5
 	CLEANER_THREADS=1 $(PY) -m harness.eval +sweeps=comparison saar=cleaner seed=0 latency_repeats=5
 	$(PY) -m harness.report
 

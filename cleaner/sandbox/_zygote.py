@@ -1,10 +1,10 @@
 """The supervisor inside one sandbox: it forks a process per cell, enforces every limit from outside it, and alone
 decides each call's result.
 
-The trainer imports only its /proc readers (`_stat`, `_children`, for the pool's own sweep). Its source is passed to a fresh interpreter started as
-`python -I -S -c <source> <config json> [<cgroup dir>]` (inside bubblewrap, or bare for the rlimit backend), so it
-uses the standard library only (plus the modules the config asks it to preload, imported once here so that cells
-share them copy-on-write): every cell is a fork of this process.
+The trainer imports only its /proc readers (`_stat`, `_children`, for the pool's own sweep). Its source is passed to
+a fresh interpreter started as `python -I -S -c <source> <config json> [<cgroup dir>]` (inside bubblewrap, or bare
+for the rlimit backend), so it uses the standard library only (plus the modules the config asks it to preload,
+imported once here so that cells share them copy-on-write): every cell is a fork of this process.
 
 Process tree of one worker::
 

@@ -139,14 +139,14 @@ def test_the_lab_trainers_defaults_are_the_lab_presets(composed):
     """One recipe: `TrainConfig()` (the library's defaults, what `cleaner.lab.trainer` runs when called directly)
     is what `python -m harness.train` runs with no overrides."""
     from cleaner.lab.trainer import TrainConfig
-    from harness import records, schema
+    from harness import schema
 
     assert schema.lab_train_config(composed()) == TrainConfig()
 
 
 @pytest.mark.parametrize("saar, study", [("baseline", "tune_lr_saar_False"), ("cleaner", "tune_lr_saar_True")])
 def test_the_lr_tuning_sweep_scores_on_the_validation_split_one_study_per_method(composed, saar, study):
-    from harness import records, schema
+    from harness import schema
 
     cfg = composed(["+sweeps=tune_lr", f"saar={saar}"])
     assert cfg.search.study == study and list(cfg.search.space) == ["algo.lr"]

@@ -8,14 +8,7 @@ The lab's single-process trainer over them is `cleaner.lab.trainer`; verl's is t
 
 from cleaner.rl.advantages import ADVANTAGES, AdvantageConfig, compute_advantages, grpo, rloo
 from cleaner.rl.aggregation import AGGREGATIONS, aggregate
-from cleaner.rl.dapo import (
-    GroupFill,
-    fill_groups,
-    groups_with_signal,
-    outcome_reward,
-    overlong_penalty,
-    shaped_rewards,
-)
+from cleaner.rl.dapo import groups_with_signal, outcome_reward, overlong_penalty, shaped_rewards
 from cleaner.rl.groups import GroupIds, group_index
 from cleaner.rl.losses import POLICY_LOSSES, PolicyLossConfig, policy_loss, ppo_clip
 
@@ -24,12 +17,10 @@ __all__ = [
     "AGGREGATIONS",
     "POLICY_LOSSES",
     "AdvantageConfig",
-    "GroupFill",
     "GroupIds",
     "PolicyLossConfig",
     "aggregate",
     "compute_advantages",
-    "fill_groups",
     "group_index",
     "groups_with_signal",
     "grpo",

@@ -9,20 +9,18 @@ multi-turn rollout; the caller decides what to count.
 
 Dynamic sampling. DAPO drops groups whose responses all got the same reward (their GRPO advantages are all 0) and
 samples more prompts until the batch again holds the target number of groups. The paper's runs (and DemyAgent's
-recipe, `dynamic_sampling: off`) do not use it; it is here for ablation. Departures from verl's DAPO recipe:
+recipe, `dynamic_sampling: off`) do not use it; it is here for ablation. `groups_with_signal` marks the rows to
+keep. The lab trainer trains on the kept groups without sampling more (a step may train on fewer groups); on the
+cluster path `algo.dynamic_sampling` turns on verl's own `algorithm.filter_groups`, which refills. Departures from
+verl's DAPO recipe:
 - a singleton group counts as without signal (the recipe keeps it); its advantage is 0 here, see
   `cleaner.rl.advantages`;
 - the recipe filters on a chosen metric (its script uses accuracy, not the shaped reward); here the caller
   passes whatever values to filter on; pass the outcome scores to match DAPO, since the overlong penalty can
-  make a group of all-wrong answers look varied;
-- when the batches run out before the target, the recipe raises (or samples forever); here `fill_groups`
-  returns what it found and says so (`filled`, `short_by`).
+  make a group of all-wrong answers look varied.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
@@ -74,9 +72,9 @@ def shaped_rewards(correct: torch.Tensor, response_lengths: torch.Tensor, max_re
     return outcome + overlong_penalty(response_lengths, max_response_tokens, buffer_len, penalty_factor)
 
 
-def _group_signal(rewards: torch.Tensor, group_ids: GroupIds) -> tuple[torch.Tensor, torch.Tensor]:
-    """rewards [B], group_ids [B] -> (index [B] in first-appearance order, has_signal [G] bool) on the rewards'
-    device. A group has signal when its rewards are not all equal (exact comparison)."""
+def groups_with_signal(rewards: torch.Tensor, group_ids: GroupIds) -> torch.Tensor:
+    """rewards [B], group_ids [B] -> keep [B] bool: True for responses whose group's rewards are not all equal
+    (exact comparison). Singleton groups are dropped (see the module docstring)."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [B], got shape {tuple(rewards.shape)}")
     index, num_groups = group_index(group_ids, rewards.shape[0])
@@ -86,70 +84,4 @@ def _group_signal(rewards: torch.Tensor, group_ids: GroupIds) -> tuple[torch.Ten
     high = high.scatter_reduce(0, index, values, reduce="amax")  # [G]
     low = torch.full((num_groups,), torch.inf, dtype=torch.float64, device=rewards.device)
     low = low.scatter_reduce(0, index, values, reduce="amin")  # [G]
-    return index, high != low
-
-
-def groups_with_signal(rewards: torch.Tensor, group_ids: GroupIds) -> torch.Tensor:
-    """rewards [B], group_ids [B] -> keep [B] bool: True for responses whose group's rewards are not all equal.
-
-    Singleton groups are dropped (see the module docstring).
-    """
-    index, has_signal = _group_signal(rewards, group_ids)
-    return has_signal[index]
-
-
-@dataclass(frozen=True)
-class GroupFill:
-    """What `fill_groups` kept and why it stopped."""
-
-    indices: torch.Tensor  # [N] int64 rows into torch.cat of the consumed batches, whole groups, in batch order
-    num_groups: int  # groups kept (== target_num_groups when filled)
-    target_num_groups: int  # groups asked for (the train batch size in prompts)
-    num_batches_used: int  # batches pulled from the iterable; later ones were never touched
-    num_groups_seen: int  # groups in the consumed batches
-    num_groups_without_signal: int  # of those, groups whose rewards were all equal (dropped)
-    num_groups_surplus: int  # groups with signal dropped because the target was already reached
-
-    @property
-    def filled(self) -> bool:
-        return self.num_groups == self.target_num_groups
-
-    @property
-    def short_by(self) -> int:
-        """Groups missing when the batches ran out; 0 when filled."""
-        return self.target_num_groups - self.num_groups
-
-
-def fill_groups(batches: Iterable[tuple[torch.Tensor, GroupIds]], target_num_groups: int) -> GroupFill:
-    """DAPO dynamic sampling: keep groups with signal, batch after batch, until `target_num_groups` are kept.
-
-    batches: (rewards [B_k], group_ids [B_k]) per generation batch; groups are per batch (the same id in two
-    batches is two groups). Consumed lazily: a generator that samples a new batch on demand is pulled only as long
-    as groups are missing. Within a batch groups are taken in order of first appearance; once the target is
-    reached the rest of that batch is dropped (DAPO truncates the batch to train_batch_size * n rows). Returned
-    rows are sorted within each batch and offset by the sizes of the batches before it. When the batches run out
-    first, it returns the groups it found, with `filled` False and `short_by` > 0; it does not raise.
-    """
-    if target_num_groups < 1:
-        raise ValueError(f"target_num_groups must be >= 1, got {target_num_groups}")
-    kept_rows: list[torch.Tensor] = []
-    num_groups = num_batches = seen = without_signal = surplus = 0
-    row_offset = 0
-    for rewards, group_ids in batches:
-        num_batches += 1
-        index, has_signal = _group_signal(rewards, group_ids)
-        index, has_signal = index.cpu(), has_signal.cpu()
-        seen += has_signal.numel()
-        without_signal += int((~has_signal).sum())
-        signal_groups = has_signal.nonzero().squeeze(-1)  # [G_s], first-appearance order
-        take = signal_groups[: target_num_groups - num_groups]
-        surplus += signal_groups.numel() - take.numel()
-        chosen = torch.zeros_like(has_signal)
-        chosen[take] = True
-        kept_rows.append(chosen[index].nonzero().squeeze(-1) + row_offset)
-        num_groups += take.numel()
-        row_offset += index.numel()
-        if num_groups == target_num_groups:
-            break
-    indices = torch.cat(kept_rows) if kept_rows else torch.zeros(0, dtype=torch.int64)
-    return GroupFill(indices, num_groups, target_num_groups, num_batches, seen, without_signal, surplus)
+    return (high != low)[index]

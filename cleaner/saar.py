@@ -29,13 +29,12 @@ Where this departs from the paper and the authors' code, and why:
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from cleaner import chat, similarity
+from cleaner import chat, seeds, similarity
 from cleaner.trajectory import Provenance, SpliceRecord, ToolResult, Turn
 
 # Statuses caused by the model's own code or call. `ok` and `infra_error` are the only others.
@@ -77,8 +76,7 @@ def applies_to(cfg: SaarConfig, seed: int, trajectory_id: str) -> bool:
     seed gives the same draws, whatever order trajectories are processed in."""
     if not cfg.enabled or cfg.max_retries == 0:
         return False
-    digest = hashlib.sha256(f"{seed}\x00{trajectory_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < cfg.rollback_probability
+    return seeds.unit(seed, trajectory_id) < cfg.rollback_probability
 
 
 def _attempt(turn: Turn) -> similarity.Attempt:

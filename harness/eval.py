@@ -13,13 +13,17 @@ time, the wall clock is not), after a short warm-up that neither side is charged
 benchmarks' generations go to the SGLang servers of `engine.urls` (already serving `model.path`; the paper's Table 4
 setting); the tokenizer is read from `model.path`.
 
-Writes `<run folder>/eval.json` (skipped when present with the same `latency_repeats`): per benchmark, both metric
-sets (Pass@1 as the mean over `algo.eval_samples` samples with its stderr over problems, the unbiased pass@k, tool
-calls and failures per trajectory, turns, response tokens, wall seconds), the accuracy difference and SAAR's latency
-overhead (the median over repeats, with intervals from 2 repeats on; the paper reports +8.8% for Qwen3-4B), and the
-commit that evaluated (`git`; with `strict=true` a tree with uncommitted changes is refused, as by `harness.train`).
-Also `samples.jsonl`: the SAAR-off trajectories that had a failed tool call, token by token, which `harness.report`
-purifies offline to show original and purified side by side.
+Writes the evaluation record `<run folder>/eval.json` (skipped when present with the same `latency_repeats`). Its
+name covers everything that changes it (`records.evaluation_name`): a baseline's run does not depend on SAAR's
+parameters, but SAAR at test time does, so a baseline evaluated with gamma, K or p other than the paper's gets its
+own record, `eval-<8 hex>.json` (and `samples-<8 hex>.jsonl`), beside the one run it evaluates. It holds per
+benchmark, both metric sets (Pass@1 as the mean over `algo.eval_samples` samples with its stderr over problems, the
+unbiased pass@k, tool calls and failures per trajectory, turns, response tokens, wall seconds), the accuracy
+difference and SAAR's latency overhead (the median over repeats, with intervals from 2 repeats on; the paper reports
++8.8% for Qwen3-4B), the commit that evaluated (`git`; with `strict=true` a tree with uncommitted changes is
+refused, as by `harness.train`), and SAAR's parameters at test time (`saar_at_test_time`). Also `samples.jsonl`: the
+SAAR-off trajectories that had a failed tool call, token by token, which `harness.report` purifies offline to show
+original and purified side by side.
 """
 
 from __future__ import annotations
@@ -32,18 +36,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cleaner import bench, data
-from cleaner.lab.sft import idle_threads
-from cleaner.lab.trainer import evaluate as evaluate_lab
-from cleaner.models import BUNDLED, load_causal_lm, load_tokenizer
-from cleaner.rollout.engines import Engine, SamplingParams, sglang_engine, transformers_engine
+from cleaner.models import BUNDLED
 from cleaner.saar import SaarConfig
-from cleaner.sandbox import open_pool
+from cleaner.sandbox import check_ready, open_pool
 from cleaner.stats import paired_difference
 from cleaner.trajectory import Trajectory, write_jsonl, write_lines_atomic
 from harness import cli, records, schema
@@ -102,18 +101,25 @@ def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
 
 async def lab_off_and_on(checkpoint: Path, cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """The lab's held-out evaluation, after a short warm-up so neither side pays for first-call costs."""
+    from cleaner.lab.trainer import evaluate as evaluate_lab
+    from cleaner.models import load_causal_lm
+
     train_cfg = schema.lab_train_config(cfg)
-    saar = {on: saar_at_test_time(train_cfg.rollout.saar, on) for on in (False, True)}
+    saar = {on: saar_at_test_time(train_cfg.saar, on) for on in (False, True)}
     model, tokenizer = load_causal_lm(checkpoint)
     async with open_pool(train_cfg.sandbox) as pool:
-        await evaluate_lab(model, tokenizer, replace(train_cfg, eval_problems=2), pool, saar[True])
+        warm_up = replace(train_cfg, algo=replace(train_cfg.algo, eval_problems=2))
+        await evaluate_lab(model, tokenizer, warm_up, pool, saar[True])
         result, samples = await off_and_on(lambda on: evaluate_lab(model, tokenizer, train_cfg, pool, saar[on]),
                                            cfg.latency_repeats)
     return {"benchmarks": {"lab": result}, "latency_repeats": cfg.latency_repeats}, samples
 
 
-def engine_and_tokenizer(cfg: DictConfig) -> tuple[Engine, Any]:
+def engine_and_tokenizer(cfg: DictConfig) -> tuple[Any, Any]:
     """`model.path` in this process (`engine=transformers`), or the SGLang servers of `engine.urls` serving it."""
+    from cleaner.models import load_causal_lm, load_tokenizer
+    from cleaner.rollout.engines import sglang_engine, transformers_engine
+
     if cfg.engine.kind == "sglang":
         tokenizer = load_tokenizer(cfg.model.path)
         return sglang_engine(list(cfg.engine.urls), tokenizer), tokenizer
@@ -123,8 +129,11 @@ def engine_and_tokenizer(cfg: DictConfig) -> tuple[Engine, Any]:
 
 async def benchmarks_off_and_on(cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """Every benchmark of `data.eval_paths`, SAAR off then on, on `model.path` as it is."""
+    from cleaner import bench, data
+    from cleaner.rollout.engines import SamplingParams
+
     algo = cfg.algo
-    rollout_cfg = schema.lab_parts(cfg)[0]
+    rollout_cfg = schema.rollout_config(cfg)
     saar = {on: replace(rollout_cfg, saar=saar_at_test_time(rollout_cfg.saar, on)) for on in (False, True)}
     sampling = SamplingParams(algo.temperature, algo.eval_top_p)
     engine, tokenizer = engine_and_tokenizer(cfg)
@@ -170,7 +179,9 @@ def show(run_dir: Path, result: dict[str, Any]) -> None:
                                  f"latency overhead {100 * res['latency_overhead']:+.1f}%{spread}")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def check(cfg: DictConfig, sandbox_here: bool = True) -> None:
+    """Everything that refuses an evaluation before it starts (ConfigError, SandboxUnavailable), as
+    `harness.train.check`: a sweep runs it for every job before any starts."""
     schema.validate(cfg)
     if cfg.data.name != "lab" and (cfg.algo.steps or not cfg.data.eval_paths):
         raise schema.ConfigError(f"data={cfg.data.name} evaluates model.path on data.eval_paths: set algo.steps=0 "
@@ -184,10 +195,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise schema.ConfigError(f"model.path={cfg.model.path} does not exist: give the folder (or .gguf file) of the "
                                  f"model to evaluate, or a bundled name ({', '.join(BUNDLED)})")
     schema.check_paths(cfg)
+    if sandbox_here:
+        check_ready(schema.sandbox_config(cfg))
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    check(cfg)
     run_dir = Path(cfg.runs_root) / records.config_hash(cfg)
-    out = run_dir / "eval.json"
+    name = records.evaluation_name(cfg)
+    out = run_dir / f"{name}.json"
+    at_test_time = test_time_saar(cfg)
+    cli.announce(cfg, run_dir)
 
     def evaluate(run_dir: Path) -> dict[str, Any]:
+        import torch
+
+        from cleaner.lab.sft import idle_threads
+
         git = records.checked_git_state(cfg)  # the commit that evaluated: a trained run may be evaluated later
         torch.set_num_threads(idle_threads())
         if cfg.data.name == "lab":
@@ -196,20 +220,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else:
             result, samples = asyncio.run(benchmarks_off_and_on(cfg))
         result["git"] = {"commit": git["commit"], "dirty": bool(git["dirty"])}
-        write_jsonl(run_dir / "samples.jsonl", samples)
+        result["saar_at_test_time"] = at_test_time
+        write_jsonl(run_dir / f"samples{name.removeprefix('eval')}.jsonl", samples)
         write_lines_atomic(out, iter([json.dumps(result, indent=1)]))
-        if cfg.algo.steps == 0:  # an evaluation-only record is finished when its summary says where its results are
+        if cfg.algo.steps == 0 and not (run_dir / "summary.json").exists():
+            # an evaluation-only record is finished when its summary says where its results are
             write_lines_atomic(run_dir / "summary.json", iter([json.dumps({"steps": 0, "evaluation": out.name})]))
         return result
 
-    def current() -> bool:  # an eval.json with as many latency repeats as asked
-        return out.exists() and json.loads(out.read_text()).get("latency_repeats", 1) == cfg.latency_repeats
+    def current() -> bool:  # an evaluation with as many latency repeats as asked, and SAAR as asked
+        if not out.exists():
+            return False
+        found = json.loads(out.read_text())
+        return (found.get("latency_repeats", 1) == cfg.latency_repeats
+                and found.get("saar_at_test_time", at_test_time) == at_test_time)
 
-    if cfg.algo.steps == 0 and (current() or not out.exists()):
-        records.run_record(cfg, evaluate)  # skipped when finished
+    if current():
+        print(f"evaluation {out} is current; skipping it")
         result = json.loads(out.read_text())
-    elif current():
-        result = json.loads(out.read_text())
+    elif cfg.algo.steps == 0 and not (run_dir / "summary.json").exists():
+        result = records.run_record(cfg, evaluate)
     elif (run_dir / "summary.json").exists():
         result = evaluate(run_dir)
     else:
@@ -219,5 +249,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def test_time_saar(cfg: DictConfig) -> dict[str, Any]:
+    """SAAR's parameters on the evaluation's "on" side: the run's own (for a baseline, those of its command line,
+    by default the paper's)."""
+    saar = OmegaConf.to_container(cfg.saar, resolve=True)
+    saar.pop("enabled")
+    return saar
+
+
 if __name__ == "__main__":
-    cli.main(run, "eval")
+    cli.main(run, "eval", check=check)

@@ -280,11 +280,13 @@ def check_data(args: argparse.Namespace) -> list[Finding]:
         try:
             _, converted = prepare_data.convert(name, path, args.chat_format)
         except ValueError as e:  # DataError: the file; ValueError: an unknown benchmark name
-            first = str(e).splitlines()[0]  # a missing benchmark's message goes on to list where to put it
+            first, *ways = str(e).splitlines()  # a missing benchmark's message goes on to list where to get it
             first = first.rsplit(". ", 1)[0] + "." if first.endswith(":") else first
+            download = [w.split(": ", 1)[1].split(" (into")[0] for w in ways if "harness.prepare_data" in w]
             failures.append(fail(first if first.startswith(f"{name}:") else f"{name}: {first}",
-                                 "correct the file, or point --train / --eval (in slurm/: CLEANER_TRAIN_FILE, "
-                                 "CLEANER_EVAL_SETS, CLEANER_DATA_ROOT) at a valid one"))
+                                 "".join(f"{d}; or " for d in download) + "correct the file, or point --train / "
+                                 "--eval (in slurm/: CLEANER_TRAIN_FILE, CLEANER_EVAL_SETS, CLEANER_DATA_ROOT) at "
+                                 "a valid one"))
             continue
         left = sum(converted.left_out.values())
         found.append(f"{name} {len(converted.rows)} rows" + (f" ({left} left out)" if left else ""))

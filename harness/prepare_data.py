@@ -1,11 +1,27 @@
-"""User-supplied training and benchmark files -> verl parquet for cluster=verl:
+"""Public benchmark files, downloaded by name into the data folder; user-supplied training and benchmark files ->
+verl parquet for cluster=verl:
 
+    python -m harness.prepare_data aime24 aime25 math500       (download the pinned public copies)
     python -m harness.prepare_data --out DIR --train Open-AgentRL-30K.parquet --eval aime24=FILE --eval gpqa_diamond=F
-    python -m harness.prepare_data --out DIR --eval aime25       (the data root, CLEANER_DATA_ROOT, finds the file)
+    python -m harness.prepare_data --out DIR --eval aime25       (cleaner.data finds the file: data root or default)
     python -m harness.prepare_data --out DIR --train Open-AgentRL-30K.parquet --filter STATS.jsonl   (the 7B set)
 
-`python -m harness.train` with cluster=verl does the same itself, into the run's `verl/data/` (the filter aside:
-point `data.train_path` at the filtered file).
+Downloads (positional NAMEs; with --train/--eval too, downloads come first, then the conversion). Each name is a
+set of `cleaner.data.DATASETS` whose source is a `Download`: aime24, aime25, math500, dapo_math_17k,
+aime_1983_2023, each one file of a public GitHub repository at a full commit id, checked by its SHA-256
+(`cleaner.data.download`). It goes to `<data folder>/<DataSet.relpath>`, where the loaders look; the data folder is
+`--data-root`, else the environment variable CLEANER_DATA_ROOT, else `<repository>/data` (git-ignored, the first
+default folder of `cleaner.data.resolve_path`). CLEANER_DATA_MIRROR replaces `https://raw.githubusercontent.com`
+(a mirror with the same layout). A file already there with the right checksum is skipped; with another checksum it
+is refused and left as it is. Exit status: 0 done; 1 a download failed (server unreachable or other bytes than the
+pinned ones: nothing is written, and the message names the URL and the offline way: CLEANER_DATA_ROOT=DIR holding
+the file); 2 a name that is unknown or not downloadable (gpqa_diamond: its authors ask that it not be
+redistributed; livecodebench_v6: large files with hidden tests on the Hugging Face hub; the message says where to
+get the file and how to pass it), or a file in the way. All names are checked before anything is downloaded.
+
+Conversion (`--out`): `python -m harness.train` with cluster=verl does the same itself, into the run's
+`verl/data/` (the filter aside: point `data.train_path` at the filtered file). `--data-root` also tells `--eval
+NAME` where to read.
 
 Output: one parquet per input, `<out>/<name>.<chat format>.<first 12 hex of the input's SHA-256>.parquet`, so the
 path follows from the input's content; a rerun converts again and leaves an identical existing file untouched
@@ -67,6 +83,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,7 +95,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from cleaner import bench, data, verl_plugin
+from cleaner import data
+from cleaner.data.download import ByHand, Download, DownloadError, fetch
 from cleaner.data.livecodebench import decode_tests, lcb_problems
 from cleaner.data.math_sets import strip_instruction
 from cleaner.data.rows import DataError, Problem, column, gold_text, json_value, read_rows, verl_question
@@ -147,8 +165,11 @@ def _code_tests(row: dict, source: str, path: Path, i: int) -> str | None:
 
 def _row(problem: Problem, kind: str, index: int, split: str, data_source: str, ability: str, ground_truth: str,
          chat_format: str, upstream: dict) -> dict:
+    from cleaner import verl_plugin  # it announces itself on stderr: imported by a conversion, not by a download
+    from cleaner.bench import prompt_messages  # torch and transformers come with it: not for --help or a download
+
     meta = problem.meta
-    return {"data_source": data_source, "prompt": bench.prompt_messages(problem, kind, chat_format),
+    return {"data_source": data_source, "prompt": prompt_messages(problem, kind, chat_format),
             "ability": ability, "reward_model": {"style": "rule", "ground_truth": ground_truth},
             "extra_info": {"index": index, "id": problem.id, "kind": kind, "split": split,
                            "func_name": meta.get("func_name"), "starter_code": meta.get("starter_code"),
@@ -209,10 +230,10 @@ def output_path(name: str, source: Path, out_dir: Path, chat_format: str) -> Pat
     return out_dir / f"{name}.{chat_format}.{digest}.parquet"
 
 
-def convert(name: str, source: Path | None, chat_format: str) -> tuple[Path, Converted]:
+def convert(name: str, source: Path | None, chat_format: str, data_root: Path | None = None) -> tuple[Path, Converted]:
     """One input's verl rows, in memory (`name` "train", or a benchmark; `source` None: the benchmark's file found
-    by `cleaner.data`): (the input's path, the conversion). A DataError names the file; no row left is one too.
-    The checks every file gets, shared by `prepare` and `harness.preflight`."""
+    by `cleaner.data` under `data_root` or its defaults): (the input's path, the conversion). A DataError names the
+    file; no row left is one too. The checks every file gets, shared by `prepare` and `harness.preflight`."""
     if name == TRAIN:
         if source is None:
             raise DataError("the training set needs a file")
@@ -221,17 +242,18 @@ def convert(name: str, source: Path | None, chat_format: str) -> tuple[Path, Con
         except DataError as e:  # name the file, as cleaner.data.load does
             raise DataError(str(e) if str(e).startswith(str(source)) else f"{source}: {e}") from None
     else:
-        source = data.resolve_path(name, source)
+        source = data.resolve_path(name, source, data_root)
         converted = eval_rows(name, source, chat_format)
     if not converted.rows:
         raise DataError(f"{source}: no row left to train or evaluate on ({dict(converted.left_out)})")
     return source, converted
 
 
-def prepare(name: str, source: Path | None, out_dir: Path, chat_format: str) -> tuple[Path, Converted, bool]:
+def prepare(name: str, source: Path | None, out_dir: Path, chat_format: str,
+            data_root: Path | None = None) -> tuple[Path, Converted, bool]:
     """Convert one input (`convert`) and write it; (output path, the conversion, whether the file was written:
     False when an identical one was there already)."""
-    source, converted = convert(name, source, chat_format)
+    source, converted = convert(name, source, chat_format, data_root)
     out = output_path(name, source, out_dir, chat_format)
     table = pa.Table.from_pylist(converted.rows, schema=SCHEMA)
     if out.exists() and pq.read_table(out).equals(table):
@@ -334,6 +356,39 @@ def prepare_config_data(data_cfg: DictConfig, out_dir: Path, chat_format: str) -
     return PreparedData(files.pop(TRAIN), files, dict(sorted(kinds.items())), left_out)
 
 
+def data_folder(data_root: Path | None) -> Path:
+    """Where NAMEs are downloaded: `data_root` (--data-root), else CLEANER_DATA_ROOT, else <repository>/data;
+    relative to the working directory when it is inside it (so the lines printed are short)."""
+    folder = data_root if data_root is not None else Path(os.environ.get(data.ENV_DATA_ROOT) or data.DOWNLOAD_ROOT)
+    return folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
+
+
+def check_downloadable(names: list[str]) -> None:
+    """A DataError, one line, for the first of `names` that is not a set with a pinned download."""
+    downloadable = sorted(n for n, spec in data.DATASETS.items() if isinstance(spec.source, Download))
+    for name in names:
+        if name not in data.DATASETS:
+            raise DataError(f"unknown data set {name!r}; downloadable: {', '.join(downloadable)}")
+        if isinstance(data.DATASETS[name].source, ByHand):
+            raise DataError(data.by_hand_message(name))
+
+
+def download(name: str, folder: Path) -> str:
+    """Put the pinned file of the set `name` under the data folder `folder` (`cleaner.data.download.fetch`); its
+    lines of output. A DownloadError (the server; its message adds the offline way) or a DataError (a file with
+    another checksum is in the way), as `fetch` raises them."""
+    spec = data.DATASETS[name]
+    source, target = spec.source, folder / spec.relpath
+    try:
+        written = fetch(source, target)
+    except DownloadError as e:
+        raise DownloadError(f"{e}; offline: put the file (sha256 {source.sha256}) at DIR/{spec.relpath} and set "
+                            f"{data.ENV_DATA_ROOT}=DIR") from None
+    if written:
+        return f"downloaded {name} -> {target} ({source.size_bytes:,} bytes, sha256 checked)\n  from {source.url()}"
+    return f"present {name}: {target} (sha256 as pinned; not downloaded again)"
+
+
 def eval_spec(spec: str) -> tuple[str, Path | None]:
     """`--eval` text, NAME or NAME=FILE, as (name, file or None)."""
     name, sep, path = spec.partition("=")
@@ -346,10 +401,18 @@ def _left(left_out: Counter) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.prepare_data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder for the verl parquet files")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="a public benchmark to download into the data folder (" + ", ".join(
+                            sorted(n for n, spec in data.DATASETS.items() if isinstance(spec.source, Download)))
+                        + ")")
+    parser.add_argument("--data-root", type=Path, metavar="DIR",
+                        help=f"the data folder: downloads go there and --eval NAME reads from there (default: "
+                             f"{data.ENV_DATA_ROOT}, else <repository>/data)")
+    parser.add_argument("--out", type=Path, help="folder for the verl parquet files")
     parser.add_argument("--train", type=Path, help="the training set (Open-AgentRL-30K format)")
     parser.add_argument("--eval", action="append", default=[], metavar="NAME[=FILE]",
-                        help=f"a benchmark ({', '.join(sorted(data.DATASETS))}), with its file or found by cleaner.data")
+                        help=f"a benchmark ({', '.join(sorted(data.DATASETS))}), with its file or found by "
+                             "cleaner.data")
     parser.add_argument("--chat-format", default="hermes", help="the chat format the prompts are built for")
     parser.add_argument("--filter", type=Path, metavar="STATS",
                         help="difficulty-filter --train first by these per-prompt statistics (JSON lines with uid, "
@@ -361,14 +424,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.filter and not args.train:
         parser.error("--filter filters the training set: give --train")
     jobs = ([(TRAIN, args.train)] if args.train else []) + [eval_spec(spec) for spec in args.eval]
-    if not jobs:
-        parser.error("nothing to convert: give --train and/or --eval")
+    if not jobs and not args.names:
+        parser.error("nothing to do: give NAMEs to download and/or --train / --eval to convert")
+    if jobs and args.out is None:
+        parser.error("--train and --eval convert into a folder: give --out DIR")
+    try:
+        check_downloadable(args.names)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    folder = data_folder(args.data_root)
+    for name in args.names:
+        try:
+            print(download(name, folder), flush=True)
+        except DataError as e:  # DownloadError: the server (1); DataError: a file in the way (2)
+            print(f"error: {name}: {e}", file=sys.stderr, flush=True)
+            return 1 if isinstance(e, DownloadError) else 2
     for name, source in jobs:
         try:
             if name == TRAIN and args.filter:
                 source, kept, left_out = filter_train(source, args.filter, parse_keep(args.filter_keep), args.out)
                 print(f"filtered {name}: {kept} rows -> {source}{_left(left_out)}", flush=True)
-            out, converted, written = prepare(name, source, args.out, args.chat_format)
+            out, converted, written = prepare(name, source, args.out, args.chat_format, args.data_root)
         except ValueError as e:  # DataError: a file; ValueError: an unknown benchmark or chat format
             print(f"error: {name}: {e}", file=sys.stderr, flush=True)
             return 2

@@ -5,8 +5,12 @@
   invocation with its wall time (a resumed run has several);
 - `metrics.jsonl` and `summary.json`: written by the job (for the lab, `cleaner.lab.trainer`).
 
-The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity) and
-`engine.urls` (where the servers run), taken as its difference from the schema's defaults (`hashed_part`); the
+A record's files must read back (`record_problem`): one that does not (a truncated or hand-edited file) is not
+finished, whatever its `summary.json` says. `run_record` moves such a folder into `<runs_root>/corrupt/` (nothing is
+deleted), says so in one line, and trains the run again from its start; the report skips it, naming the file.
+
+The hash is over the resolved config minus `schema.NOT_HASHED` (where results go, strictness, verbosity, resources,
+where the servers run), taken as its difference from the schema's defaults (`hashed_part`); the
 launcher lives under `hydra`, which is not part of the config, so a run launched locally or on SLURM is the same
 run. It is the run's only name: the lab trainer, the sweeps, the search, `harness.eval`, verl's experiment name and
 the report all use it. Same config, same folder: a folder with `summary.json` is finished and skipped; any other is
@@ -29,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cleaner.trajectory import write_lines_atomic
@@ -71,14 +76,32 @@ def hashed_part(cfg: DictConfig) -> dict[str, Any]:
     if not data["saar"]["enabled"]:
         data["saar"] = {"enabled": False}
         defaults["saar"] = {}
-    data.get("engine", {}).pop("urls", None)  # where the servers run, not what they serve
-    part = _delta({k: v for k, v in data.items() if k not in NOT_HASHED}, defaults)
+    for key in NOT_HASHED:  # where results go, verbosity, resources, where the servers run
+        *parents, last = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(last, None)
+    part = _delta(data, defaults)
     return {} if part is _SAME else part
 
 
 def config_hash(cfg: DictConfig) -> str:
     """12 hex digits of the SHA-256 of `hashed_part(cfg)`: the run's one name, its folder under `runs_root`."""
     return hashlib.sha256(json.dumps(hashed_part(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def evaluation_name(cfg: DictConfig) -> str:
+    """The name of an evaluation record in its run's folder (`harness.eval`): `eval` when SAAR's parameters at test
+    time are those the run's name covers (a CLEANER run's own; a baseline's at the schema's defaults, the paper's),
+    else `eval-<8 hex>`, named by the parameters that differ. A baseline's name leaves SAAR's parameters out (they do
+    not change its training), but SAAR at test time uses them: two gammas, two records."""
+    if cfg.saar.enabled:
+        return "eval"
+    defaults = schema_defaults()["saar"]
+    delta = {k: v for k, v in OmegaConf.to_container(cfg.saar, resolve=True).items()
+             if k != "enabled" and v != defaults[k]}
+    return f"eval-{hashlib.sha256(json.dumps(delta, sort_keys=True).encode()).hexdigest()[:8]}" if delta else "eval"
 
 
 OUTPUTS = ("results/runs", "results/tuning", "results/report")  # what runs write (the SFT checkpoint is an input)
@@ -129,6 +152,77 @@ def environment(seed: int) -> dict[str, Any]:
     }
 
 
+def _mapping(path: Path) -> dict[str, Any]:
+    """A YAML or JSON file's mapping; ValueError naming the file if it is not one."""
+    try:
+        value = (yaml.safe_load if path.suffix == ".yaml" else json.loads)(path.read_text())
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not readable ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a mapping")
+    return value
+
+
+def _json_lines(path: Path, finished: bool) -> list[dict[str, Any]]:
+    """The JSON objects of a `.jsonl` file, one per line. An unfinished record may end in a partial line (a write
+    cut by a kill), which is left out; any other line that does not parse raises ValueError naming it."""
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if not finished and number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is not JSON") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def record_problem(run_dir: Path) -> str | None:
+    """Why the record in `run_dir` cannot be trusted, naming the file, or None. Its YAML and JSON files must parse
+    to mappings; `metrics.jsonl`, where there is one, must hold its steps in increasing order, up to the last one once
+    the run finished (`summary.json` names how many)."""
+    summary_path, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    finished = summary_path.exists()
+    try:
+        for path in [run_dir / name for name in ("config.yaml", "env.json", "summary.json")] + \
+                sorted(run_dir.glob("eval*.json")):
+            if path.exists():
+                _mapping(path)
+        steps = [row.get("step") for row in _json_lines(metrics, finished)] if metrics.exists() else []
+    except ValueError as e:
+        return str(e)
+    total = json.loads(summary_path.read_text()).get("steps") if finished else None
+    if metrics.exists() and not (all(isinstance(x, int) and x >= 1 for x in steps) and steps == sorted(set(steps))
+                                 and (total is None or (steps[-1] if steps else 0) == total)):
+        return f"{metrics}: steps {_span(steps)}" + ("" if total is None else f", but the run finished {total} steps")
+    return None
+
+
+def steps_done(run_dir: Path) -> int:
+    """How many steps of the run in `run_dir` have their metrics line (0 for none, or no record)."""
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        return len(_json_lines(metrics, finished=False)) if metrics.exists() else 0
+    except ValueError:
+        return 0
+
+
+def _span(steps: list[Any]) -> str:
+    return "none" if not steps else f"{steps[0]}..{steps[-1]} in {len(steps)} lines"
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a corrupt record to `<runs_root>/corrupt/<name>-<time>/`, where nothing reads it as a run."""
+    target = run_dir.parent / "corrupt" / f"{run_dir.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    target.parent.mkdir(exist_ok=True)
+    run_dir.rename(target)
+    return target
+
+
 def _write_json(path: Path, data: Any) -> None:
     write_lines_atomic(path, iter([json.dumps(data, indent=1, default=str)]))
 
@@ -148,14 +242,29 @@ def run_record(cfg: DictConfig, job: Callable[[Path], dict[str, Any]], log: Call
     One process at a time holds a run's folder (an flock on `lock`): a second one waits, then finds it finished."""
     run_dir = Path(cfg.runs_root) / config_hash(cfg)
     git = checked_git_state(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"run {run_dir} is running in another process; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        return _locked_run(cfg, run_dir, git, job, log)
+    while True:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"run {run_dir} is running in another process; waiting for it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _still_there(lock, run_dir / "lock"):
+                continue  # the folder was set aside while this process waited: take the new one
+            problem = record_problem(run_dir)
+            if problem is None:
+                return _locked_run(cfg, run_dir, git, job, log)
+            moved = set_aside(run_dir)
+            log(f"run {run_dir}: its record is corrupt ({problem}); moved to {moved}; training it again from the start")
+
+
+def _still_there(lock: Any, path: Path) -> bool:
+    """Whether the open file `lock` is still the file at `path`."""
+    try:
+        return os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _locked_run(cfg: DictConfig, run_dir: Path, git: dict[str, Any], job: Callable[[Path], dict[str, Any]],

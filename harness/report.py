@@ -1,12 +1,14 @@
 """The paper's tables, regenerated from run records beside the paper's reported numbers:
 
-    python -m harness.report [--runs results/runs] [--tuning results/tuning] [--paper PATH] [--out results/report]
-                             [--strict]
+    python -m harness.report [--runs results/runs] [--out results/runs/report] [--tuning results/tuning]
+                             [--paper PATH] [--strict]
 
-Reads every run record under `--runs` (folders holding `config.yaml`; see `harness.records`; by default
-`results/runs`, where runs are recorded, or on a fresh clone, which has none, the records the committed report
-cites, `results/report/runs`, so the command regenerates it) and the paper's figures (`paper_results.yaml`, by
-default `../shared/reference/` beside the repository), and writes to `--out`:
+Reads every finished run record under `--runs` (folders holding `config.yaml` and `summary.json`; see
+`harness.records`) and the paper's figures (`harness/paper_results.yaml`, each block naming its table), and writes
+to `--out`. By default both are your own runs' folders, which git ignores: a bare `python -m harness.report` never
+touches the committed report. The committed report is regenerated only on request, from the records it cites:
+`python -m harness.report --runs results/report/runs --out results/report` (`make comparison` writes it with
+`--strict`). Written:
 - `<table>.md`, `<table>.csv`, `<table>.tex` and all Markdown tables in `tables.md`: Table 1 (methods x benchmarks,
   RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
   / p ablation, the step budget (steps, prompts, trajectories and sampled tokens), the comparison of each CLEANER
@@ -19,8 +21,9 @@ default `../shared/reference/` beside the repository), and writes to `--out`:
   spans highlighted);
 - `runs/<run>/`: a copy of each cited record, without checkpoints, so every measured cell traces to a folder in
   the report.
-With `--strict` it writes nothing and exits 2 unless every record was made at one clean commit (`env.json`, and
-`eval.json`'s commit when it names one).
+A record whose files do not read back (`harness.records.record_problem`: a truncated `metrics.jsonl`, say) is left
+out with one line naming the file. With `--strict` it writes nothing and exits 2 unless every record reads back and
+was made at one clean commit (`env.json`, and `eval.json`'s commit when it names one).
 
 Cells. A measured cell is a percentage with its stderr: over seeds when the row pools several seeds (`n seeds`),
 else over problems. Its row's `source` names the run folders it comes from. A cell reported by the paper carries a
@@ -33,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import html
 import io
 import json
 import os
 import shutil
+import statistics
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -51,17 +56,19 @@ from cleaner.purify import purify
 from cleaner.saar import SaarConfig
 from cleaner.stats import first_step_reaching, mean_stderr, paired_difference
 from cleaner.trajectory import Trajectory, read_jsonl
-from harness.records import hashed_part
+from harness.records import hashed_part, record_problem
 
-PAPER_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_results.yaml"
+PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.yaml"  # the paper's figures, with their tables
 BENCHMARKS = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA", "livecodebench_v6": "LCB v6",
               "math500": "MATH-500", "lab": "lab held-out"}  # run records' names -> column titles
 PAPER_COLUMNS = {"aime24": "aime24", "aime25": "aime25", "gpqa": "gpqa_diamond", "lcb_v6": "livecodebench_v6"}
 PAPER_KEY = {run: key for key, run in PAPER_COLUMNS.items()}  # run records' benchmark names -> the paper's keys
 REPORTED = "†"
 LOCAL_RUNS = Path("results/runs")  # where the harness records runs by default (git-ignored)
+LOCAL_OUT = LOCAL_RUNS / "report"  # where a bare report goes (git-ignored, as the runs)
+COMMITTED = Path("results/report")  # the committed report; its cited records are in runs/
 LOCAL_TUNING = Path("results/tuning")  # the committed learning-rate searches (sweeps/tune_lr.yaml)
-RECORD_FILES = ("config.yaml", "env.json", "summary.json", "eval.json", "metrics.jsonl", "samples.jsonl")
+RECORD_FILES = ("config.yaml", "env.json", "summary.json", "metrics.jsonl", "eval*.json", "samples*.jsonl")  # globs
 
 
 class ReportError(ValueError):
@@ -78,6 +85,8 @@ class Record:
     summary: dict[str, Any]
     evaluation: dict[str, Any] | None  # eval.json (harness.eval), if any
     metrics: list[dict[str, Any]]  # metrics.jsonl, one line per RL step
+    # eval-<8 hex>.json: evaluations with SAAR's parameters at test time other than the run's (a baseline's)
+    other_evaluations: tuple[dict[str, Any], ...] = ()
 
     @property
     def steps(self) -> int:
@@ -95,7 +104,7 @@ def provenance(r: Record) -> str | None:
         return "no env.json"
     env = _read(r.path / "env.json", json.loads)
     made = env.get("invocations") or [{"commit": env["git"]["commit"], "dirty": bool(env["git"]["dirty"])}]
-    if any(i["dirty"] for i in made) or (r.evaluation or {}).get("git", {}).get("dirty"):
+    if any(i["dirty"] for i in made) or any(ev.get("git", {}).get("dirty") for ev in evaluations(r)):
         return "made from a tree with uncommitted changes"
     if len({i["commit"] for i in made}) > 1:
         return "resumed at another commit"
@@ -109,21 +118,51 @@ def _read(path: Path, parse: Callable[[str], Any]) -> Any:
         raise ReportError(f"{path}: not readable ({e})") from None
 
 
-def load_records(runs_root: Path) -> list[Record]:
-    """Every finished record under `runs_root` (a folder with `config.yaml` and `summary.json`), by name."""
+def load_records(runs_root: Path, skip: Callable[[str], None] | None = None) -> list[Record]:
+    """Every finished record under `runs_root` (a folder with `config.yaml` and `summary.json`), by name. A record
+    that does not read back raises ReportError naming the file, or with `skip` is reported to it and left out."""
     out = []
     for run in sorted(p for p in runs_root.iterdir() if (p / "config.yaml").exists()):
         if not (run / "summary.json").exists():
             continue
-        config = _read(run / "config.yaml", yaml.safe_load)
-        evaluation = _read(run / "eval.json", json.loads) if (run / "eval.json").exists() else None
-        if evaluation is not None and "benchmarks" not in evaluation:
-            raise ReportError(f"{run / 'eval.json'}: no 'benchmarks' key (written by an older harness.eval; delete "
-                              "it and run python -m harness.eval again)")
-        metrics_path = run / "metrics.jsonl"
-        metrics = [json.loads(line) for line in _read(metrics_path, str.splitlines)] if metrics_path.exists() else []
-        out.append(Record(run.name, run, config, _read(run / "summary.json", json.loads), evaluation, metrics))
+        try:
+            out.append(_record(run))
+        except ReportError as e:
+            if skip is None:
+                raise
+            skip(f"left out {run.name}: {e}")
     return out
+
+
+def _record(run: Path) -> Record:
+    problem = record_problem(run)
+    if problem is not None:
+        raise ReportError(problem)
+    config = _read(run / "config.yaml", yaml.safe_load)
+    found = {}
+    for path in sorted(run.glob("eval*.json")):
+        found[path.stem] = _read(path, json.loads)
+        if "benchmarks" not in found[path.stem]:
+            raise ReportError(f"{path}: no 'benchmarks' key (written by an older harness.eval; delete it and run "
+                              "python -m harness.eval again)")
+    metrics_path = run / "metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    return Record(run.name, run, config, _read(run / "summary.json", json.loads), found.pop("eval", None), metrics,
+                  tuple(found.values()))
+
+
+def evaluations(r: Record) -> list[dict[str, Any]]:
+    """All of a run's evaluation records: eval.json first."""
+    return [ev for ev in (r.evaluation, *r.other_evaluations) if ev is not None]
+
+
+def test_time_saar(r: Record, ev: dict[str, Any]) -> dict[str, Any]:
+    """SAAR's parameters on an evaluation's "on" side (an evaluation made before they were recorded used the run's
+    own: a CLEANER run's, or for a baseline the paper's defaults)."""
+    if "saar_at_test_time" in ev:
+        return ev["saar_at_test_time"]
+    own = r.config["saar"] if r.saar else dataclasses.asdict(SaarConfig())
+    return {k: v for k, v in own.items() if k != "enabled"}
 
 
 def group_key(config: dict[str, Any]) -> str:
@@ -141,7 +180,7 @@ def label(r: Record) -> str:
     if not r.saar:
         return f"{model} DAPO baseline"
     s = r.config["saar"]
-    return f"{model} CLEANER (γ {s['gamma']}, K {s['max_retries']}, p {s['rollback_probability']})"
+    return f"{model} CLEANER (γ {s['gamma']}, K {s['max_retries']}, rollback prob. {s['rollback_probability']})"
 
 
 def groups(records: Iterable[Record]) -> list[list[Record]]:
@@ -212,18 +251,20 @@ def source(group: list[Record]) -> Cell:
     return Cell(" ".join(r.name for r in group))
 
 
-def eval_side(r: Record, benchmark: str, side: str) -> dict[str, Any] | None:
-    """The metrics of one benchmark with SAAR off or on at test time: eval.json, or for `lab` the run's own final
-    held-out evaluation (SAAR off) when it was not evaluated with harness.eval."""
-    if r.evaluation is not None and benchmark in r.evaluation["benchmarks"]:
-        return r.evaluation["benchmarks"][benchmark][f"saar_{side}"]
+def eval_side(r: Record, benchmark: str, side: str, ev: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The metrics of one benchmark with SAAR off or on at test time: the evaluation `ev` (default eval.json), or for
+    `lab` the run's own final held-out evaluation (SAAR off) when it was not evaluated with harness.eval."""
+    ev = r.evaluation if ev is None else ev
+    if ev is not None and benchmark in ev["benchmarks"]:
+        return ev["benchmarks"][benchmark][f"saar_{side}"]
     if benchmark == "lab" and side == "off" and "eval" in r.summary:
         return r.summary["eval"]
     return None
 
 
-def accuracy_cell(group: list[Record], benchmark: str, side: str = "off") -> Cell:
-    found = [eval_side(r, benchmark, side) for r in group]
+def accuracy_cell(group: list[Record], benchmark: str, side: str = "off",
+                  evs: list[dict[str, Any]] | None = None) -> Cell:
+    found = [eval_side(r, benchmark, side, ev) for r, ev in zip(group, evs or [None] * len(group))]
     if any(m is None for m in found):
         return Cell("")
     return percent([(m["accuracy"], m["accuracy_stderr"]) for m in found])
@@ -255,7 +296,7 @@ def table1(records: list[Record], results: dict[str, Any]) -> Table:
     return Table("table1", "Table 1: Pass@1 (%) by method and benchmark, with RL steps",
                  ("method", *(BENCHMARKS[c] for c in cols), "RL steps", "source"), tuple(rows),
                  ("Measured: SAAR off at test time; ± is the stderr (over seeds when pooled, else over problems).",
-                  f"{REPORTED} reported by the paper (Table 1, Qwen3-4B setting; RL steps at batch 128)."))
+                  f"{REPORTED} reported by the paper ({t1['source']}; Qwen3-4B setting; RL steps at batch 128)."))
 
 
 def pass_cells(group: list[Record], benchmark: str) -> Cell:
@@ -282,12 +323,12 @@ def table2(records: list[Record], results: dict[str, Any]) -> Table:
                  ("setting", *(BENCHMARKS[c] for c in cols), "source"), tuple(rows),
                  ("P@k is the unbiased estimator 1 - C(n-c,k)/C(n,k) with k = the samples per problem; measured "
                   "rows: SAAR off at test time, averaged over seeds.",
-                  f"{REPORTED} reported by the paper (Table 2; AIME cells P@1 / P@16, GPQA and LCB P@1)."))
+                  f"{REPORTED} reported by the paper ({t2['source']}; AIME cells P@1 / P@16, GPQA and LCB P@1)."))
 
 
 def table4(records: list[Record], results: dict[str, Any]) -> Table:
     t4 = results["table4_saar_at_test_time_4b"]
-    evaluated = [r for r in records if r.evaluation is not None]
+    evaluated = [r for r in records if evaluations(r)]
     cols = columns(evaluated)
     rows = []
     for side, values in t4["rows"].items():
@@ -296,21 +337,45 @@ def table4(records: list[Record], results: dict[str, Any]) -> Table:
     rows.append((Cell("CLEANER-4B, stated overhead"), *(Cell("") for _ in cols), Cell(""),
                  Cell(f"+{t4['stated_latency_overhead_percent']}%", reported=True), Cell("paper")))
     for g in groups(evaluated):
-        walls = {side: [sum(m[f"saar_{side}"]["wall_s"] for m in r.evaluation["benchmarks"].values())
-                        for r in g] for side in ("on", "off")}
-        overhead = overhead_cell([on / off - 1 for on, off in zip(walls["on"], walls["off"])])
-        for side in ("on", "off"):
-            rows.append((Cell(f"{label(g[0])}, SAAR {side}"), *(accuracy_cell(g, b, side) for b in cols),
-                         Cell(f"{sum(walls[side]) / len(g):.1f} s"), overhead if side == "on" else Cell(""),
-                         source(g)))
+        settings: dict[str, list[tuple[Record, dict[str, Any]]]] = {}  # SAAR at test time -> (run, evaluation)
+        for r in g:
+            for ev in evaluations(r):
+                settings.setdefault(json.dumps(test_time_saar(r, ev), sort_keys=True), []).append((r, ev))
+        for setting, pairs in settings.items():
+            runs, evs = [r for r, _ in pairs], [ev for _, ev in pairs]
+            walls = [evaluation_walls(ev) for ev in evs]
+            overhead = overhead_cell([statistics.median(on / off - 1 for on, off in zip(w["on"], w["off"]))
+                                      for w in walls])
+            for side in ("on", "off"):
+                rows.append((Cell(f"{label(g[0])}, SAAR {side}{saar_note(g[0], json.loads(setting), side)}"),
+                             *(accuracy_cell(runs, b, side, evs) for b in cols),
+                             Cell(f"{sum(statistics.median(w[side]) for w in walls) / len(evs):.1f} s"),
+                             overhead if side == "on" else Cell(""), source(runs)))
     return Table("table4", "Table 4: SAAR at test time, Pass@1 (%) and evaluation time",
                  ("model, SAAR at test time", *(BENCHMARKS[c] for c in cols), "eval time", "latency overhead",
                   "source"), tuple(rows),
                  ("Measured: the same checkpoint and seeds with SAAR off and on; eval time is the rollout wall time "
-                  "summed over benchmarks (mean over seeds; the first repeat when an evaluation was repeated, whose "
-                  "repeats are in the latency table); overhead = on / off - 1.",
-                  f"{REPORTED} reported by the paper (Table 4; AIME cells P@1 / P@16; the stated +8.8% does not "
+                  "summed over benchmarks, and overhead = on / off - 1, each the median over the repeats of an "
+                  "evaluation repeated off, on, off, on, ... (the latency table has their intervals), then the mean "
+                  "over seeds.",
+                  f"{REPORTED} reported by the paper ({t4['source']}; AIME cells P@1 / P@16; the stated +8.8% does not "
                   "follow from 115 / 106 min, which is +8.5%)."))
+
+
+def saar_note(r: Record, setting: dict[str, Any], side: str) -> str:
+    """SAAR's parameters at test time, named on a baseline's "on" row (a CLEANER run's are its label's)."""
+    if r.saar or side == "off":
+        return ""
+    return f" (γ {setting['gamma']}, K {setting['max_retries']}, rollback prob. {setting['rollback_probability']})"
+
+
+def evaluation_walls(ev: dict[str, Any]) -> dict[str, list[float]]:
+    """An evaluation's wall seconds summed over its benchmarks, per repeat, SAAR "off" and "on"."""
+    def walls(m: dict[str, Any], side: str) -> list[float]:  # one per repeat; one evaluation before repeats existed
+        return m.get("latency", {}).get(f"wall_s_{side}", [m[f"saar_{side}"]["wall_s"]])
+
+    return {side: [sum(repeat) for repeat in zip(*(walls(m, side) for m in ev["benchmarks"].values()))]
+            for side in ("off", "on")}
 
 
 def ablation(records: list[Record]) -> Table:
@@ -322,7 +387,8 @@ def ablation(records: list[Record]) -> Table:
         failures = number([eval_side(r, "lab", "off")["first_attempt_failures_per_traj"] for r in g])
         rows.append((Cell(label(g[0])), *params, accuracy_cell(g, "lab"), failures, Cell(str(len(g))), source(g)))
     return Table("ablation", "SAAR's gamma, K and p: lab held-out Pass@1 (%) and tool failures per trajectory",
-                 ("method", "γ", "K", "p", "lab Pass@1", "tool failures / traj", "seeds", "source"), tuple(rows),
+                 ("method", "γ", "K", "rollback prob.", "lab Pass@1", "tool failures / traj", "seeds", "source"),
+                 tuple(rows),
                  ("Held-out, SAAR off at test time; failures are the policy's own (first attempts). The paper reports "
                   "no such grid: it fixes γ 0.5 and K 3, with p 1.0 (4B) and 0.7 (7B).",))
 
@@ -395,6 +461,11 @@ def interval_cell(d: dict[str, float], scale: float = 1.0, digits: int = 1) -> C
     return Cell(f"{scale * d['mean']:+.{digits}f} [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]")
 
 
+def p_value(d: dict[str, float]) -> str:
+    """A p-value to two significant digits (0.004, 0.09), or < 0.001."""
+    return "< 0.001" if d["p_value"] < 0.001 else f"{d['p_value']:.2g}"
+
+
 def comparison(records: list[Record]) -> Table | None:
     """Each CLEANER group against each baseline that differs from it only in SAAR and the learning rate (each
     method's own, when tuned), paired by seed (at least two common seeds): the seed-mean held-out Pass@1 of the
@@ -432,19 +503,19 @@ def comparison(records: list[Record]) -> Table | None:
             name = label(g[0]) + (f", lr {lr[0]:g} vs the baseline's {lr[1]:g}" if lr[0] != lr[1] else "")
             cited = [r for pair in pairs for r in (*pair, start.get(held_out_set(pair[1].config))) if r is not None]
             rows.append((Cell(name), Cell(str(len(pairs))), Cell(" / ".join(means)), interval_cell(acc, 100),
-                         Cell(f"{acc['p_value']:.2f}"), interval_cell(fails, digits=3), Cell(f"{fails['p_value']:.2f}"),
+                         Cell(p_value(acc)), interval_cell(fails, digits=3), Cell(p_value(fails)),
                          Cell(" / ".join("-" if n is None else str(n) for n in reach)),
                          Cell(" ".join(r.name for r in cited))))
     if not rows:
         return None
     return Table("comparison", "CLEANER against the baseline, paired by seed (held-out, SAAR off at test time)",
-                 ("CLEANER", "seeds", "Pass@1 (%): start / baseline / CLEANER", "Δ Pass@1 (points) [95% t]", "p",
-                  "Δ tool failures / traj [95% t]", "p", "steps to the baseline's final Pass@1 (CLEANER / baseline)",
-                  "source"), tuple(rows),
+                 ("CLEANER", "seeds", "Pass@1 (%): start / baseline / CLEANER", "Δ Pass@1 (points) [95% t]", "p-value",
+                  "Δ tool failures / traj [95% t]", "p-value",
+                  "steps to the baseline's final Pass@1 (CLEANER / baseline)", "source"), tuple(rows),
                  ("Start: the initial (SFT) checkpoint on each seed's held-out problems (an evaluation-only record, "
                   "algo.steps=0); - without one. Pass@1 values are means over the paired seeds.",
-                  "Δ = CLEANER - baseline per seed, then the mean, with Student's t interval; p: two-sided paired "
-                  "t-test.",
+                  "Δ = CLEANER - baseline per seed, then the mean, with Student's t interval; p-value: two-sided "
+                  "paired t-test.",
                   "Steps: the first evaluated step (0: the start) at which the seed-mean held-out Pass@1 reaches "
                   "the baseline's final one; - when it never does."))
 
@@ -453,14 +524,15 @@ def latency(records: list[Record]) -> Table | None:
     """SAAR's cost at test time, from evaluations repeated `latency_repeats` (2 or more) times, SAAR off and on
     interleaved: one row per record and benchmark."""
     rows = []
-    for r in records:
-        for benchmark, m in (r.evaluation or {}).get("benchmarks", {}).items():
+    for r, ev in ((r, ev) for r in records for ev in evaluations(r)):
+        for benchmark, m in ev["benchmarks"].items():
             lat = m["latency"] if "latency" in m else {"repeats": 1}
             if lat["repeats"] < 2:
                 continue
             low, high = lat["overhead_mean_interval95"]
             extra = lat["extra_seconds"]
-            rows.append((Cell(label(r)), Cell(str(r.config["seed"])), Cell(BENCHMARKS.get(benchmark, benchmark)),
+            rows.append((Cell(label(r) + saar_note(r, test_time_saar(r, ev), "on")), Cell(str(r.config["seed"])),
+                         Cell(BENCHMARKS.get(benchmark, benchmark)),
                          Cell(str(lat["repeats"])), Cell(f"{100 * m['latency_overhead']:+.1f}%"),
                          Cell(f"[{100 * low:+.1f}%, {100 * high:+.1f}%]"),
                          Cell(f"{extra['mean']:+.1f} [{extra['low']:+.1f}, {extra['high']:+.1f}]"),
@@ -688,14 +760,15 @@ def page(tables: list[Table], figure: bool, samples: list[tuple[str, Trajectory,
 
 # -- the command --------------------------------------------------------------------------------------------------
 
-def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: Path | None = None) -> list[Table]:
+def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: Path | None = None,
+                 skip: Callable[[str], None] | None = None) -> list[Table]:
     """The report of the records under `runs_root` (and of the learning-rate searches under `tuning_root`, cited in
-    place) into `out`."""
-    records = load_records(runs_root)
+    place) into `out`; `skip` as for `load_records`."""
+    records = load_records(runs_root, skip)
     results = _read(paper_results, yaml.safe_load)
     tables = build_tables(records, results)
     if tuning_root is not None and tuning_root.exists():
-        searched = tuning(load_records(tuning_root), os.path.relpath(tuning_root, out))
+        searched = tuning(load_records(tuning_root, skip), os.path.relpath(tuning_root, out))
         tables += [searched] if searched else []
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("comparison", "latency", "tuning"):  # tables written only when they have rows: no stale copy
@@ -712,37 +785,38 @@ def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: P
         shutil.rmtree(out / "runs", ignore_errors=True)
         for r in records:
             (out / "runs" / r.name).mkdir(parents=True)
-            for f in RECORD_FILES:
-                if (r.path / f).exists():
-                    shutil.copy2(r.path / f, out / "runs" / r.name / f)
+            for f in (f for pattern in RECORD_FILES for f in sorted(r.path.glob(pattern))):
+                shutil.copy2(f, out / "runs" / r.name / f.name)
     return tables
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, help="folder of run records (default: results/runs when it exists, "
-                                                  "else the records the committed report cites, <out>/runs)")
+    parser.add_argument("--runs", type=Path, default=LOCAL_RUNS, help=f"folder of run records (default: {LOCAL_RUNS})")
+    parser.add_argument("--out", type=Path, default=LOCAL_OUT, help=f"output folder (default: {LOCAL_OUT}; the "
+                        f"committed report is {COMMITTED}, written only when named)")
     parser.add_argument("--paper", type=Path, default=PAPER_RESULTS, help="the paper's figures (paper_results.yaml)")
-    parser.add_argument("--out", type=Path, default=Path("results/report"), help="output folder")
     parser.add_argument("--tuning", type=Path, default=LOCAL_TUNING, help="learning-rate search records, cited in "
                                                                           "place (default: results/tuning, if any)")
-    parser.add_argument("--strict", action="store_true", help="exit 2 unless every record was made at a clean "
-                                                              "commit (the committed report is made with it)")
+    parser.add_argument("--strict", action="store_true", help="exit 2 unless every record reads back and was made "
+                                                              "at a clean commit (the committed report is made so)")
     args = parser.parse_args(argv)
-    if args.runs is None:
-        args.runs = LOCAL_RUNS if LOCAL_RUNS.exists() else args.out / "runs"
-        print(f"reading the run records in {args.runs}", flush=True)
-    for path, what in ((args.runs, "--runs folder"), (args.paper, "--paper file")):
-        if not path.exists():
-            print(f"error: {what} {path} does not exist", file=sys.stderr)
-            return 2
+    if not args.runs.exists():
+        print(f"error: no run records: {args.runs} does not exist. `make run` records some there; the committed "
+              f"report is regenerated from its records with python -m harness.report --runs {COMMITTED / 'runs'} "
+              f"--out {COMMITTED}", file=sys.stderr)
+        return 2
+    if not args.paper.exists():
+        print(f"error: --paper file {args.paper} does not exist", file=sys.stderr)
+        return 2
+    skip = None if args.strict else (lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
     try:
         if args.strict:
             cited = [*load_records(args.runs), *(load_records(args.tuning) if args.tuning.exists() else [])]
             unclean = [f"{r.name} ({why})" for r in cited if (why := provenance(r))]
             if unclean:
                 raise ReportError("--strict: not made at a clean commit: " + ", ".join(unclean))
-        tables = write_report(args.runs, args.paper, args.out, args.tuning)
+        tables = write_report(args.runs, args.paper, args.out, args.tuning, skip)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,18 +1,21 @@
 """The harness's one typed config schema: a dataclass per config group, registered in Hydra's ConfigStore. YAML
 files under `harness/conf/` only set values; Hydra rejects a key that is not a field here.
 
-`saar` and `sandbox` mirror `cleaner.saar.SaarConfig` and `cleaner.sandbox.SandboxConfig` field for field (those
-are frozen, and Hydra cannot override a frozen dataclass), so their fields are documented once, in `cleaner`. The
-other groups are the harness's own. `lab_train_config` turns a composed config into the `cleaner` dataclasses the
-lab trainer takes; their `__post_init__` checks are the value checks, so a bad value fails with the same message
-from Python, from YAML and from the command line.
+`algo`, `saar` and `sandbox` mirror `cleaner.recipe.AlgoConfig`, `cleaner.saar.SaarConfig` and
+`cleaner.sandbox.SandboxConfig` field for field (those are frozen, and Hydra cannot override a frozen dataclass), so
+their fields and defaults are declared and documented once, in `cleaner`. The other groups are the harness's own.
+`train_config` turns a composed config into the `cleaner` dataclasses the lab trainer takes; their
+`__post_init__` checks are the value checks, so a bad value fails with the same message from Python, from YAML and
+from the command line.
 
-Paper values are quoted from its Table 5 (`shared/reference/paper_results.yaml`, key `hyperparameters`).
+Paper values are quoted from its Table 5 (`harness/paper_results.yaml`, key `hyperparameters`). Nothing here
+imports a tensor library: the entry points read this schema before they parse their arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,26 +24,21 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cleaner.data import DATASETS, DataError, resolve_path
-from cleaner.tracking import BACKENDS
-from cleaner.lab.sft import SftConfig
-from cleaner.rl.advantages import AdvantageConfig
-from cleaner.rl.losses import PolicyLossConfig
-from cleaner.lab.trainer import TrainConfig
-from cleaner.rollout.episode import RolloutConfig
+from cleaner.lab.config import SftConfig, TrainConfig
+from cleaner.recipe import CLUSTER_ONLY, AlgoConfig
 from cleaner.saar import SaarConfig
-from cleaner.sandbox import SandboxConfig
+from cleaner.sandbox.config import SandboxConfig
 
 
 class ConfigError(ValueError):
     """A config the harness refuses, with a message that names the key."""
 
 
-def mutable_mirror(cls: type, name: str) -> type:
+def mutable_mirror(cls: type, name: str, extra: tuple[tuple[str, type, Any], ...] = ()) -> type:
     """A non-frozen dataclass with the fields, types and defaults of the frozen dataclass `cls` (a tuple field
-    becomes a list, which is what YAML and OmegaConf hold)."""
+    becomes a list, which is what YAML and OmegaConf hold), then the harness's own `extra` (name, type, default)."""
     hints = typing.get_type_hints(cls)
-    fields = []
+    fields: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         if typing.get_origin(kind) is tuple:
@@ -48,11 +46,12 @@ def mutable_mirror(cls: type, name: str) -> type:
         else:
             default = field(default=f.default)
         fields.append((f.name, kind, default))
-    mirror = dataclasses.make_dataclass(name, fields)
+    mirror = dataclasses.make_dataclass(name, [*fields, *((n, k, field(default=d)) for n, k, d in extra)])
     mirror.__module__ = __name__  # importable by name, so a pickled config (a submitit job's) can be loaded
     return mirror
 
 
+AlgoSchema = mutable_mirror(AlgoConfig, "AlgoSchema", (("name", str, "lab"),))  # name: the recipe's, for tables
 SaarSchema = mutable_mirror(SaarConfig, "SaarSchema")
 SandboxSchema = mutable_mirror(SandboxConfig, "SandboxSchema")
 
@@ -66,51 +65,6 @@ class ModelSchema:
     # cluster=verl: the actor's attention kernel (transformers' attn_implementation; verl's default is
     # flash_attention_2, which needs the flash-attn package on the GPU nodes; the lab's model uses sdpa)
     attn_implementation: str = "sdpa"
-
-
-LAB = TrainConfig()  # the lab trainer's defaults: the algo group's defaults are read from it, never copied
-
-
-@dataclass
-class AlgoSchema:
-    name: str = "lab"  # the recipe's name, for tables
-    steps: int = LAB.steps  # RL steps (the paper reports its results at 250 steps for 4B)
-    prompts_per_step: int = LAB.prompts_per_step  # prompts per RL step ("train_batch_size: 128")
-    group_size: int = LAB.group_size  # rollouts per prompt ("group_size: 16")
-    # prompts per optimizer update ("ppo_mini_batch_size: 32"; 128 / 32 = 4 updates)
-    ppo_mini_batch_size: int = LAB.prompts_per_step // LAB.mini_batches
-    lr: float = LAB.lr  # peak learning rate ("2e-6" for 4B, "1e-6" for 7B; the lab's 3.8 M model needs far more)
-    lr_warmup_steps: int = LAB.lr_warmup_steps  # linear warm-up, then constant ("lr_warmup_steps: 20")
-    max_grad_norm: float = LAB.max_grad_norm  # gradient clipping by global norm (verl's default, 1.0)
-    adv_estimator: str = LAB.advantage.estimator  # a key of cleaner.rl.advantages.ADVANTAGES ("adv_estimator: grpo")
-    norm_adv_by_std: bool = LAB.advantage.norm_by_std  # GRPO divides by the group std; False gives Dr. GRPO
-    policy_loss: str = LAB.loss.policy_loss  # a key of cleaner.rl.losses.POLICY_LOSSES
-    clip_ratio_low: float = LAB.loss.clip_ratio_low  # ("clip_ratio_low: 0.20")
-    clip_ratio_high: float = LAB.loss.clip_ratio_high  # DAPO clip-higher ("clip_ratio_high: 0.28")
-    clip_ratio_c: float = LAB.loss.clip_ratio_c  # dual clip ("clip_ratio_c: 10.0")
-    loss_agg_mode: str = LAB.loss.loss_agg_mode  # a key of cleaner.rl.aggregation.AGGREGATIONS ("token-mean")
-    # DAPO soft overlong punishment window ("overlong_buffer.len: 4096")
-    overlong_buffer_tokens: int = LAB.overlong_buffer_tokens
-    overlong_penalty_factor: float = LAB.overlong_penalty_factor  # ("overlong_buffer.penalty_factor: 1.0")
-    dynamic_sampling: bool = LAB.dynamic_sampling  # DAPO: train only on groups whose rewards differ
-    temperature: float = LAB.temperature  # training and held-out sampling temperature ("temperature: 1.0")
-    top_p: float = LAB.top_p  # training rollouts ("top_p: 1.0")
-    eval_top_p: float = LAB.eval_top_p  # held-out rollouts ("eval top_p: 0.6"; the lab keeps 1.0)
-    max_turns: int = LAB.rollout.max_turns  # assistant turns per trajectory ("max_turns: 16")
-    max_response_tokens: int = LAB.rollout.max_response_tokens  # tokens after the prompt ("max_response_length: 20480")
-    max_prompt_tokens: int = 256  # cluster=verl: longer training prompts are left out ("max_prompt_length: 2560")
-    max_eval_prompt_tokens: int = 256  # cluster=verl: the same for validation ("eval max_prompt_length: 4096")
-    # cluster=verl: verl's rollout importance-sampling correction level ("token" | "sequence"; "" off, the
-    # paper's setting); on, the spliced spans' rollout log-probs are re-scored under the purified context first
-    rollout_is: str = ""
-    # tool output shown to the model, middle-cut ("truncated to 256 chars")
-    max_tool_response_chars: int = LAB.rollout.max_tool_response_chars
-    # SAAR retries count as turns and budget (the authors': no)
-    retries_count_against_limits: bool = LAB.rollout.retries_count_against_limits
-    eval_every: int = LAB.eval_every  # steps between held-out evaluations; 0: only after the last step
-    eval_problems: int = LAB.eval_problems  # held-out problems per evaluation
-    eval_samples: int = LAB.eval_samples  # samples per held-out problem (pass@1 is their mean)
-    eval_split: str = LAB.eval_split  # the lab's held-out problems: "test", or "val" to tune on (never the test split)
 
 
 @dataclass
@@ -138,6 +92,11 @@ class ClusterSchema:
     kind: str = "lab"
     nodes: int = 1  # machines per run
     gpus_per_node: int = 0  # accelerators per machine (verl_cpu: logical GPUs, one trainer process each)
+    # What one run's job asks of a SLURM node (launcher=slurm); resources, not part of the run's name. The lab's
+    # defaults: a 3.8 M-parameter model trains on 2 cores in minutes (a 40-step comparison run, about 15 minutes).
+    cpus_per_task: int = 2  # CPUs of the job
+    mem_gb: int = 8  # memory of the job, GB
+    timeout_min: int = 180  # time limit of the job, minutes
 
 
 @dataclass
@@ -194,8 +153,9 @@ class RunSchema:
     test_time_saar: bool | None = None
 
 
+# keys that do not change a run's results (dotted keys inside a group): left out of its hash (`harness.records`)
 NOT_HASHED = ("runs_root", "strict", "quiet", "loggers", "search", "verl", "dry_run", "test_time_saar",
-              "latency_repeats")
+              "latency_repeats", "engine.urls", "cluster.cpus_per_task", "cluster.mem_gb", "cluster.timeout_min")
 
 GROUPS: dict[str, type] = {"model": ModelSchema, "algo": AlgoSchema, "saar": SaarSchema, "data": DataSchema,
                            "engine": EngineSchema, "sandbox": SandboxSchema, "cluster": ClusterSchema}
@@ -207,10 +167,15 @@ def lab_sft_path() -> str:
 
 
 def register() -> None:
-    """Register the schema as `run` (the first entry of every primary config's defaults) and the `${lab_sft:}`
-    resolver, which resolves to `lab_sft_path()`, so a run's recorded config names the exact SFT checkpoint."""
+    """Register the schema as `run` (the first entry of every primary config's defaults), the `${lab_sft:}`
+    resolver, which resolves to `lab_sft_path()`, so a run's recorded config names the exact SFT checkpoint,
+    `${pid:}`, this process's id (in Hydra's folder names: two sweeps started in the same second get two), and
+    `${nonzero:x}`, x or null (a SLURM job without GPUs asks for none: `--gpus-per-node=0` fails where GPUs are not
+    a configured resource)."""
     ConfigStore.instance().store(name="run", node=RunSchema)
     OmegaConf.register_new_resolver("lab_sft", lab_sft_path, replace=True)
+    OmegaConf.register_new_resolver("nonzero", lambda x: x or None, replace=True)
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 
 register()  # at import: every process that composes or resolves a run config (entry point, submitit job) has both
@@ -221,29 +186,31 @@ def _built(make: Any, **kwargs: Any) -> Any:
     try:
         return make(**kwargs)
     except (ValueError, KeyError) as e:
-        raise ConfigError(str(e).strip("'\"")) from e
+        raise ConfigError(str(e.args[0]) if e.args else str(e)) from e  # a KeyError's str() adds quotes
 
 
 def validate(cfg: DictConfig) -> None:
     """Check every value of a composed run config, whatever its cluster; raises ConfigError naming the key."""
-    algo = cfg.algo
-    if not (algo.ppo_mini_batch_size >= 1 and algo.prompts_per_step % algo.ppo_mini_batch_size == 0):
-        raise ConfigError(f"algo.ppo_mini_batch_size={algo.ppo_mini_batch_size} must be >= 1 and divide "
-                          f"algo.prompts_per_step={algo.prompts_per_step}")
+    from cleaner.data import DATASETS
+    from cleaner.tracking import BACKENDS
+
     if cfg.latency_repeats < 1:
         raise ConfigError(f"latency_repeats must be >= 1, got {cfg.latency_repeats}")
     for key, allowed in (("engine.kind", ("transformers", "sglang")), ("cluster.kind", ("lab", "verl", "verl_cpu")),
-                         ("model.dtype", ("float32", "bfloat16", "float16")), ("algo.eval_split", ("test", "val"))):
+                         ("model.dtype", ("float32", "bfloat16", "float16"))):
         if OmegaConf.select(cfg, key) not in allowed:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}; valid: {', '.join(allowed)}")
-    v = cfg.verl
-    if not (min(cfg.cluster.nodes, v.rollout_tp, v.save_every, v.agent_workers, v.max_sandbox_workers) >= 1
+    c, v = cfg.cluster, cfg.verl
+    if not (min(c.nodes, c.cpus_per_task, c.mem_gb, c.timeout_min) >= 1 and c.gpus_per_node >= 0):
+        raise ConfigError(f"cluster.nodes, cluster.cpus_per_task, cluster.mem_gb, cluster.timeout_min must be >= 1 "
+                          f"and cluster.gpus_per_node >= 0; got {c.nodes}, {c.cpus_per_task}, {c.mem_gb}, "
+                          f"{c.timeout_min}, {c.gpus_per_node}")
+    if not (min(v.rollout_tp, v.save_every, v.agent_workers, v.max_sandbox_workers) >= 1
             and v.keep_checkpoints >= 0 and 0 < v.gpu_memory_utilization <= 1):
-        raise ConfigError(f"cluster.nodes, verl.rollout_tp, verl.save_every, verl.agent_workers, "
-                          f"verl.max_sandbox_workers must be >= 1, verl.keep_checkpoints >= 0, "
-                          f"verl.gpu_memory_utilization in (0, 1]; got {cfg.cluster.nodes}, {v.rollout_tp}, "
-                          f"{v.save_every}, {v.agent_workers}, {v.max_sandbox_workers}, {v.keep_checkpoints}, "
-                          f"{v.gpu_memory_utilization}")
+        raise ConfigError(f"verl.rollout_tp, verl.save_every, verl.agent_workers, verl.max_sandbox_workers must be "
+                          f">= 1, verl.keep_checkpoints >= 0, verl.gpu_memory_utilization in (0, 1]; got "
+                          f"{v.rollout_tp}, {v.save_every}, {v.agent_workers}, {v.max_sandbox_workers}, "
+                          f"{v.keep_checkpoints}, {v.gpu_memory_utilization}")
     unknown = sorted(set(cfg.loggers) - set(BACKENDS))
     if unknown:
         raise ConfigError(f"loggers: unknown {', '.join(unknown)}; valid: {', '.join(sorted(BACKENDS))}")
@@ -251,25 +218,33 @@ def validate(cfg: DictConfig) -> None:
         if name not in DATASETS or not (isinstance(samples, int) and samples >= 1):
             raise ConfigError(f"data.eval_samples.{name}={samples}: must be >= 1 and name a benchmark "
                               f"({', '.join(DATASETS)})")
-    train_config(cfg)  # the library's own checks: SandboxConfig, SaarConfig, RolloutConfig, ..., TrainConfig
+    sandbox_config(cfg)  # the library's own checks: SandboxConfig, then AlgoConfig, SaarConfig and the chat format
+    rollout_config(cfg)
 
 
 def sandbox_config(cfg: DictConfig) -> SandboxConfig:
     return _built(SandboxConfig, **OmegaConf.to_container(cfg.sandbox))
 
 
-def lab_parts(cfg: DictConfig) -> tuple[RolloutConfig, AdvantageConfig, PolicyLossConfig]:
-    algo = cfg.algo
-    saar = _built(SaarConfig, **OmegaConf.to_container(cfg.saar))
-    rollout = _built(RolloutConfig, max_turns=algo.max_turns, max_response_tokens=algo.max_response_tokens,
-                     max_tool_response_chars=algo.max_tool_response_chars,
-                     retries_count_against_limits=algo.retries_count_against_limits, format=cfg.model.chat_format,
-                     saar=saar)
-    advantage = _built(AdvantageConfig, estimator=algo.adv_estimator, norm_by_std=algo.norm_adv_by_std)
-    loss = _built(PolicyLossConfig, policy_loss=algo.policy_loss, clip_ratio_low=algo.clip_ratio_low,
-                  clip_ratio_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c,
-                  loss_agg_mode=algo.loss_agg_mode)
-    return rollout, advantage, loss
+def algo_config(cfg: DictConfig) -> AlgoConfig:
+    algo = OmegaConf.to_container(cfg.algo)
+    algo.pop("name")
+    return _built(AlgoConfig, **algo)
+
+
+def saar_config(cfg: DictConfig) -> SaarConfig:
+    return _built(SaarConfig, **OmegaConf.to_container(cfg.saar))
+
+
+def rollout_config(cfg: DictConfig) -> Any:
+    """The rollout's `cleaner.rollout.episode.RolloutConfig`: the algo group's limits, SAAR, the chat format."""
+    return _built(algo_config(cfg).rollout_config, saar=saar_config(cfg), chat_format=cfg.model.chat_format)
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    """The lab trainer's `TrainConfig`: the algo, saar and sandbox groups as they are, the chat format and the seed."""
+    return _built(TrainConfig, algo=algo_config(cfg), saar=saar_config(cfg), sandbox=sandbox_config(cfg),
+                  chat_format=cfg.model.chat_format, seed=cfg.seed)
 
 
 def lab_train_config(cfg: DictConfig) -> TrainConfig:
@@ -280,27 +255,17 @@ def lab_train_config(cfg: DictConfig) -> TrainConfig:
         if OmegaConf.select(cfg, key) != lab_value:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: the lab trainer (cluster=lab) needs "
                               f"{key}={lab_value}")
+    for key in CLUSTER_ONLY:
+        if cfg.algo[key] != getattr(AlgoConfig, key):
+            raise ConfigError(f"algo.{key}={cfg.algo[key]!r} is read by cluster=verl only; the lab trainer "
+                              f"(cluster=lab) would ignore it")
     return train_config(cfg)
-
-
-def train_config(cfg: DictConfig) -> TrainConfig:
-    """The algo, saar and sandbox groups as the lab trainer's config (built on every path, for its checks). The
-    algo group keeps verl's and the paper's key names (`ppo_mini_batch_size`, `adv_estimator`, ...), which users
-    override and presets set, so its keys are mapped here, once, onto the library's nested configs."""
-    rollout, advantage, loss = lab_parts(cfg)
-    algo = cfg.algo
-    return _built(
-        TrainConfig, steps=algo.steps, prompts_per_step=algo.prompts_per_step, group_size=algo.group_size, lr=algo.lr,
-        lr_warmup_steps=algo.lr_warmup_steps, mini_batches=algo.prompts_per_step // algo.ppo_mini_batch_size,
-        max_grad_norm=algo.max_grad_norm, temperature=algo.temperature, top_p=algo.top_p, eval_top_p=algo.eval_top_p,
-        rollout=rollout, advantage=advantage, loss=loss, overlong_buffer_tokens=algo.overlong_buffer_tokens,
-        overlong_penalty_factor=algo.overlong_penalty_factor, dynamic_sampling=algo.dynamic_sampling,
-        sandbox=sandbox_config(cfg), eval_every=algo.eval_every,
-        eval_problems=algo.eval_problems, eval_samples=algo.eval_samples, eval_split=algo.eval_split, seed=cfg.seed)
 
 
 def check_paths(cfg: DictConfig) -> None:
     """Data files named by the config exist (the lab needs none)."""
+    from cleaner.data import DataError, resolve_path
+
     if cfg.data.name == "lab":
         return
     if cfg.data.train_path or cfg.algo.steps > 0:

@@ -26,23 +26,19 @@ one study at once (each would fail the other's trials as left by a killed driver
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import optuna
-import submitit
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import cli, schema
-from harness.train import run
+from harness.train import check, run
 
 
-def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+def suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
     """One value per dotted key of the search space."""
     params = {}
     for key, spec in space.items():
@@ -63,6 +59,8 @@ def space_size(space: dict[str, Any]) -> float:
 def sampler_seed(seed: int, trials_before: int) -> int:
     """The TPE sampler's seed for a driver that finds `trials_before` trials in its study: a new stream per start,
     and not the stream another seed's search starts with (as `seed + trials_before` would be)."""
+    import numpy as np
+
     return int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
 
 
@@ -82,16 +80,15 @@ def metric(summary: dict[str, Any], dotted: str) -> float:
     return float(value)
 
 
-def job_error(e: Exception) -> str:
-    """The line of a failed submitit job's traceback that names the original error (`pkg.SomeError: ...`)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Exit)\b", line)),
-                f"{type(e).__name__}: {lines[-1] if lines else ''}")
+class SearchFailed(RuntimeError):
+    """Every trial failed: a bug or a machine to fix, not a search to go on with."""
 
 
-def executor(launcher: dict[str, Any], folder: Path) -> submitit.Executor:
+def executor(launcher: dict[str, Any], folder: Path) -> Any:
     """A submitit executor with the launcher group's parameters (`hydra.launcher`, resolved; launcher=local or
     launcher=slurm)."""
+    import submitit
+
     slurm = "slurm" in launcher["_target_"].lower()
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm" if slurm else "local")
     common = {k: launcher[k] for k in ("timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node")
@@ -102,7 +99,21 @@ def executor(launcher: dict[str, Any], folder: Path) -> submitit.Executor:
     return ex
 
 
-def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study:
+def check_space(cfg: DictConfig, space: dict[str, Any], sandbox_here: bool) -> None:
+    """Every trial's config checked before the first starts, as a sweep's jobs are: the base config (with the
+    sandbox, unless the trials run on SLURM nodes), then each key of the space at its bounds."""
+    check(cfg, sandbox_here)
+    for key, spec in space.items():
+        for bound in ("low", "high"):
+            try:
+                check(trial_config(cfg, {key: spec[bound]}), False)
+            except schema.ConfigError as e:
+                raise schema.ConfigError(f"search.space.{key}.{bound}={spec[bound]}: {e}") from None
+
+
+def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> Any:
+    import optuna
+
     spec = cfg.search
     if spec is None or not spec.space:
         raise schema.ConfigError("search.space is empty; start from +sweeps=optuna")
@@ -111,7 +122,8 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
     for key in ("trials", "parallel"):
         if spec[key] < 1:
             raise schema.ConfigError(f"search.{key} must be at least 1, got {spec[key]}")
-    schema.validate(cfg)
+    space = OmegaConf.to_container(spec.space)
+    check_space(cfg, space, sandbox_here="slurm" not in launcher["_target_"].lower())
     root = Path(cfg.runs_root).resolve() / "optuna"
     root.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=spec.study, storage=f"sqlite:///{root / spec.study}.db",
@@ -127,8 +139,7 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
             log(f"trial {t.number} was left running by a killed driver: failing it and asking its parameters again")
             study.enqueue_trial(t.params)  # before failing it: a kill in between cannot lose its parameters
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    space = OmegaConf.to_container(spec.space)
-    running: dict[int, submitit.Job] = {}
+    running: dict[int, Any] = {}  # trial number -> submitit job
     failed = 0
     exhausted = False
 
@@ -163,11 +174,12 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
             try:
                 value = metric(job.result(), spec.metric)
             except Exception as e:  # the trial's job failed: recorded as a failed trial, the search goes on
-                log(f"trial {number} failed: {job_error(e)}")
+                log(f"trial {number} failed: {cli.one_line(e)}")
                 study.tell(number, state=optuna.trial.TrialState.FAIL)
                 failed += 1
                 if failed >= spec.trials:  # every trial failing is a bug to fix, not a search to go on with
-                    raise RuntimeError(f"{failed} trials failed; the jobs' logs are in {ex.folder}") from e
+                    raise SearchFailed(f"{failed} trials failed, the last with {cli.one_line(e)}; the jobs' logs "
+                                       f"are in {ex.folder}") from None
                 continue
             study.tell(number, value)
             log(f"trial {number}: {spec.metric} = {value:.4f}")
@@ -178,14 +190,26 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> optuna.Study
 
 
 def main(argv: list[str]) -> None:
+    if {"-h", "--help"} & set(argv):
+        print("\n\n".join(__doc__.split("\n\n")[:2]) + "\n\nSearch spaces: sweeps/optuna.yaml, sweeps/tune_lr.yaml; "
+              "docs/search.md.")
+        return
     cli.check_overrides(argv)
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver's own lines say what Optuna's would
     with initialize_config_dir(str(cli.CONF), version_base="1.3"):
         cfg = compose("sweep", overrides=[*argv, cli.searchpath_override()], return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     with open_dict(cfg):
         del cfg["hydra"]
-    cli.guarded(search, cfg, launcher)
+    try:
+        cli.guarded(search, cfg, launcher)
+    except SearchFailed as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        cli.interrupted(None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Hydra's basic sweeper expands the grid; `launcher=local` (the default) runs each
 from __future__ import annotations
 
 from harness import cli
-from harness.train import run
+from harness.train import check, run
 
 if __name__ == "__main__":
-    cli.main(run, "sweep", config="sweep")
+    cli.main(run, "sweep", config="sweep", check=check)

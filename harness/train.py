@@ -17,19 +17,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cleaner.lab.sft import SftConfig
-from cleaner.lab.sft import train as train_sft
-from cleaner.lab.trainer import train_sync
-from cleaner.trajectory import write_lines_atomic
+from cleaner.lab.config import SftConfig
+from cleaner.sandbox import check_ready
 from harness import cli, records, schema
 
 
 def init_checkpoint(cfg: DictConfig, log: Any) -> Path:
     """The run's initial checkpoint; the lab's SFT checkpoint is trained (about 20 minutes on 2 cores) if missing."""
+    from cleaner.lab.sft import train as train_sft  # torch: not before the command line is checked
+
     path = Path(to_absolute_path(cfg.model.path))
     if (path / "config.json").exists():
         return path
@@ -50,8 +49,11 @@ def check_start(cfg: DictConfig, run_dir: Path) -> None:
                                  f"(model.path={cfg.model.path}); move that folder away to train again")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, then run the job in its record folder; returns the run's summary."""
+def check(cfg: DictConfig, sandbox_here: bool = True) -> None:
+    """Everything that refuses a run before it starts, as ConfigError or SandboxUnavailable (one line each): the
+    values, the data files, what the cluster can run, a finished record from another checkpoint, and (unless a dry
+    run, or `sandbox_here` is False: a sweep's driver whose jobs run on SLURM nodes) a sandbox that starts here.
+    A sweep runs it in its driver for every job before any starts (`cli.check_sweep`); each run runs it again."""
     schema.validate(cfg)
     schema.check_paths(cfg)
     verl_cluster = cfg.cluster.kind in ("verl", "verl_cpu")
@@ -61,16 +63,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.algo.steps == 0:
         raise schema.ConfigError("algo.steps=0 trains nothing: evaluate model.path with python -m harness.eval and "
                                  "the same overrides")
-    train_cfg = None if verl_cluster else schema.lab_train_config(cfg)
-    name = records.config_hash(cfg)
     if not verl_cluster:
-        check_start(cfg, Path(cfg.runs_root) / name)
+        schema.lab_train_config(cfg)
+        check_start(cfg, Path(cfg.runs_root) / records.config_hash(cfg))
+    if sandbox_here and not cfg.dry_run:
+        check_ready(schema.sandbox_config(cfg))
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Check, then run the job in its record folder; returns the run's summary."""
+    check(cfg)
+    verl_cluster = cfg.cluster.kind in ("verl", "verl_cpu")
+    name = records.config_hash(cfg)
     log = (lambda s: None) if cfg.quiet else (lambda s: print(f"[{name}] {s}", flush=True))
-    if HydraConfig.initialized():  # for the sweep's progress table: which job runs which record
-        out = Path(HydraConfig.get().runtime.output_dir)
-        write_lines_atomic(out / "run.json", iter([json.dumps({
-            "run_dir": str(Path(cfg.runs_root).resolve() / name), "overrides": list(HydraConfig.get().overrides.task),
-            "steps": cfg.algo.steps})]))
+    cli.announce(cfg, Path(cfg.runs_root) / name)
     if verl_cluster:
         # the plugin announces its loading at INFO, which Hydra's logging prints on stdout, or else on stderr:
         # stderr, so that stdout holds only what a dry run prints (the verl command)
@@ -80,12 +86,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.model.path == schema.lab_sft_path() and not cfg.dry_run:
             init_checkpoint(cfg, log)
         return verl.run(cfg)
+    train_cfg = schema.lab_train_config(cfg)
 
     def job(run_dir: Path) -> dict[str, Any]:
+        from cleaner.lab.trainer import train_sync  # torch: not before the command line is checked
+
         return train_sync(train_cfg, init_checkpoint(cfg, log), run_dir, log=log, loggers=tuple(cfg.loggers))
 
     return records.run_record(cfg, job, log=log)
 
 
 if __name__ == "__main__":
-    cli.main(run, "train")
+    cli.main(run, "train", check=check)

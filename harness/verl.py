@@ -73,6 +73,8 @@ happens on the GPUs is verl's (nothing here has run on a GPU; verl's trainer has
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import importlib.util
 import json
@@ -91,7 +93,7 @@ import pyarrow.parquet as pq
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cleaner import verl_plugin
 from cleaner.trajectory import write_lines_atomic
@@ -159,7 +161,7 @@ def agent_loop_entries(cfg: DictConfig, test_time_saar: bool | None) -> list[dic
     """The agent-loop YAML's content: the plugin's entry for our loop with this run's rollout and sandbox settings;
     SAAR as trained, or switched as asked when evaluating at test time (a baseline evaluated with SAAR on gets the
     paper's SAAR parameters)."""
-    rollout, _, _ = schema.lab_parts(cfg)
+    rollout = schema.rollout_config(cfg)
     if test_time_saar is not None:
         rollout = replace(rollout, saar=replace(rollout.saar, enabled=test_time_saar))
     sandbox = replace(schema.sandbox_config(cfg), workers=sandbox_workers(cfg, job_cpus()))
@@ -168,8 +170,8 @@ def agent_loop_entries(cfg: DictConfig, test_time_saar: bool | None) -> list[dic
 
 def sandbox_for_rewards(cfg: DictConfig) -> dict[str, Any]:
     """The run's sandbox settings for the reward function's code tests (`reward_kwargs.sandbox`; it sizes its own
-    one-worker pool)."""
-    settings = OmegaConf.to_container(cfg.sandbox)
+    one-worker pool), as the agent loop gets them (`cpu_time_s` resolved)."""
+    settings = dataclasses.asdict(schema.sandbox_config(cfg))
     settings.pop("workers")
     return settings
 

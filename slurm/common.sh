@@ -9,8 +9,11 @@
 #   CLEANER_REPO        the checkout on the shared filesystem (default: where sbatch was called, SLURM_SUBMIT_DIR)
 #   CLEANER_PYTHON      the interpreter with cleaner, verl[sglang]==0.9.1 (default: $CLEANER_REPO/.venv/bin/python)
 #   CLEANER_RUNS        runs_root: one folder per run, <runs>/<config hash>/ (default: $CLEANER_REPO/results/runs)
-#   CLEANER_DATA_ROOT   benchmark files in cleaner.data's layout (default: $CLEANER_REPO/../shared/data)
-#   CLEANER_TRAIN_FILE  the RL set (default: $CLEANER_DATA_ROOT/Open-AgentRL-30K/Open-AgentRL-30K.parquet)
+#   CLEANER_DATA_ROOT   benchmark files in cleaner.data's layout (default: unset, and cleaner.data reads its default
+#                       folders: $CLEANER_REPO/data, where `python -m harness.prepare_data NAME` downloads, then
+#                       ../shared/data beside the checkout when that holds the file)
+#   CLEANER_TRAIN_FILE  the RL set (default: Open-AgentRL-30K/Open-AgentRL-30K.parquet under CLEANER_DATA_ROOT, else
+#                       under $CLEANER_REPO/data)
 #   CLEANER_EVAL_SETS   benchmarks, NAME or NAME=FILE, space-separated; part of the run's identity, so the same for
 #                       a run's training and its evaluation (default: aime24 aime25 gpqa_diamond livecodebench_v6)
 #   CLEANER_MODELS      folder holding the RA-SFT checkpoints Qwen3-4B-RA-SFT/, Qwen2.5-7B-RA-SFT/
@@ -27,8 +30,8 @@ CLEANER_REPO=${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 CLEANER_PYTHON=${CLEANER_PYTHON:-$CLEANER_REPO/.venv/bin/python}
 CLEANER_RAY=${CLEANER_RAY:-$(dirname "$CLEANER_PYTHON")/ray}
 CLEANER_RUNS=${CLEANER_RUNS:-$CLEANER_REPO/results/runs}
-CLEANER_DATA_ROOT=${CLEANER_DATA_ROOT:-$CLEANER_REPO/../shared/data}
-CLEANER_TRAIN_FILE=${CLEANER_TRAIN_FILE:-$CLEANER_DATA_ROOT/Open-AgentRL-30K/Open-AgentRL-30K.parquet}
+train_root=${CLEANER_DATA_ROOT:-$CLEANER_REPO/data}  # the default training file's folder
+CLEANER_TRAIN_FILE=${CLEANER_TRAIN_FILE:-$train_root/Open-AgentRL-30K/Open-AgentRL-30K.parquet}
 CLEANER_EVAL_SETS=${CLEANER_EVAL_SETS:-aime24 aime25 gpqa_diamond livecodebench_v6}
 CLEANER_MODELS=${CLEANER_MODELS:-$CLEANER_REPO/models}
 CLEANER_RAY_PORT=${CLEANER_RAY_PORT:-6379}
@@ -39,7 +42,7 @@ CPUS_PER_NODE=${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-32}}
 
 # Ray's workers start from `ray start`'s environment: what the plugin and verl need is exported before it.
 export PYTHONPATH="$CLEANER_REPO${PYTHONPATH:+:$PYTHONPATH}"  # cleaner (the agent loop, reward) and harness
-export CLEANER_DATA_ROOT                                      # cleaner.data's data root
+export CLEANER_DATA_ROOT                                      # cleaner.data's data root (stays unset if unset)
 export PYTHONUNBUFFERED=1                                     # logs as they happen
 export HYDRA_FULL_ERROR=1                                     # verl's own Hydra errors in full
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}                    # every model path is local; nodes are often offline
@@ -140,7 +143,7 @@ print(int(ray.cluster_resources().get("GPU", 0)))' 2>/dev/null || echo 0)
 }
 
 # eval_args: the +data.eval_paths.NAME=FILE overrides of CLEANER_EVAL_SETS, one per line (a bare NAME:
-# cleaner.data finds the file under CLEANER_DATA_ROOT, or says where it looked)
+# cleaner.data finds the file under CLEANER_DATA_ROOT, else in its default folders, or says where it looked)
 eval_args() {
     # shellcheck disable=SC2086  # CLEANER_EVAL_SETS is a space-separated list
     (cd "$CLEANER_REPO" && "$CLEANER_PYTHON" -c 'import sys

@@ -5,6 +5,7 @@ anything here: the check asserts real calls, real errors and aligned trajectorie
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import torch
@@ -66,12 +67,25 @@ def smollm2():
     return load_causal_lm("smollm2-135m-instruct")
 
 
-def test_smollm2_makes_real_calls_through_the_agent_loop(smollm2):
+# The first two level-1 problems of MATH-500 (MIT), as its file holds them: on harder ones SmolLM2 often writes no code
+MATH500_LEVEL_1 = [
+    {"problem": "Suppose $\\sin D = 0.7$ in the diagram below. What is $DE$? [asy]\npair D,E,F;\nF = (0,0);\n"
+                "D = (sqrt(51),7);\nE = (0,7);\ndraw(D--E--F--D);\ndraw(rightanglemark(D,E,F,15));\n"
+                "label(\"$D$\",D,NE);\nlabel(\"$E$\",E,NW);\nlabel(\"$F$\",F,SW);\nlabel(\"$7$\",(E+F)/2,W);\n[/asy]",
+     "answer": "\\sqrt{51}", "unique_id": "test/precalculus/1303.json", "subject": "Precalculus", "level": 1,
+     "solution": ""},
+    {"problem": "Compute: $1-2+3-4+5- \\dots +99-100$.", "answer": "-50",
+     "unique_id": "test/intermediate_algebra/134.json", "subject": "Intermediate Algebra", "level": 1, "solution": ""},
+]
+
+
+def test_smollm2_makes_real_calls_through_the_agent_loop(smollm2, tmp_path):
     """Four MATH-500 trajectories (level 1) at T 0.7 with SAAR on: the model writes code that the sandbox runs; every
     trajectory's ids, mask and provenance stay aligned; failures are real exception classes."""
     model, tokenizer = smollm2
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    problems = [p for p in load("math500") if p.meta["level"] == 1][:2]  # on harder ones it often writes no code
+    (tmp_path / "math500.jsonl").write_text("".join(json.dumps(row) + "\n" for row in MATH500_LEVEL_1))
+    problems = load("math500", path=tmp_path / "math500.jsonl")
     cfg = RolloutConfig(max_turns=3, max_response_tokens=256, format="markdown")
 
     async def run():

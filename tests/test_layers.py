@@ -12,10 +12,11 @@ from pathlib import Path
 CLEANER = Path(__file__).resolve().parents[1] / "cleaner"
 
 LAYERS = [
-    {"trajectory", "registry", "stats"},
+    {"trajectory", "registry", "stats", "seeds"},
     {"chat", "data", "similarity", "rewards", "rl", "tracking"},
     {"saar", "sandbox"},
     {"rollout", "metrics", "purify"},
+    {"recipe"},
     {"bench", "lab"},
     {"models", "verl_plugin"},
 ]

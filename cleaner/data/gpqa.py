@@ -2,8 +2,8 @@
 
 Upstream format (the authors' CSV, or a parquet with the same columns): `Question`, `Correct Answer`,
 `Incorrect Answer 1..3`, optional `Record ID`, `High-level domain`, `Subdomain`. The four answers are stripped of
-surrounding whitespace and shuffled by `random.Random(seed)` where seed is the first 8 bytes (big-endian) of the
-SHA-256 of the question text: the same question gets the same order in every file, run and row order. The
+surrounding whitespace and shuffled by `random.Random(cleaner.seeds.derive(question text))`: the same question gets
+the same order in every file, run and row order. The
 question becomes the stem followed by lines "A) ...".."D) ..."; the gold is the letter; `meta["choices"]` holds
 the four answers in letter order and `meta["correct_answer"]` the correct text.
 
@@ -14,11 +14,11 @@ dropped); the prompt is kept as written (its instruction is not stripped, since 
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from pathlib import Path
 
+from cleaner import seeds
 from cleaner.data.rows import (
     DataError,
     Problem,
@@ -35,9 +35,8 @@ ANSWER_COLUMNS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", 
 
 def choice_order(question: str) -> list[int]:
     """A permutation of 0..3 (0 = the correct answer) seeded by the question text (module docstring)."""
-    seed = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big")
     order = list(range(len(ANSWER_COLUMNS)))
-    random.Random(seed).shuffle(order)
+    random.Random(seeds.derive(question)).shuffle(order)
     return order
 
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,31 +26,11 @@ import transformers
 from cleaner import chat
 from cleaner.lab import tasks
 from cleaner.lab.model import tiny_qwen3
+from cleaner.lab.config import SftConfig
 from cleaner.lab.sft_data import build_records
 from cleaner.lab.tokenizer import lab_tokenizer
 from cleaner.purify import trajectory_from_messages
 from cleaner.trajectory import write_lines_atomic
-
-
-@dataclass(frozen=True)
-class SftConfig:
-    num_examples: int = 20000  # trajectories in the SFT set (distinct training problems)
-    bug_rate: float = 0.3  # share of trajectories whose first call fails and is fixed
-    steps: int = 1000  # optimizer steps; held-out digit loss is ~0.006 by 1000 steps at lr 7.5e-4 (docs/lab.md)
-    batch_size: int = 32
-    lr: float = 7.5e-4  # peak learning rate, after linear warm-up, then cosine decay to 10% (1.5e-3 is too high here)
-    warmup_steps: int = 50
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 768
-    max_tool_response_chars: int = 256  # as in the rollout (paper: 256)
-    seed: int = 0
-    data_version: int = 1  # bump when the SFT data or the tokenizer's corpus changes, so the cache is not reused
-
-    def hash(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def idle_threads() -> int:

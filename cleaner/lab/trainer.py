@@ -1,7 +1,8 @@
 """The single-process GRPO/DAPO trainer of the lab, with SAAR as a switch. One function, `train`, read top to
 bottom: rollout, rewards, advantages, old log-probs, mini-batch updates, metrics, evaluation, checkpoint.
 
-Baseline and CLEANER differ only in `TrainConfig.rollout.saar` (enabled or not, and its gamma, K, p).
+Baseline and CLEANER differ only in `TrainConfig.saar` (enabled or not, and its gamma, K, p). The recipe is
+`cleaner.recipe.AlgoConfig`, which the harness's `algo` config group mirrors.
 
 Old log-probs are recomputed under the policy before the updates, on the final purified sequences, with the
 prompt's KV cache shared by its group (`cleaner.rollout.recompute`). Spliced tokens were sampled in a lookahead
@@ -23,14 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,18 +38,19 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cleaner import seeds
 from cleaner.lab import tasks
+from cleaner.lab.config import TrainConfig
 from cleaner.lab.sft import idle_threads
 from cleaner.metrics import rollout_metrics
-from cleaner.rl.advantages import AdvantageConfig, compute_advantages
+from cleaner.rl.advantages import compute_advantages
 from cleaner.rl.dapo import groups_with_signal, shaped_rewards
-from cleaner.rl.losses import PolicyLossConfig, policy_loss
+from cleaner.rl.losses import policy_loss
 from cleaner.rollout.drivers import rollout
 from cleaner.rollout.engines import SamplingParams, transformers_engine
-from cleaner.rollout.episode import RolloutConfig
 from cleaner.rollout.recompute import logprob_gap, recompute
 from cleaner.saar import SaarConfig
-from cleaner.sandbox import SandboxConfig, open_pool
+from cleaner.sandbox import open_pool
 from cleaner.tracking import Tracker
 from cleaner.trajectory import Trajectory, write_lines_atomic
 
@@ -63,59 +64,6 @@ class Task(Protocol):
     def prompts(self, problems: list[Any]) -> list[tuple[str, list[dict[str, str]]]]: ...
 
     def correctness(self, trajs: list[Trajectory], problems: list[Any]) -> list[bool]: ...
-
-
-def _lab_rollout() -> RolloutConfig:
-    return RolloutConfig(max_turns=4, max_response_tokens=320, max_tool_response_chars=256, saar=SaarConfig())
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One RL run of the lab. Paper values are quoted where the lab keeps them; sizes are scaled to two cores."""
-
-    steps: int = 10
-    prompts_per_step: int = 8  # paper: 128
-    group_size: int = 8  # rollouts per prompt (paper: 16)
-    lr: float = 1e-4  # paper: 2e-6 for 4B; a 3.8 M model from scratch needs far more (5e-5 moved nothing)
-    lr_warmup_steps: int = 0  # linear warm-up to `lr` over these steps, then constant ("lr_warmup_steps: 20")
-    mini_batches: int = 2  # optimizer updates per step (paper: 128 / 32 = 4)
-    max_grad_norm: float = 1.0
-    temperature: float = 1.0  # training rollouts ("temperature 1.0, top_p 1.0")
-    top_p: float = 1.0
-    eval_top_p: float = 1.0  # held-out sampling at `temperature` (paper: 0.6; the lab keeps 1.0, as its pilot)
-    rollout: RolloutConfig = field(default_factory=_lab_rollout)  # limits, format and SAAR (on: CLEANER)
-    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)  # GRPO
-    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)  # clip 0.2 / 0.28, dual clip 10, token-mean
-    overlong_buffer_tokens: int = 64  # DAPO soft overlong punishment (paper: 4096 of 20480)
-    overlong_penalty_factor: float = 1.0
-    dynamic_sampling: bool = False  # DAPO: train only on groups whose rewards differ (no refill here)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # the tool's limits ("4 s per execution")
-    eval_every: int = 0  # steps between held-out evaluations; 0: only at the end
-    eval_problems: int = 200
-    eval_samples: int = 1  # samples per held-out problem
-    eval_split: str = "test"  # held-out problems: "test", or "val" for tuning (`cleaner.lab.tasks.SPLITS`)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        """Value checks, named as the run config names them (`algo.*`), so the harness raises them as they are."""
-        if self.steps < 0:
-            raise ValueError(f"algo.steps must be >= 0 (0: evaluate model.path, no training), got {self.steps}")
-        for key in ("prompts_per_step", "group_size", "eval_problems", "eval_samples"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
-        if not 1 <= self.mini_batches <= self.prompts_per_step:
-            raise ValueError(f"mini_batches (optimizer updates per step) must be in [1, prompts_per_step="
-                             f"{self.prompts_per_step}], got {self.mini_batches}")
-        if not (self.lr > 0 and self.lr_warmup_steps >= 0 and self.eval_every >= 0):
-            raise ValueError(f"algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got {self.lr}, "
-                             f"{self.lr_warmup_steps}, {self.eval_every}")
-        if not (self.temperature > 0 and 0 < self.top_p <= 1 and 0 < self.eval_top_p <= 1):
-            raise ValueError(f"algo.temperature must be > 0 and algo.top_p, algo.eval_top_p in (0, 1]; got "
-                             f"{self.temperature}, {self.top_p}, {self.eval_top_p}")
-
-
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
 
 
 def _batch(trajs: list[Trajectory], recomputed: list[list[float]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -163,20 +111,22 @@ def _save_checkpoint(run_dir: Path, model: Any, tokenizer: Any, opt: torch.optim
 
 async def evaluate(model: Any, tokenizer: Any, cfg: TrainConfig, pool: Any, saar: SaarConfig | None = None,
                    task: Task = tasks) -> tuple[dict[str, Any], list[Trajectory]]:
-    """Held-out pass@1 on `cfg.eval_split` at the training temperature: (metrics, trajectories). SAAR at test time
+    """Held-out pass@1 on `algo.eval_split` at the training temperature: (metrics, trajectories). SAAR at test time
     is `saar` (None: off, the paper's evaluation; `harness.eval` passes the run's saar with `enabled` set)."""
-    problems = task.problems(cfg.eval_split, cfg.eval_problems, seed=cfg.seed)
-    sampling = SamplingParams(cfg.temperature, cfg.eval_top_p)
-    rollout_cfg = replace(cfg.rollout, saar=saar or replace(cfg.rollout.saar, enabled=False))
+    algo = cfg.algo
+    problems = task.problems(algo.eval_split, algo.eval_problems, seed=cfg.seed)
+    sampling = SamplingParams(algo.temperature, algo.eval_top_p)
+    rollout_cfg = replace(cfg.rollout, saar=saar or replace(cfg.saar, enabled=False))
     start = time.perf_counter()
-    trajs = await rollout(transformers_engine(model, tokenizer), tokenizer, task.prompts(problems), cfg.eval_samples,
-                          rollout_cfg, sampling, _seed(cfg.seed, "eval"), pool)
+    trajs = await rollout(transformers_engine(model, tokenizer), tokenizer, task.prompts(problems), algo.eval_samples,
+                          rollout_cfg, sampling, seeds.derive(cfg.seed, "eval"), pool)
     wall_s = time.perf_counter() - start
     return {**rollout_metrics(trajs, task.correctness(trajs, problems)), "wall_s": wall_s}, trajs
 
 
 async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[str], None] = print,
                 task: Task = tasks, loggers: Sequence[str] = ()) -> dict[str, Any]:
+    algo = cfg.algo
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
@@ -190,62 +140,68 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
     source = run_dir / "checkpoint" if resume else init_dir
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=algo.lr, betas=(0.9, 0.95), weight_decay=0.0)
     start_step = 0
     if resume:
         opt.load_state_dict(torch.load(source / "optimizer.pt"))
         start_step = json.loads((source / "state.json").read_text())["step"]
     metrics_path = run_dir / "metrics.jsonl"
-    kept = [ln for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-            if json.loads(ln)["step"] <= start_step]  # drop lines of a step that did not finish
+    kept = []  # the lines of finished steps: not a step that did not finish, nor a line cut by a kill
+    for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
+        try:
+            finished = json.loads(line)["step"] <= start_step
+        except ValueError:
+            break
+        kept += [line] if finished else []
     write_lines_atomic(metrics_path, iter(kept))
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
-    sampling = SamplingParams(cfg.temperature, cfg.top_p)
+    sampling = SamplingParams(algo.temperature, algo.top_p)
+    advantage_cfg, loss_cfg = algo.advantage_config(), algo.loss_config()
     engine = transformers_engine(model, tokenizer)
     tracker = Tracker(run_dir, loggers, name=run_dir.name, config=dataclasses.asdict(cfg))
     wall_start = time.perf_counter()
     async with open_pool(cfg.sandbox) as pool:
-        for step in range(start_step, cfg.steps):
+        for step in range(start_step, algo.steps):
             t0 = time.perf_counter()
             # 1. rollout: G samples of each of this step's problems, SAAR as configured
-            problems = task.problems("train", cfg.prompts_per_step, seed=_seed(cfg.seed, "step", step))
+            problems = task.problems("train", algo.prompts_per_step, seed=seeds.derive(cfg.seed, "step", step))
             model.eval()
-            trajs = await rollout(engine, tokenizer, task.prompts(problems), cfg.group_size, cfg.rollout, sampling,
-                                  _seed(cfg.seed, "rollout", step), pool)
+            trajs = await rollout(engine, tokenizer, task.prompts(problems), algo.group_size, cfg.rollout, sampling,
+                                  seeds.derive(cfg.seed, "rollout", step), pool)
             t_rollout = time.perf_counter() - t0
             # 2. rewards: +1 / -1 outcome, plus DAPO's overlong penalty
             correct = task.correctness(trajs, problems)
             lengths = torch.tensor([len(t.ids) - len(t.prompt) for t in trajs])
-            rewards = shaped_rewards(torch.tensor(correct), lengths, cfg.rollout.max_response_tokens,
-                                     cfg.overlong_buffer_tokens, cfg.overlong_penalty_factor)
+            rewards = shaped_rewards(torch.tensor(correct), lengths, algo.max_response_tokens,
+                                     algo.overlong_buffer_tokens, algo.overlong_penalty_factor)
             groups = [t.group for t in trajs]
             signal = groups_with_signal(rewards, groups)  # [B]: the trajectory's group has rewards that differ
-            keep = signal if cfg.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
+            keep = signal if algo.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
             # 3. old log-probs under the current policy, on the purified sequences (prompt cache shared per group)
             t1 = time.perf_counter()
-            recomputed = recompute(model, trajs, tokenizer.pad_token_id, cfg.temperature)
+            recomputed = recompute(model, trajs, tokenizer.pad_token_id, algo.temperature)
             gaps = [logprob_gap(t, r) for t, r in zip(trajs, recomputed)]
             batch = _batch(trajs, recomputed, tokenizer.pad_token_id)
             # 4. advantages, group-normalised (tokens after the prompt; zero where the mask is 0)
-            advantages = compute_advantages(rewards, groups, batch["mask"], cfg.advantage)
+            advantages = compute_advantages(rewards, groups, batch["mask"], advantage_cfg)
             t_recompute = time.perf_counter() - t1
             # 5. mini-batch updates
             t2 = time.perf_counter()
             model.train()
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else cfg.lr
-            rng = random.Random(_seed(cfg.seed, "minibatch", step))
+                group["lr"] = algo.lr * min(1.0, (step + 1) / algo.lr_warmup_steps) if algo.lr_warmup_steps else algo.lr
+            rng = random.Random(seeds.derive(cfg.seed, "minibatch", step))
             order = [i for i in rng.sample(range(len(trajs)), len(trajs)) if keep[i]]
             update_metrics: list[dict[str, float]] = []
-            for k in range(cfg.mini_batches):
-                mb = torch.tensor(order[k::cfg.mini_batches], dtype=torch.long)
+            for k in range(algo.mini_batches):
+                mb = torch.tensor(order[k::algo.mini_batches], dtype=torch.long)
                 if len(mb) == 0:
                     continue
-                log_prob = _log_probs(model, batch["ids"][mb], batch["attention"][mb], cfg.temperature)
-                loss, m = policy_loss(log_prob, batch["old_log_prob"][mb], advantages[mb], batch["mask"][mb], cfg.loss)
+                log_prob = _log_probs(model, batch["ids"][mb], batch["attention"][mb], algo.temperature)
+                loss, m = policy_loss(log_prob, batch["old_log_prob"][mb], advantages[mb], batch["mask"][mb], loss_cfg)
                 opt.zero_grad()
                 loss.backward()
-                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), algo.max_grad_norm))
                 m["loss"] = loss.item()
                 opt.step()
                 update_metrics.append(m)
@@ -265,22 +221,22 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             row["lookahead_time_share"] = sum(x["lookahead_s"] for x in timing) / max(busy, 1e-9)
             row.update(rollout_s=t_rollout, recompute_s=t_recompute, update_s=t_update, step_s=time.perf_counter() - t0)
             # 7. held-out evaluation
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            if algo.eval_every and (step + 1) % algo.eval_every == 0 and step + 1 < algo.steps:
                 model.eval()
                 row["eval"] = (await evaluate(model, tokenizer, cfg, pool, task=task))[0]
             # 8. the metrics line, then the checkpoint: killed in between, the step reruns and its line is replaced
             _append_line(metrics_path, row)
             tracker.log(step + 1, row)
             _save_checkpoint(run_dir, model, tokenizer, opt, step + 1)
-            log(f"step {step + 1}/{cfg.steps}  reward {row['reward']:+.2f}  acc {row['accuracy']:.2f}  "
+            log(f"step {step + 1}/{algo.steps}  reward {row['reward']:+.2f}  acc {row['accuracy']:.2f}  "
                 f"tool failures/traj {row['final_failures_per_traj']:.2f} (first attempt "
                 f"{row['first_attempt_failures_per_traj']:.2f})  rollbacks {row['rollbacks_triggered_per_traj']:.2f}  "
                 f"{row['step_s']:.1f} s")
         model.eval()
         final = (await evaluate(model, tokenizer, cfg, pool, task=task))[0]
-        tracker.log(cfg.steps, {"eval": final})
+        tracker.log(algo.steps, {"eval": final})
     tracker.close()
-    summary = {"init": init_dir.name, "steps": cfg.steps,
+    summary = {"init": init_dir.name, "steps": algo.steps,
                "eval": final, "wall_s_this_invocation": time.perf_counter() - wall_start}
     write_lines_atomic(run_dir / "summary.json", iter([json.dumps(summary, indent=1)]))
     return summary

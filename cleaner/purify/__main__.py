@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 
 from cleaner import chat, purify, saar
-from cleaner.lab.tokenizer import lab_tokenizer
-from cleaner.models import load_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = saar.SaarConfig(True, args.gamma, args.max_retries, args.rollback_probability, args.similarity)
         chat.get_format(args.format)
         name = args.tokenizer or "lab"
+        from cleaner.lab.tokenizer import lab_tokenizer  # transformers: imported once the arguments are read
+        from cleaner.models import load_tokenizer
+
         tokenizer = lab_tokenizer() if name == "lab" else load_tokenizer(name, names=("lab",))
         report = purify.run(args.src, args.dst, cfg, tokenizer, name, args.seed, args.format,
                             args.outputs_in, args.error_pattern, args.strict, write_tokens=args.tokenizer is not None)

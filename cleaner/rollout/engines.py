@@ -12,7 +12,6 @@ trainer recomputes (logits divided by the temperature, as verl does).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import threading
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import httpx
 import torch
 from transformers import DynamicCache
 
-from cleaner import chat
+from cleaner import chat, seeds
 from cleaner.rollout.recompute import score
 
 
@@ -188,8 +187,7 @@ class SGLangEngine:
         self._clients: dict[int, httpx.AsyncClient] = {}
 
     def server_for(self, request_id: str) -> str:
-        digest = hashlib.sha256(request_id.encode()).digest()
-        return self.urls[int.from_bytes(digest[:8], "big") % len(self.urls)]
+        return self.urls[seeds.derive(request_id) % len(self.urls)]
 
     def payload(self, request: GenRequest, sampling: SamplingParams) -> dict[str, Any]:
         return {

@@ -33,11 +33,10 @@ after a recovery the state is exactly that of the purified trajectory.
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cleaner import chat, saar
+from cleaner import chat, saar, seeds
 from cleaner.trajectory import Span, ToolResult, Trajectory, Turn
 
 
@@ -217,5 +216,4 @@ class Episode:
         return Generate(context, budget, self._generation_seed(), lookahead)
 
     def _generation_seed(self) -> int:
-        digest = hashlib.sha256(f"{self.seed}\x00{self.id}\x00{self.generations}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") >> 1
+        return seeds.derive(self.seed, self.id, self.generations)

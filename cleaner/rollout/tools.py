@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from cleaner.sandbox import SandboxPool, Session
 from cleaner.trajectory import ToolResult
 
@@ -21,7 +19,7 @@ class SandboxTools:
         if session not in self._sessions:
             self._sessions[session] = self.pool.session()
         result = await self._sessions[session].run(code)
-        return result.to_tool_result(max_chars=sys.maxsize)
+        return result.to_tool_result()  # whole: the episode cuts what the model is shown
 
     async def close(self, session: str) -> None:
         if session in self._sessions:

@@ -34,8 +34,8 @@ The whole behaviour, what is protected and what is NOT, and measured costs: docs
 
 from cleaner.sandbox.backends import SandboxUnavailable
 from cleaner.sandbox.config import SandboxConfig
-from cleaner.sandbox.pool import SandboxPool, Session, open_pool, run_code
+from cleaner.sandbox.pool import SandboxPool, Session, check_ready, open_pool, run_code
 from cleaner.sandbox.result import ExecutionResult, truncate_middle
 
-__all__ = ["ExecutionResult", "SandboxConfig", "SandboxPool", "SandboxUnavailable", "Session", "open_pool",
-           "run_code", "truncate_middle"]
+__all__ = ["ExecutionResult", "SandboxConfig", "SandboxPool", "SandboxUnavailable", "Session", "check_ready",
+           "open_pool", "run_code", "truncate_middle"]

@@ -16,16 +16,14 @@ class SandboxConfig:
 
     # wall-clock limit per cell, then all its processes are SIGKILLed ("4 s per execution" in the paper)
     timeout_s: float = 4.0
-    # CPU-time limit per process of a cell (RLIMIT_CPU, rounded up to whole seconds)
-    cpu_time_s: float = 4.0
+    # CPU-time limit per process of a cell (RLIMIT_CPU, rounded up to whole seconds); None: timeout_s
+    cpu_time_s: float | None = None
     # memory of a call, all its processes and the files it adds to its scratch directory together (cgroup v2
     # memory.max, else the supervisor's watchdog), and the address space of each process (RLIMIT_AS); 2048 as
     # DemyAgent's tool_memory_mb
     memory_mb: int = 2048
     # stdout + stderr bytes a cell may write; beyond it the cell is stopped with status `output_limit`
     max_output_bytes: int = 1 << 20
-    # characters of output shown to the model, cut in the middle ("truncated to 256 chars" in the paper)
-    max_output_chars: int = 256
     # RLIMIT_NPROC: processes and threads a cell may have, itself included (exact only with a uid per cell)
     max_processes: int = 64
     # RLIMIT_NOFILE per process
@@ -56,12 +54,13 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "python_paths", tuple(self.python_paths))
         object.__setattr__(self, "preload_modules", tuple(self.preload_modules))
+        if self.cpu_time_s is None:
+            object.__setattr__(self, "cpu_time_s", self.timeout_s)
         positive = {
             "timeout_s": self.timeout_s,
             "cpu_time_s": self.cpu_time_s,
             "memory_mb": self.memory_mb,
             "max_output_bytes": self.max_output_bytes,
-            "max_output_chars": self.max_output_chars,
             "max_processes": self.max_processes,
             "max_open_files": self.max_open_files,
             "max_file_bytes": self.max_file_bytes,

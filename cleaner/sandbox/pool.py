@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import json
 import logging
@@ -385,13 +386,12 @@ class SandboxPool:
         return Session(self, worker, next(self._ids))
 
     def _infra(self, message: str) -> ExecutionResult:
-        return infra_error(message, self.backend or "", self.config.max_output_chars)
+        return infra_error(message, self.backend or "")
 
     def _result(self, reply: dict[str, Any]) -> ExecutionResult:
         return ExecutionResult(
             status=reply["status"], stdout=reply["stdout"], stderr=reply["stderr"], error_type=reply["error_type"],
-            duration_s=reply["duration_s"], backend=self.backend or "",
-            max_output_chars=self.config.max_output_chars)
+            duration_s=reply["duration_s"], backend=self.backend or "")
 
     async def _call(self, worker: _Worker, msg: dict[str, Any], session: Session | None) -> ExecutionResult:
         """Run `msg` on `worker` when its turn comes. Shielded: a caller that is cancelled stops waiting, but the
@@ -457,8 +457,7 @@ class SandboxPool:
             return ExecutionResult(
                 "error", stderr=f"SandboxKilled: the sandbox's supervisor {what} while this cell ran (cells can "
                 f"signal it here); {restarted}, and the state of its sessions was lost\n",
-                error_type="SandboxKilled", backend=self.backend or "",
-                max_output_chars=self.config.max_output_chars)
+                error_type="SandboxKilled", backend=self.backend or "")
         return self._infra(f"the sandbox's supervisor {what} during the call; {restarted}")
 
     async def _fork(self, session: Session) -> Session:
@@ -510,3 +509,18 @@ def run_code(code: str, config: SandboxConfig | None = None) -> ExecutionResult:
             return await pool.run(code)
 
     return asyncio.run(once())
+
+
+@functools.lru_cache(maxsize=None)
+def check_ready(config: SandboxConfig) -> str:
+    """The prerequisite check every entry point runs before its work: start the sandbox `config` asks for (one
+    worker, its preloaded modules imported) and run one trivial cell. Returns the backend that ran it; raises
+    SandboxUnavailable with one line naming what is missing and the fix (install bubblewrap, enable user
+    namespaces, or `sandbox.backend=rlimit` and what it gives up; a remote server that does not answer). Once per
+    configuration and process. Must not be called from a running event loop."""
+    result = run_code("pass", config)
+    if not result.ok:
+        last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
+        raise SandboxUnavailable(f"the sandbox (backend {config.backend!r}) did not run a trivial cell: "
+                                 f"{result.status}: {last}")
+    return result.backend

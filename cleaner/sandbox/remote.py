@@ -152,7 +152,7 @@ class RemoteSandboxPool:
 
     def _result(self, status: str, stdout: str, stderr: str, error_type: str | None,
                 duration_s: float) -> ExecutionResult:
-        return ExecutionResult(status, stdout, stderr, error_type, duration_s, "remote", self.config.max_output_chars)
+        return ExecutionResult(status, stdout, stderr, error_type, duration_s, "remote")
 
 
 class RemoteSession:

@@ -29,7 +29,6 @@ class ExecutionResult:
     error_type: str | None = None
     duration_s: float = 0.0
     backend: str = ""
-    max_output_chars: int = 256  # the default shown to the model, from SandboxConfig.max_output_chars
 
     def __post_init__(self) -> None:
         if self.status not in SANDBOX_STATUSES:
@@ -51,10 +50,11 @@ class ExecutionResult:
         return self.stdout + self.stderr
 
     def to_tool_result(self, max_chars: int | None = None) -> ToolResult:
-        """The observation for the model: stdout then the stderr tail, cut in the middle to `max_chars`
-        characters (default: this result's max_output_chars)."""
-        limit = self.max_output_chars if max_chars is None else max_chars
-        return ToolResult(self.status, truncate_middle(self.output, limit), self.error_type)
+        """The observation for the model: stdout then the stderr tail, whole, or cut in the middle to `max_chars`
+        characters. The rollout keeps it whole: the episode cuts what the model is shown to
+        `algo.max_tool_response_chars` (the paper's 256), the one place that limit is applied."""
+        output = self.output if max_chars is None else truncate_middle(self.output, max_chars)
+        return ToolResult(self.status, output, self.error_type)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +74,6 @@ def valid_text(value: object) -> str:
     return value.encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else ""
 
 
-def infra_error(message: str, backend: str = "", max_output_chars: int = 256) -> ExecutionResult:
+def infra_error(message: str, backend: str = "") -> ExecutionResult:
     """A result for a call the sandbox could not run (could not start, died, pool closed)."""
-    return ExecutionResult("infra_error", stderr=f"SandboxError: {message}\n", backend=backend,
-                           max_output_chars=max_output_chars)
+    return ExecutionResult("infra_error", stderr=f"SandboxError: {message}\n", backend=backend)

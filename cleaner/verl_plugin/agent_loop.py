@@ -74,7 +74,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -272,7 +271,7 @@ class CleanerAgentLoop(AgentLoopBase):
                     seconds = time.perf_counter() - start
                     tool_s += seconds
                     # whole output: the episode cuts what the model sees to rollout.max_tool_response_chars
-                    episode.on_tool_result(result.to_tool_result(max_chars=sys.maxsize), seconds)
+                    episode.on_tool_result(result.to_tool_result(), seconds)
         trajectory = episode.trajectory()
         rescored, gap = None, None
         if self.rescore and want_logprobs and first_spliced(trajectory) is not None:

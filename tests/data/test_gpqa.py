@@ -23,9 +23,9 @@ ROWS = [
      "Incorrect Answer 1": "Ribosome", "Incorrect Answer 2": "Golgi body", "Incorrect Answer 3": "Lysosome",
      "High-level domain": "Biology", "Subdomain": "Cell"},
 ]
-# The documented seed rule (SHA-256 of the question) gives the permutations [2, 3, 1, 0], [3, 1, 0, 2] and
-# [2, 0, 3, 1] (0 = correct), pinned once: a change of the rule reshuffles and makes runs incomparable.
-PINNED_GOLD = {"gpqa_diamond/rec1": "D", "gpqa_diamond/rec2": "C", "gpqa_diamond/rec3": "B"}
+# The documented seed rule (cleaner.seeds.derive of the question) gives the permutations [0, 2, 3, 1], [1, 2, 0, 3]
+# and [1, 0, 3, 2] (0 = correct), pinned: a change of the rule reshuffles and makes runs incomparable.
+PINNED_GOLD = {"gpqa_diamond/rec1": "A", "gpqa_diamond/rec2": "C", "gpqa_diamond/rec3": "B"}
 
 
 def write_csv(path, rows):
@@ -48,14 +48,14 @@ def test_upstream_csv_shuffles_deterministically_and_records_gold(tmp_path):
         assert lines[0] == row["Question"] and lines[1] == ""
         assert lines[2:] == [f"{letter}) {choice}" for letter, choice in zip("ABCD", p.meta["choices"])]
     assert problems[0].meta["High-level domain"] == "Chemistry"
-    assert problems[0].question.endswith("A) Oxygen\nB) Chlorine\nC) Nitrogen\nD) Argon")
+    assert problems[0].question.endswith("A) Argon\nB) Oxygen\nC) Chlorine\nD) Nitrogen")
 
 
 def test_order_depends_on_the_question_only(tmp_path):
     forward = load("gpqa_diamond", path=write_csv(tmp_path / "f.csv", ROWS))
     backward = load("gpqa_diamond", path=write_csv(tmp_path / "b.csv", ROWS[::-1]))
     assert {p.id: p.question for p in forward} == {p.id: p.question for p in backward}
-    assert choice_order("Which gas is a noble gas?") == [2, 3, 1, 0]
+    assert choice_order("Which gas is a noble gas?") == [0, 2, 3, 1]
     assert len({tuple(choice_order(f"question {k}")) for k in range(20)}) > 1  # it does shuffle
 
 

@@ -12,11 +12,12 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from cleaner.recipe import AlgoConfig
 from harness import records, schema
 from harness.cli import CONF
 from harness.records import REPO
 
-PAPER = REPO.parent / "shared" / "reference" / "paper_results.yaml"
+PAPER = REPO / "harness" / "paper_results.yaml"  # the paper's reported figures, in the repository
 GROUP_FILES = sorted(p for p in CONF.glob("*/**/*.yaml"))
 SWEEP_FILES = sorted((REPO / "sweeps").glob("**/*.yaml"))
 
@@ -57,11 +58,16 @@ def test_every_sweep_composes_and_each_of_its_points_validates(composed, path):
             assert OmegaConf.select(cfg, key) is not None, f"search space key {key} is not a config key"
 
 
-def test_launchers_select_submitit(composed):
+def test_launchers_select_submitit_and_size_the_job_by_the_cluster_group(composed):
+    """A lab run asks SLURM for what a 3.8 M model needs; a paper preset for a node of 4 GPUs for 4 days. Breakage
+    checked: the old fixed launcher asked 32 CPUs, 480 GB and 4 days for the lab."""
     local = composed([], "sweep", hydra=True).hydra.launcher
+    lab = composed(["launcher=slurm"], "sweep", hydra=True).hydra.launcher
     slurm = composed(["launcher=slurm", "preset=qwen3_4b"], "sweep", hydra=True).hydra.launcher
     assert local._target_.endswith("LocalLauncher") and slurm._target_.endswith("SlurmLauncher")
-    assert (slurm.nodes, slurm.gpus_per_node, slurm.partition) == (1, 4, "gpu")
+    size = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
+    assert [lab[k] for k in size] == [1, None, 2, 8, 180] and lab.partition is None
+    assert [slurm[k] for k in size] == [1, 4, 32, 480, 5760]
 
 
 def test_presets_hold_table_5(composed):
@@ -98,7 +104,7 @@ def test_demyagent_preset_holds_its_recipe(composed):
     assert a.eval_samples == rec["eval_samples_per_problem"] and not cfg.saar.enabled
 
 
-@pytest.mark.parametrize("cls", [schema.ModelSchema, schema.AlgoSchema, schema.DataSchema, schema.EngineSchema,
+@pytest.mark.parametrize("cls", [schema.ModelSchema, AlgoConfig, schema.DataSchema, schema.EngineSchema,
                                  schema.ClusterSchema, schema.VerlSchema, schema.SearchSchema, schema.RunSchema],
                          ids=lambda c: c.__name__)
 def test_every_harness_field_has_a_comment(cls):
@@ -111,23 +117,30 @@ def test_every_harness_field_has_a_comment(cls):
         assert documented, f"{cls.__name__}.{f.name} has no comment"
 
 
-@pytest.mark.parametrize("mirror, source", [(schema.SaarSchema, "SaarConfig"), (schema.SandboxSchema, "SandboxConfig")])
+@pytest.mark.parametrize("mirror, source", [(schema.SaarSchema, "SaarConfig"), (schema.SandboxSchema, "SandboxConfig"),
+                                            (schema.AlgoSchema, "AlgoConfig")])
 def test_mirrored_groups_match_the_cleaner_dataclasses(mirror, source):
+    """Each knob declared once: the algo, saar and sandbox groups are the library's dataclasses field for field (the
+    algo group adds only the recipe's `name`)."""
+    import cleaner.recipe
     import cleaner.saar
     import cleaner.sandbox
 
-    cls = {"SaarConfig": cleaner.saar.SaarConfig, "SandboxConfig": cleaner.sandbox.SandboxConfig}[source]
-    assert [f.name for f in dataclasses.fields(mirror)] == [f.name for f in dataclasses.fields(cls)]
-    assert cls(**{k: (tuple(v) if isinstance(v, list) else v)
-                  for k, v in dataclasses.asdict(mirror()).items()}) == cls()
+    cls = {"SaarConfig": cleaner.saar.SaarConfig, "SandboxConfig": cleaner.sandbox.SandboxConfig,
+           "AlgoConfig": cleaner.recipe.AlgoConfig}[source]
+    own = ["name"] if cls is cleaner.recipe.AlgoConfig else []
+    assert [f.name for f in dataclasses.fields(mirror)] == [f.name for f in dataclasses.fields(cls)] + own
+    values = {k: v for k, v in dataclasses.asdict(mirror()).items() if k not in own}
+    assert cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}) == cls()
 
 
 def test_lab_translation_is_exact(composed):
     cfg = composed(["algo.prompts_per_step=8", "algo.ppo_mini_batch_size=2", "saar.gamma=0.3", "seed=7",
                     "sandbox.timeout_s=2.5"])
     t = schema.lab_train_config(cfg)
-    assert (t.mini_batches, t.rollout.saar.gamma, t.seed, t.sandbox.timeout_s) == (4, 0.3, 7, 2.5)
-    assert (t.rollout.max_turns, t.rollout.max_response_tokens, t.loss.clip_ratio_high) == (4, 320, 0.28)
+    assert (t.algo.mini_batches, t.rollout.saar.gamma, t.seed, t.sandbox.timeout_s) == (4, 0.3, 7, 2.5)
+    assert (t.rollout.max_turns, t.rollout.max_response_tokens, t.algo.loss_config().clip_ratio_high) == (4, 320, 0.28)
+    assert t.sandbox.cpu_time_s == 2.5  # the CPU-time limit follows the wall-clock one unless set
 
 
 def test_paper_presets_are_refused_by_the_lab_trainer(composed):
@@ -135,13 +148,18 @@ def test_paper_presets_are_refused_by_the_lab_trainer(composed):
         schema.lab_train_config(composed(["preset=qwen3_4b", "cluster=lab", "engine=transformers"]))
 
 
-def test_the_lab_trainers_defaults_are_the_lab_presets(composed):
+def test_the_lab_trainers_defaults_are_the_lab_preset_but_its_tuned_lr(composed):
     """One recipe: `TrainConfig()` (the library's defaults, what `cleaner.lab.trainer` runs when called directly)
-    is what `python -m harness.train` runs with no overrides."""
-    from cleaner.lab.trainer import TrainConfig
-    from harness import schema
+    is what `python -m harness.train` runs with no overrides, but for the learning rate the lab's searches chose,
+    which harness/conf/algo/lab.yaml declares and nothing else does (no default copied into YAML). Breakage
+    checked: eleven trainer defaults copied into lab.yaml."""
+    from cleaner.lab.config import TrainConfig
 
-    assert schema.lab_train_config(composed()) == TrainConfig()
+    lab = yaml.safe_load((CONF / "algo" / "lab.yaml").read_text())
+    assert set(lab) == {"name", "lr"} and lab["lr"] != AlgoConfig.lr
+    assert schema.lab_train_config(composed()) == TrainConfig(algo=AlgoConfig(lr=lab["lr"]))
+    for sweep in (REPO / "sweeps").glob("*.yaml"):  # the sweeps use it, none restates it
+        assert "lr:" not in sweep.read_text().replace("algo.lr:", ""), sweep.name
 
 
 @pytest.mark.parametrize("saar, study", [("baseline", "tune_lr_saar_False"), ("cleaner", "tune_lr_saar_True")])
@@ -150,7 +168,7 @@ def test_the_lr_tuning_sweep_scores_on_the_validation_split_one_study_per_method
 
     cfg = composed(["+sweeps=tune_lr", f"saar={saar}"])
     assert cfg.search.study == study and list(cfg.search.space) == ["algo.lr"]
-    train = schema.lab_train_config(cfg)
+    train = schema.lab_train_config(cfg).algo
     assert (train.eval_split, train.eval_problems, train.steps) == ("val", 100, 20)
 
 
@@ -161,6 +179,5 @@ def test_a_sweep_file_gives_one_run_of_train_or_eval_its_values(composed, entry)
     became a new key `sweeps` and the file's values were lost: another run, with the default steps and lr."""
     proc = subprocess.run([sys.executable, "-m", entry, "--cfg", "job", "+sweeps=comparison", "saar=baseline",
                            "seed=3"], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
-    explicit = composed(["saar=baseline", "seed=3", "algo.steps=40", "algo.eval_problems=500", "algo.eval_every=10",
-                         "algo.lr=2.3362789638732874e-05"])
+    explicit = composed(["saar=baseline", "seed=3", "algo.steps=40", "algo.eval_problems=500", "algo.eval_every=10"])
     assert records.config_hash(OmegaConf.create(proc.stdout)) == records.config_hash(explicit)

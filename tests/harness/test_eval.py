@@ -40,8 +40,10 @@ def test_an_evaluation_only_record_is_written_once_and_then_skipped(tmp_path):
     lab = json.loads((run / "eval.json").read_text())["benchmarks"]["lab"]
     assert lab["saar_off"]["trajectories"] == lab["saar_on"]["trajectories"] == 2
     assert "latency overhead" in first.stdout
+    written = (run / "eval.json").stat().st_mtime_ns
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "is finished; skipping it" in again.stdout + again.stderr
+    assert again.returncode == 0 and f"evaluation {run / 'eval.json'} is current; skipping it" in again.stdout
+    assert (run / "eval.json").stat().st_mtime_ns == written
     assert json.loads((run / "env.json").read_text())["invocations"][-1]["finished"] is True
     # asked for more latency repeats, the same record is evaluated again, interleaved; the metrics do not move
     repeated = subprocess.run([*command, "latency_repeats=2"], cwd=REPO, env=env, capture_output=True, text=True,
@@ -66,7 +68,7 @@ def test_benchmarks_need_an_evaluation_only_config(tmp_path):
         "(got algo.steps=1,")
 
 
-def test_a_model_served_by_sglang_is_evaluated_with_saar_off_and_on(tmp_path, json_server):
+def test_a_model_served_by_sglang_is_evaluated_with_saar_off_and_on(tmp_path, json_server, bench_math_root):
     """`engine=sglang`: SmolLM2's prompts go as token ids to a fake `/generate` server, which writes a failing cell,
     then (after the error) its fix, then an answer. SAAR off keeps the failure; SAAR on splices the fix, so the
     final trajectories differ exactly as the paper's Table 4 setting needs."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,3 +114,76 @@ def test_sweep_records_rerun_skips_and_a_killed_sweep_resumes_to_the_same_record
         assert without_timing(rec["summary"]) == without_timing(first[name]["summary"])
         if killed[name]["summary"] is None:
             assert [i["finished"] for i in rec["env"]["invocations"]] == [False, True]
+
+
+def test_a_sweep_off_a_terminal_reports_progress_and_reuse_and_leaves_the_committed_report_alone(tmp_path):
+    """What a user sees of a real sweep whose output goes to a file, then the report, a corrupt record, a baseline
+    evaluated at two gammas and Ctrl-C. Breakage checked, item by item: nothing was printed between Hydra's lines
+    and the table (the live display needs a terminal); a bare report switched to the committed records' folder and
+    rewrote results/report; a truncated metrics.jsonl counted as finished forever; the second gamma returned the
+    first's numbers; Ctrl-C printed 60-80 lines of tracebacks."""
+    project = tmp_path / "project"  # a user's working folder: the committed report, the lab's SFT checkpoint
+    shutil.copytree(REPO / "results" / "report", project / "results" / "report")
+    (project / "results" / "lab").symlink_to(REPO / "results" / "lab")
+    runs = project / "results" / "runs"
+    tiny = [*TINY[:-1], "algo.steps=2", f"runs_root={runs}"]
+    command = [sys.executable, "-m", "harness.sweep", "-m", *tiny, "saar=baseline,cleaner"]
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:  # not a terminal
+        done = subprocess.run([*command, f"hydra.sweep.dir={tmp_path / 'sweep1'}"], cwd=REPO, env=ENV, stdout=out,
+                              stderr=err, timeout=900)
+    stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+    assert done.returncode == 0, stderr[-3000:]
+    progress = [line for line in stderr.splitlines() if line.startswith("[sweep] job ")]
+    for job in ("0", "1"):  # a line when each run starts and when it finishes
+        assert any(line.startswith(f"[sweep] job {job} ") and line.endswith(", running") for line in progress)
+        assert any(line.startswith(f"[sweep] job {job} ") and line.endswith(", finished") for line in progress)
+    assert f"records: {runs}/<run>/" in stdout and f"python -m harness.report --runs {runs}" in stdout
+    names = sorted(p.name for p in runs.iterdir())
+    assert len(names) == 2
+
+    # the bare report: the runs' folder in, a git-ignored folder out; the committed report untouched
+    committed = {p: p.read_bytes() for p in (project / "results" / "report").rglob("*") if p.is_file()}
+    report = subprocess.run([sys.executable, "-m", "harness.report"], cwd=project, capture_output=True, text=True,
+                            timeout=600, env={**ENV, "PYTHONPATH": str(REPO)})
+    assert report.returncode == 0, report.stderr
+    assert {p: p.read_bytes() for p in (project / "results" / "report").rglob("*") if p.is_file()} == committed
+    assert all(name in (runs / "report" / "tables.md").read_text() for name in names)
+
+    # a corrupt record is trained again (set aside, not deleted); the intact one is reused, and the table says so
+    victim = runs / names[0] / "metrics.jsonl"
+    victim.write_text(victim.read_text()[:-30])
+    again = subprocess.run([*command, f"hydra.sweep.dir={tmp_path / 'sweep2'}"], cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = {line.split("│")[2].strip(): line for line in again.stdout.splitlines() if line.count("│") >= 7}
+    assert rows[names[0]].rstrip(" │").endswith("finished") and rows[names[1]].rstrip(" │").endswith("reused")
+    assert [m["step"] for m in map(json.loads, victim.read_text().splitlines())] == [1, 2]
+    [aside] = (runs / "corrupt").iterdir()
+    assert aside.name.startswith(names[0]) and not (aside / "metrics.jsonl").read_text().endswith("\n")
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep2").glob(".submitit/*/*_log.out"))
+    assert f"its record is corrupt ({runs / names[0] / 'metrics.jsonl'}: line 2 is not JSON)" in logs
+
+    # the baseline, trained once, evaluated with SAAR at test time at two gammas: two records, not one
+    for gamma in ("0.3", "0.7"):
+        ev = subprocess.run([sys.executable, "-m", "harness.eval", *tiny, "saar=baseline", f"saar.gamma={gamma}"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+        assert ev.returncode == 0, ev.stderr[-3000:]
+    [baseline] = [n for n in names if not yaml.safe_load((runs / n / "config.yaml").read_text())["saar"]["enabled"]]
+    evaluations = sorted((runs / baseline).glob("eval*.json"))
+    assert len(evaluations) == 2 and all(p.name.startswith("eval-") for p in evaluations)
+    assert {json.loads(p.read_text())["saar_at_test_time"]["gamma"] for p in evaluations} == {0.3, 0.7}
+    assert len(sorted((runs / baseline).glob("samples-*.jsonl"))) == 2
+
+    # Ctrl-C (SIGINT to the whole process group, as a terminal sends it): one line, exit 130
+    longer = [c.replace("algo.steps=2", "algo.steps=30") for c in command]
+    proc = subprocess.Popen([*longer, f"hydra.sweep.dir={tmp_path / 'sweep3'}"], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while sum(1 for p in runs.glob("*/metrics.jsonl") if p.read_text().strip()) < 3:  # one step of a new run
+        assert time.monotonic() < deadline and proc.poll() is None, "no step was recorded"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith(
+        "interrupted; rerun the same command to resume")

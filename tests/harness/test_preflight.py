@@ -142,6 +142,15 @@ def test_a_bad_data_file_fails_naming_the_row(tmp_path):
     assert only(ok, "data") == ("ok", "train 3 rows, aime24 1 rows")
 
 
+def test_a_missing_benchmark_names_its_download_command(tmp_path, monkeypatch):
+    """A set the harness downloads by name, absent from the data root: the fix starts with its download command.
+    Checked red: the fix without it (the first line of the loader's message only)."""
+    monkeypatch.setenv("CLEANER_DATA_ROOT", str(tmp_path))
+    status, text = only(findings("--gpus", 0, "--eval", "math500")[0], "data")
+    assert status == "FAIL" and text.startswith(f"math500: no data file found ({tmp_path}/")
+    assert "fix: python -m harness.prepare_data math500; or correct the file" in text
+
+
 @pytest.mark.parametrize("address, text", [
     ("127.0.1.1", "head address 127.0.1.1 is loopback (127.0.1.1): the other 1 node(s) cannot reach it"),
     ("::1", "head address ::1 is loopback (::1)"),

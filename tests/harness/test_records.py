@@ -31,7 +31,7 @@ def test_a_baseline_is_one_run_whatever_its_unused_saar_parameters(composed):
 
 
 def test_the_lab_model_path_names_the_exact_sft_checkpoint(composed):
-    from cleaner.lab.sft import SftConfig
+    from cleaner.lab.config import SftConfig
 
     assert composed().model.path == f"results/lab/sft/{SftConfig().hash()}"
 

@@ -21,17 +21,18 @@ from cleaner.trajectory import write_jsonl
 from harness import report
 
 REPO = Path(__file__).resolve().parents[2]
-PAPER = REPO.parent / "shared" / "reference" / "paper_results.yaml"
+PAPER = REPO / "harness" / "paper_results.yaml"  # the paper's reported figures, in the repository
 
 # A small stand-in for paper_results.yaml with the keys the report reads, one row each where it can.
 FIXTURE_PAPER = {
-    "table1_4b": {"columns": ["aime24", "aime25", "gpqa", "lcb_v6", "lcb_whole", "rl_steps"],
+    "table1_4b": {"source": "Table 1", "columns": ["aime24", "aime25", "gpqa", "lcb_v6", "lcb_whole", "rl_steps"],
                   "rows": {"DAPO-baseline-4B": [66.7, 59.4, 56.9, 26.6, 49.5, 250],
                            "CLEANER-4B": [72.7, 67.1, 60.2, 26.8, 54.9, 250]}},
-    "table2_ablation": {"columns": ["aime24", "aime25", "gpqa", "lcb_v6"],
+    "table2_ablation": {"source": "Table 2", "columns": ["aime24", "aime25", "gpqa", "lcb_v6"],
                         "qwen3_4b": {"plus_tools": [[66.7, 84.4], [59.4, 84.2], 56.9, 26.6]},
                         "qwen2_5_7b": {}},
-    "table4_saar_at_test_time_4b": {"columns": ["aime24", "aime25", "gpqa", "lcb_v6", "eval_minutes"],
+    "table4_saar_at_test_time_4b": {"source": "Table 4", "columns": ["aime24", "aime25", "gpqa", "lcb_v6",
+                                                                     "eval_minutes"],
                                     "rows": {"saar_on": [[72.7, 87.6], [67.1, 84.1], 60.2, 26.8, 115]},
                                     "stated_latency_overhead_percent": 8.8},
     "hyperparameters": {"train_batch_size": 128, "group_size": 16},
@@ -104,11 +105,11 @@ EXPECTED_TABLES = """\
 | DAPO-baseline-4B | 66.7† | 59.4† | 56.9† | 26.6† |  |  | 250† | paper |
 | CLEANER-4B | 72.7† | 67.1† | 60.2† | 26.8† |  |  | 250† | paper |
 | lab DAPO baseline |  |  |  |  |  | 80.0 ± 10.0 (2 seeds) | 2 | [`base0`](runs/base0/) [`base1`](runs/base1/) |
-| lab CLEANER (γ 0.5, K 3, p 1.0) |  |  |  |  |  | 85.0 ± 2.5 | 2 | [`clean0`](runs/clean0/) |
+| lab CLEANER (γ 0.5, K 3, rollback prob. 1.0) |  |  |  |  |  | 85.0 ± 2.5 | 2 | [`clean0`](runs/clean0/) |
 | smollm2_135m (no RL) |  |  |  |  | 12.5 ± 12.5 |  | 0 | [`smol`](runs/smol/) |
 
 Measured: SAAR off at test time; ± is the stderr (over seeds when pooled, else over problems).
-† reported by the paper (Table 1, Qwen3-4B setting; RL steps at batch 128).
+† reported by the paper (Table 1; Qwen3-4B setting; RL steps at batch 128).
 
 ### Table 2: tools and SAAR, P@1 / P@k (%)
 
@@ -116,7 +117,7 @@ Measured: SAAR off at test time; ± is the stderr (over seeds when pooled, else 
 |---|---|---|---|---|---|---|---|
 | qwen3_4b plus_tools | 66.7 / 84.4† | 59.4 / 84.2† | 56.9† | 26.6† |  |  | paper |
 | lab DAPO baseline |  |  |  |  |  | 80.0 | [`base0`](runs/base0/) [`base1`](runs/base1/) |
-| lab CLEANER (γ 0.5, K 3, p 1.0) |  |  |  |  |  | 85.0 | [`clean0`](runs/clean0/) |
+| lab CLEANER (γ 0.5, K 3, rollback prob. 1.0) |  |  |  |  |  | 85.0 | [`clean0`](runs/clean0/) |
 
 P@k is the unbiased estimator 1 - C(n-c,k)/C(n,k) with k = the samples per problem; measured rows: SAAR off at \
 test time, averaged over seeds.
@@ -129,24 +130,24 @@ test time, averaged over seeds.
 |---|---|---|---|---|---|---|---|---|---|
 | CLEANER-4B, SAAR on | 72.7 / 87.6† | 67.1 / 84.1† | 60.2† | 26.8† |  |  | 115 min† |  | paper |
 | CLEANER-4B, stated overhead |  |  |  |  |  |  |  | +8.8%† | paper |
-| lab CLEANER (γ 0.5, K 3, p 1.0), SAAR on |  |  |  |  |  | 90.0 ± 2.0 | 12.5 s | +25.0% | [`clean0`](runs/clean0/) |
-| lab CLEANER (γ 0.5, K 3, p 1.0), SAAR off |  |  |  |  |  | 85.0 ± 2.5 | 10.0 s |  | [`clean0`](runs/clean0/) |
+| lab CLEANER (γ 0.5, K 3, rollback prob. 1.0), SAAR on |  |  |  |  |  | 90.0 ± 2.0 | 12.5 s | +25.0% | [`clean0`](runs/clean0/) |
+| lab CLEANER (γ 0.5, K 3, rollback prob. 1.0), SAAR off |  |  |  |  |  | 85.0 ± 2.5 | 10.0 s |  | [`clean0`](runs/clean0/) |
 | smollm2_135m (no RL), SAAR on |  |  |  |  | 25.0 ± 16.0 |  | 44.0 s | +10.0% | [`smol`](runs/smol/) |
 | smollm2_135m (no RL), SAAR off |  |  |  |  | 12.5 ± 12.5 |  | 40.0 s |  | [`smol`](runs/smol/) |
 
 Measured: the same checkpoint and seeds with SAAR off and on; eval time is the rollout wall time summed over \
-benchmarks (mean over seeds; the first repeat when an evaluation was repeated, whose repeats are in the latency \
-table); overhead = on / off - 1.
+benchmarks, and overhead = on / off - 1, each the median over the repeats of an evaluation repeated off, on, off, \
+on, ... (the latency table has their intervals), then the mean over seeds.
 † reported by the paper (Table 4; AIME cells P@1 / P@16; the stated +8.8% does not follow from 115 / 106 min, \
 which is +8.5%).
 
 ### SAAR's gamma, K and p: lab held-out Pass@1 (%) and tool failures per trajectory
 
-| method | γ | K | p | lab Pass@1 | tool failures / traj | seeds | source |
+| method | γ | K | rollback prob. | lab Pass@1 | tool failures / traj | seeds | source |
 |---|---|---|---|---|---|---|---|
 | lab DAPO baseline | off | off | off | 80.0 ± 10.0 (2 seeds) | 0.200 ± 0.100 | 2 | [`base0`](runs/base0/) \
 [`base1`](runs/base1/) |
-| lab CLEANER (γ 0.5, K 3, p 1.0) | 0.5 | 3 | 1.0 | 85.0 ± 2.5 | 0.250 | 1 | [`clean0`](runs/clean0/) |
+| lab CLEANER (γ 0.5, K 3, rollback prob. 1.0) | 0.5 | 3 | 1.0 | 85.0 ± 2.5 | 0.250 | 1 | [`clean0`](runs/clean0/) |
 
 Held-out, SAAR off at test time; failures are the policy's own (first attempts). The paper reports no such grid: \
 it fixes γ 0.5 and K 3, with p 1.0 (4B) and 0.7 (7B).
@@ -159,7 +160,7 @@ it fixes γ 0.5 and K 3, with p 1.0 (4B) and 0.7 (7B).
 | DAPO-baseline-4B | 250† | 128† | 16† | 32,000† | 512,000† |  | paper |
 | DemyAgent-4B | 750† | 64† | 16† | 48,000† | 768,000† |  | paper |
 | lab DAPO baseline | 2 | 2 | 4 | 4 | 16 | 2000 ± 100 | [`base0`](runs/base0/) [`base1`](runs/base1/) |
-| lab CLEANER (γ 0.5, K 3, p 1.0) | 2 | 2 | 4 | 4 | 16 | 2300 | [`clean0`](runs/clean0/) |
+| lab CLEANER (γ 0.5, K 3, rollback prob. 1.0) | 2 | 2 | 4 | 4 | 16 | 2300 | [`clean0`](runs/clean0/) |
 
 † reported by the paper (steps, batch and group sizes; prompts seen and trajectories are their products). \
 DemyAgent's 750 steps are as the CLEANER paper states them.
@@ -189,7 +190,7 @@ def test_latex_escapes_and_marks_reported_cells(runs, tmp_path):
     tex = (tmp_path / "report" / "table4.tex").read_text()
     assert r"\begin{tabular}{lrrrrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
     assert r"CLEANER-4B, stated overhead &  &  &  &  &  &  &  & +8.8\%$^\dagger$ & paper \\" in tex
-    assert r"lab CLEANER ($\gamma$ 0.5, K 3, p 1.0), SAAR on &  &  &  &  &  & 90.0 $\pm$ 2.0 & 12.5 s & +25.0\% & clean0 \\" in tex
+    assert r"lab CLEANER ($\gamma$ 0.5, K 3, rollback prob. 1.0), SAAR on &  &  &  &  &  & 90.0 $\pm$ 2.0 & 12.5 s & +25.0\% & clean0 \\" in tex
     assert report.latex_escape("a_b & 5% {x} #1 $") == r"a\_b \& 5\% \{x\} \#1 \$"
 
 
@@ -241,18 +242,32 @@ def test_reported_cells_match_paper_results_yaml():
     assert int(demy[4].text.replace(",", "")) == results["demyagent_recipe"]["prompts_seen_at_750_steps"]
 
 
-def test_a_broken_record_is_named_and_the_cli_exits_2(runs, tmp_path):
+def test_a_broken_record_is_named_and_left_out_or_refused_with_strict(runs, tmp_path):
+    """A truncated metrics.jsonl (a run killed while its file was copied, a disk that filled up): the report names
+    the file and leaves the record out; with --strict it refuses. Breakage checked: reading metrics.jsonl without the
+    record check crashed with a JSONDecodeError naming no file."""
     root, paper = runs
     (root / "clean0" / "eval.json").write_text("{not json")
-    with pytest.raises(report.ReportError, match=r"clean0/eval.json: not readable"):
+    with pytest.raises(report.ReportError, match=r"clean0/eval.json: not readable \(Expecting property name"):
         report.load_records(root)
     (root / "clean0" / "eval.json").write_text(json.dumps({"saar_off": {}, "saar_on": {}}))
-    cli = subprocess.run([sys.executable, "-m", "harness.report", "--runs", str(root), "--paper", str(paper), "--out",
-                          str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert cli.returncode == 2 and "clean0/eval.json: no 'benchmarks' key" in cli.stderr
+    with pytest.raises(report.ReportError, match=r"clean0/eval.json: no 'benchmarks' key"):
+        report.load_records(root)
+    (root / "clean0" / "eval.json").unlink()
+    metrics = root / "clean0" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-40])  # the last line cut in the middle
+    command = [sys.executable, "-m", "harness.report", "--runs", str(root), "--paper", str(paper), "--out",
+               str(tmp_path / "out")]
+    lenient = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert lenient.returncode == 0, lenient.stderr
+    assert lenient.stderr.strip() == f"warning: left out clean0: {metrics}: line 2 is not JSON"
+    assert "clean0" not in (tmp_path / "out" / "tables.md").read_text()
+    strict = subprocess.run([*command, "--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 2 and strict.stderr.strip() == f"error: {metrics}: line 2 is not JSON"
     missing = subprocess.run([sys.executable, "-m", "harness.report", "--runs", str(tmp_path / "nowhere")], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "--runs folder" in missing.stderr and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.startswith(f"error: no run records: {tmp_path / 'nowhere'} "
+                                                                 "does not exist")
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
@@ -294,20 +309,34 @@ def test_the_html_report_loads_in_headless_chromium_with_tables_and_a_highlighte
     assert shot.shape[1] == 1300 and shot.shape[0] > 900  # the whole page, taller than one screen
 
 
-def test_with_no_arguments_on_a_fresh_clone_it_regenerates_the_committed_report(tmp_path):
-    """A fresh clone has no results/runs: `python -m harness.report` reads the records the committed report cites
-    and writes the same tables, byte for byte. Breakage checked: the old default (results/runs only) exits 2."""
+def test_on_a_fresh_clone_a_bare_report_points_at_both_ways_and_the_committed_one_regenerates(tmp_path):
+    """A fresh clone has no results/runs: a bare `python -m harness.report` says so in one line, naming `make run`
+    and the command that regenerates the committed report, and writes nothing; that command writes the same tables,
+    byte for byte, from the committed records alone (and the paper's figures in the repository, no ../shared).
+    Breakage checked: the old default switched to results/report/runs and rewrote the committed report."""
     committed = REPO / "results" / "report"
     shutil.copytree(committed, tmp_path / "results" / "report")
     shutil.copytree(REPO / "results" / "tuning", tmp_path / "results" / "tuning")  # cited in place
-    proc = subprocess.run([sys.executable, "-m", "harness.report"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "reading the run records in results/report/runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bare = subprocess.run([sys.executable, "-m", "harness.report"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert bare.returncode == 2 and bare.stderr.count("\n") == 1, bare.stderr
+    assert "make run" in bare.stderr and "--runs results/report/runs --out results/report" in bare.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and not (tmp_path / "results" / "runs").exists()
+    again = subprocess.run([sys.executable, "-m", "harness.report", "--runs", "results/report/runs", "--out",
+                            "results/report", "--strict"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                           env=env)
+    assert again.returncode == 0, again.stderr
     tables = sorted(p.name for p in committed.iterdir() if p.suffix in (".md", ".csv", ".tex"))
     assert len(tables) == 25  # eight tables (comparison, latency, tuning included) in three formats, and tables.md
     for name in tables:
         assert (tmp_path / "results" / "report" / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+def test_p_values_keep_two_significant_digits():
+    """p = 0.004 must not read 0.00. Breakage checked: the old format, two decimals."""
+    assert [report.p_value({"p_value": p}) for p in (0.0041, 0.09, 0.1834, 0.0004)] == ["0.0041", "0.09", "0.18",
+                                                                                          "< 0.001"]
 
 
 def test_the_paired_comparison_by_hand(tmp_path):
@@ -350,7 +379,7 @@ def test_the_paired_comparison_by_hand(tmp_path):
     table = report.comparison(records)
     assert table is not None and len(table.rows) == 1
     cells = [c.text for c in table.rows[0]]
-    assert cells == ["lab CLEANER (γ 0.5, K 3, p 1.0), lr 5e-05 vs the baseline's 0.0001", "3", "60.0 / 70.0 / 76.7",
+    assert cells == ["lab CLEANER (γ 0.5, K 3, rollback prob. 1.0), lr 5e-05 vs the baseline's 0.0001", "3", "60.0 / 70.0 / 76.7",
                      "+6.7 [-7.7, +21.0]", "0.18", "-0.033 [-0.177, +0.110]", "0.42", "10 / 20",
                      "clean0 base0 start0 clean1 base1 start1 clean2 base2 start2"]
     assert report.comparison(report.load_records(tmp_path)) == table
@@ -389,7 +418,7 @@ def test_the_latency_table_by_hand(tmp_path):
     write_record(tmp_path, "once", seed=1, evaluation={"lab": compare(side(10.0, 1000), side(11.0, 1200))})
     table = report.latency(report.load_records(tmp_path))
     assert [[c.text for c in row] for row in table.rows] == [[
-        "lab CLEANER (γ 0.5, K 3, p 1.0)", "0", "lab held-out", "3", "+20.0%", "[-4.8%, +44.8%]", "+2.0 [-0.5, +4.5]",
+        "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)", "0", "lab held-out", "3", "+20.0%", "[-4.8%, +44.8%]", "+2.0 [-0.5, +4.5]",
         "0.100 / 0.120", "+200", "clean0"]]
     shutil.rmtree(tmp_path / "clean0")
     assert report.latency(report.load_records(tmp_path)) is None
@@ -450,6 +479,6 @@ def test_the_tuning_table_lists_each_trial_in_order_and_marks_the_first_best(tmp
         ["lab DAPO baseline", "0", "0.0004", "20", "95.0 ± 2.0", "100", "chosen", "b2"],
         ["lab DAPO baseline", "1", "0.0001", "20", "90.0 ± 2.0", "100", "", "b0"],
         ["lab DAPO baseline", "2", "3e-05", "20", "95.0 ± 2.0", "100", "", "b1"],
-        ["lab CLEANER (γ 0.5, K 3, p 1.0)", "0", "0.0001", "20", "80.0 ± 2.0", "100", "", "c0"],
-        ["lab CLEANER (γ 0.5, K 3, p 1.0)", "1", "2e-05", "20", "85.0 ± 2.0", "100", "chosen", "c1"]]
+        ["lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)", "0", "0.0001", "20", "80.0 ± 2.0", "100", "", "c0"],
+        ["lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)", "1", "2e-05", "20", "85.0 ± 2.0", "100", "chosen", "c1"]]
     assert "[`b2`](../tuning/b2/)" in report.to_markdown(table)

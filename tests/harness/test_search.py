@@ -149,7 +149,8 @@ def test_a_search_whose_trials_all_fail_stops_instead_of_asking_forever(tmp_path
     with open_dict(cfg):
         cfg.model.path = str(tmp_path / "no_checkpoint")  # every trial's job fails when it looks for it
     log = []
-    with pytest.raises(RuntimeError, match="^2 trials failed; the jobs' logs are in "):
+    with pytest.raises(search.SearchFailed, match="^2 trials failed, the last with harness.schema.ConfigError: "
+                                                  "model.path="):
         search.search(cfg, launcher, log=log.append)
     failures = [line for line in log if " failed: " in line]
     assert len(failures) == 2 and all("ConfigError: model.path=" in line and "holds no checkpoint" in line

@@ -1,6 +1,6 @@
 """harness.verl against verl 0.9.1 itself: the translated overrides compose with verl's own Hydra config
 (`ppo_trainer`), the composed configs of the 4B and 7B presets hold Table 5 key by key (read from
-shared/reference/paper_results.yaml), every key is one verl has, and the keys that verl 0.9.1 would silently ignore
+harness/paper_results.yaml), every key is one verl has, and the keys that verl 0.9.1 would silently ignore
 elsewhere are read where we put them (by verl's own reward loader, reward manager, config dataclasses and
 validator). Then the entry point: dry_run prints one override per line, and cluster=verl on a machine without GPUs
 exits 2 with one clear line. What stays unverified: anything on GPUs (no trainer, SGLang or Ray run here)."""
@@ -30,7 +30,7 @@ from harness import cli, records, schema
 from harness import verl as harness_verl
 from harness.records import REPO
 
-PAPER = REPO.parent / "shared" / "reference" / "paper_results.yaml"
+PAPER = REPO / "harness" / "paper_results.yaml"  # the paper's reported figures, in the repository
 VERL_CONF = Path(verl.__file__).parent / "trainer" / "config"
 MISSING = object()
 

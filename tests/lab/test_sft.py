@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from cleaner.lab.sft import SftConfig, length_buckets, lr_at
+from cleaner.lab.sft import length_buckets, lr_at
+from cleaner.lab.config import SftConfig
 
 
 def test_learning_rate_schedule_by_hand():

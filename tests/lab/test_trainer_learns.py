@@ -20,8 +20,9 @@ import pytest
 
 from cleaner.lab.model import tiny_qwen3
 from cleaner.lab.tokenizer import lab_tokenizer
-from cleaner.lab.trainer import TrainConfig, train_sync
-from cleaner.rollout.episode import RolloutConfig
+from cleaner.lab.config import TrainConfig
+from cleaner.lab.trainer import train_sync
+from cleaner.recipe import AlgoConfig
 from cleaner.saar import SaarConfig
 
 
@@ -53,9 +54,9 @@ class FirstTokenTask:
         return [t.ids[len(t.prompt)] in self.solved for t in trajs]
 
 
-CFG = TrainConfig(steps=8, prompts_per_step=4, group_size=8, mini_batches=1, lr=0.1, eval_problems=16,
-                  overlong_buffer_tokens=1, overlong_penalty_factor=0.0,
-                  rollout=RolloutConfig(max_turns=1, max_response_tokens=2, saar=SaarConfig(enabled=False)))
+CFG = TrainConfig(AlgoConfig(steps=8, prompts_per_step=4, group_size=8, ppo_mini_batch_size=4, lr=0.1,
+                             eval_problems=16, overlong_buffer_tokens=1, overlong_penalty_factor=0.0, max_turns=1,
+                             max_response_tokens=2), saar=SaarConfig(enabled=False))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ and a rerun of a finished or interrupted run neither repeats nor loses a step.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -11,8 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cleaner.lab.sft import SftConfig
-from cleaner.lab.trainer import TrainConfig, train_sync
+from cleaner.lab.config import SftConfig
+from cleaner.lab.config import TrainConfig
+from cleaner.lab.trainer import train_sync
+from cleaner.recipe import AlgoConfig
 
 SFT_DIR = Path(__file__).resolve().parents[2] / "results" / "lab" / "sft" / SftConfig().hash()
 
@@ -21,9 +22,8 @@ def small(steps: int) -> TrainConfig:
     """Two tiny steps. The SFT checkpoint solves about 95% of problems, so with the full response budget whole groups
     are often all correct (no gradient); a budget below the typical answer length (about 110 tokens) cuts some
     trajectories short, so every step has groups with rewards that differ."""
-    base = TrainConfig()
-    return TrainConfig(steps=steps, prompts_per_step=6, group_size=8, mini_batches=1, eval_problems=4, lr=1e-4,
-                       rollout=dataclasses.replace(base.rollout, max_response_tokens=110))
+    return TrainConfig(AlgoConfig(steps=steps, prompts_per_step=6, group_size=8, ppo_mini_batch_size=6, eval_problems=4,
+                                  lr=1e-4, max_response_tokens=110))
 
 
 def lines(run: Path) -> list[dict]:
@@ -78,7 +78,8 @@ def test_the_loss_starts_from_old_log_probs_recomputed_on_the_purified_sequences
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv("CLEANER_THREADS", "1")  # the same samples on any machine
-    cfg = TrainConfig(steps=1, prompts_per_step=8, group_size=8, mini_batches=1, eval_problems=2, seed=1)
+    cfg = TrainConfig(AlgoConfig(steps=1, prompts_per_step=8, group_size=8, ppo_mini_batch_size=8, eval_problems=2),
+                      seed=1)
     train_sync(cfg, SFT_DIR, tmp_path / "run", log=lambda s: None, loggers=("tensorboard",))
     [row] = lines(tmp_path / "run")
     assert row["spliced_tokens"] > 0 and row["logprob_gap_spliced"] > 1e-3  # sampled != recomputed there
@@ -93,12 +94,15 @@ def test_the_loss_starts_from_old_log_probs_recomputed_on_the_purified_sequences
 @pytest.mark.parametrize("change, message", [
     ({"steps": -1}, "algo.steps must be >= 0 (0: evaluate model.path, no training), got -1"),
     ({"eval_samples": 0}, "algo.eval_samples must be >= 1, got 0"),
-    ({"mini_batches": 9}, "mini_batches (optimizer updates per step) must be in [1, prompts_per_step=8], got 9"),
-    ({"lr_warmup_steps": -1}, "algo.lr must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got 0.0001, -1, 0"),
+    ({"ppo_mini_batch_size": 3}, "algo.ppo_mini_batch_size=3 must be >= 1 and divide algo.prompts_per_step=8"),
+    ({"lr_warmup_steps": -1}, "algo.lr and algo.max_grad_norm must be > 0 and algo.lr_warmup_steps, algo.eval_every "
+                              ">= 0; got 0.0001, 1.0, -1, 0"),
+    ({"eval_split": "train"}, "algo.eval_split='train'; valid: 'test', 'val'"),
+    ({"adv_estimator": "ppo"}, "unknown advantage estimator 'ppo'; valid: "),
     ({"temperature": 0.0}, "algo.temperature must be > 0 and algo.top_p, algo.eval_top_p in (0, 1]; got 0.0, 1.0, 1.0"),
 ])
 def test_a_train_config_refuses_bad_values_naming_them(change, message):
     """The library's own checks (the harness raises them as they are, under the run config's key names)."""
-    with pytest.raises(ValueError) as e:
-        TrainConfig(**change)
-    assert str(e.value) == message
+    with pytest.raises((ValueError, KeyError)) as e:
+        AlgoConfig(**change)
+    assert e.value.args[0].startswith(message)

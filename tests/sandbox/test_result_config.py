@@ -27,7 +27,13 @@ def test_config_rejects_bad_values_with_clear_messages():
 
 def test_config_defaults_are_the_papers():
     config = SandboxConfig()
-    assert (config.timeout_s, config.max_output_chars, config.backend, config.preload_modules) == (4.0, 256, "auto", ())
+    assert (config.timeout_s, config.cpu_time_s, config.backend, config.preload_modules) == (4.0, 4.0, "auto", ())
+
+
+def test_the_cpu_time_limit_follows_the_wall_clock_limit_unless_set():
+    """sandbox.timeout_s=10 alone must not leave CPU-bound cells killed after 4 s of CPU time."""
+    assert SandboxConfig(timeout_s=10).cpu_time_s == 10
+    assert SandboxConfig(timeout_s=10, cpu_time_s=3).cpu_time_s == 3
 
 
 def test_truncate_middle_hand_case():
@@ -67,10 +73,11 @@ def test_to_tool_result_shows_stdout_then_the_stderr_tail():
     assert short.output == "part\n...[48 chars cut]...\nned\n"  # 56 chars: 4 head + 48 cut + 4 tail
 
 
-def test_to_tool_result_uses_the_configured_length_by_default():
-    result = ExecutionResult("ok", stdout="x" * 1000, max_output_chars=100)
-    assert len(result.to_tool_result().output) == 100
-    assert len(result.to_tool_result(max_chars=1000).output) == 1000
+def test_to_tool_result_is_whole_unless_cut():
+    """The sandbox does not decide what the model is shown: the episode cuts to algo.max_tool_response_chars."""
+    result = ExecutionResult("ok", stdout="x" * 1000)
+    assert result.to_tool_result().output == "x" * 1000
+    assert len(result.to_tool_result(max_chars=100).output) == 100
 
 
 def test_result_rejects_unknown_status():

@@ -186,7 +186,9 @@ def main(run: Callable[[DictConfig], Any], job: str, config: str = "train",
     if "-m" in argv or "--multirun" in argv:
         check_sweep(config, argv, check)
         hold_interrupts()
-    sys.argv[1:1] = [searchpath_override(), f"hydra.job.name={job}"]  # first: a flag may end the user's overrides
+    # beside the user's overrides (Hydra's parser takes one run of them: a flag between two runs is refused)
+    at = next((i + 1 for i, a in enumerate(sys.argv) if i and "=" in a and not a.startswith("-")), len(sys.argv))
+    sys.argv[at:at] = [searchpath_override(), f"hydra.job.name={job}"]
 
     def task(cfg: DictConfig) -> Any:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # a sweep's job: Ctrl-C stops it (hold_interrupts)

@@ -7,7 +7,8 @@ Every check runs, in the order of `CHECKS`, and prints one line per finding: `ok
 what is wrong and the fix, or `skip` with why it did not apply (its input was not given). The exit status is 2
 when any check failed, else 0. The checks:
 
-    gpus       this node shows at least --gpus CUDA devices (torch's count, which honours CUDA_VISIBLE_DEVICES)
+    gpus       this node shows at least --gpus CUDA devices (torch's count, which honours CUDA_VISIBLE_DEVICES);
+               when it does not, a kernel driver older than CUDA 13's minimum (R580) is named as the cause
     attention  the attention implementation verl's actor uses (--attn-implementation) imports: flash_attention_2
                needs flash_attn, built for the installed torch (no hub download: HF_HUB_OFFLINE=1 on the nodes)
     versions   verl, sglang, torch and transformers are installed at the versions of gpu/requirements.lock
@@ -18,13 +19,16 @@ when any check failed, else 0. The checks:
     disk       the filesystem of --runs has room for the checkpoints verl keeps at its peak (see `checkpoint_bytes`)
     head       with --nodes > 1, --head-address resolves, and not to a loopback address the other nodes cannot reach
     port       --ray-port is free on this node (nothing listens on it), for the Ray head
+    sandbox    one real cell runs in the sandbox the run's overrides configure (its backend, its preloaded modules):
+               a failure names its cause (bubblewrap missing, user namespaces disabled and by which sysctl, a
+               preloaded module that does not import, a remote server that does not answer) and its fix
 
 This module imports only the standard library: each check imports what it needs (torch, flash_attn, the data
 loaders) when it runs, so the preflight runs in any Python 3.11+, and a module a check needs but cannot import is
 that check's failure, never a traceback.
 
 Not checked: the other nodes of a multi-node job (their GPUs are counted by Ray as it comes up, `wait_for_ray`
-in slurm/common.sh), the GPU driver beyond torch's view of it, free GPU memory, and whether SGLang's server starts.
+in slurm/common.sh), free GPU memory, and whether SGLang's server starts.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import struct
@@ -54,8 +59,11 @@ CHECKPOINT_BYTES_PER_PARAMETER = 4 + 4 + 4
 # the attention implementation -> the module it needs
 ATTENTION_MODULES = {"flash_attention_2": "flash_attn", "sdpa": "torch", "eager": "torch"}
 # flash-attn 2.8.3 for torch 2.11 / CUDA 13.0 / CPython 3.12, prebuilt by verl's project (PyPI has only the source)
+CONTAINER = "CLEANER_CONTAINER, docs/cluster.md"  # the image with bubblewrap, numpy and sympy
 FLASH_ATTN_WHEEL = ("https://github.com/verl-project/verl-wheelhouse/releases/download/flash-attention-v2.8.3/"
                     "flash_attn-2.8.3-cp312-cp312-linux_x86_64.whl")
+DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")  # the loaded kernel driver's banner
+MIN_DRIVER = (580, 65, 6)  # CUDA 13.0's minimum Linux driver; the lock's torch 2.11 is built for CUDA 13.0
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}  # config.json's torch_dtype, for .bin weights
 
 
@@ -96,6 +104,16 @@ class ModelError(Exception):
 
 # --- gpus ---------------------------------------------------------------------------------------------------------
 
+def driver_version() -> tuple[int, ...] | None:
+    """The loaded NVIDIA kernel driver's version (`DRIVER_VERSION_FILE`), or None without one."""
+    try:
+        text = DRIVER_VERSION_FILE.read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)", text)
+    return tuple(int(x) for x in found.group(1).split(".")) if found else None
+
+
 @check("gpus")
 def check_gpus(args: argparse.Namespace) -> list[Finding]:
     if args.gpus == 0:
@@ -105,8 +123,16 @@ def check_gpus(args: argparse.Namespace) -> list[Finding]:
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
     build = f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none: a CPU build'}"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    driver = driver_version()
+    if seen < args.gpus and driver is not None and driver < MIN_DRIVER:
+        return [fail(f"{seen} of the {args.gpus} GPUs expected are visible: the NVIDIA driver is "
+                     f"{'.'.join(map(str, driver))}, older than {'.'.join(map(str, MIN_DRIVER))}, which the lock's "
+                     f"CUDA 13 build of torch needs ({build})",
+                     "run on nodes with a newer driver (R580 or later), or build the environment for the CUDA the "
+                     "driver supports")]
     if seen < args.gpus:
-        return [fail(f"{seen} of the {args.gpus} GPUs expected are visible ({build}; CUDA_VISIBLE_DEVICES={visible})",
+        return [fail(f"{seen} of the {args.gpus} GPUs expected are visible ({build}; CUDA_VISIBLE_DEVICES={visible}"
+                     f"; NVIDIA driver {'.'.join(map(str, driver)) if driver else 'not loaded'})",
                      "run on a GPU node with the GPUs allocated (sbatch --gpus-per-node), or pass the count this node "
                      "has (--gpus N; in slurm/: CLEANER_GPUS_PER_NODE)")]
     names = sorted({torch.cuda.get_device_name(i) for i in range(seen)})
@@ -366,6 +392,69 @@ def check_port(args: argparse.Namespace) -> list[Finding]:
     return [ok(f"{args.ray_port} free")]
 
 
+# --- sandbox ------------------------------------------------------------------------------------------------------
+
+USERNS_SYSCTLS = (  # a value that disables unprivileged user namespaces, per sysctl, and how to allow them
+    ("kernel.unprivileged_userns_clone", "0", "1"),  # Debian and Ubuntu kernels
+    ("user.max_user_namespaces", "0", "15000"),  # any kernel
+    ("kernel.apparmor_restrict_unprivileged_userns", "1", "0"),  # Ubuntu 23.10 and later
+)
+
+
+def userns_blockers(proc_sys: Path = Path("/proc/sys")) -> list[str]:
+    """The sysctls that disable unprivileged user namespaces here, as `name=value` (those this kernel has)."""
+    found = []
+    for name, off, _ in USERNS_SYSCTLS:
+        path = proc_sys / name.replace(".", "/")
+        if path.exists() and path.read_text().strip() == off:
+            found.append(f"{name}={off}")
+    return found
+
+
+def sandbox_fix(message: str, backend: str, is_root: bool, proc_sys: Path = Path("/proc/sys")) -> str:
+    """The remedy for a sandbox that did not start, by what its message says went wrong."""
+    rlimit = "or sandbox.backend=rlimit (cells then run without namespace isolation: they see the node's files "
+    rlimit += "and network)"
+    if backend == "remote":
+        return "start the SandboxFusion server, or point sandbox.remote_url at one that answers from this node"
+    if "preload_modules" in message or "refused to start" in message:
+        return ("install the module in the environment the sandbox runs (CLEANER_PYTHON's; the container has numpy "
+                "and sympy), or drop it from sandbox.preload_modules")
+    if "bubblewrap not found" in message:
+        return (f"install bubblewrap on the nodes (apt-get install bubblewrap), or run in the container ({CONTAINER}), "
+                f"{rlimit}")
+    if "cannot start a sandbox" in message and not is_root:
+        blockers = userns_blockers(proc_sys)
+        allow = ", ".join(f"sysctl -w {n}={on}" for n, off, on in USERNS_SYSCTLS if f"{n}={off}" in blockers)
+        if blockers:
+            return (f"unprivileged user namespaces are disabled ({', '.join(blockers)}); ask the administrators to "
+                    f"allow them ({allow}), {rlimit}")
+    return f"see docs/sandbox.md, {rlimit}"
+
+
+@check("sandbox")
+def check_sandbox(args: argparse.Namespace) -> list[Finding]:
+    """One real cell in the run's sandbox (its backend and preloaded modules, from the run's overrides)."""
+    from hydra import compose, initialize_config_dir
+
+    from cleaner.sandbox import SandboxUnavailable, check_ready
+    from harness import cli, schema
+
+    try:
+        with initialize_config_dir(str(cli.CONF), version_base="1.3"):
+            config = schema.sandbox_config(compose("train", overrides=[*args.overrides, cli.searchpath_override()]))
+    except Exception as e:  # a Hydra or schema error in the overrides
+        return [fail(f"the run's overrides do not compose: {' '.join(str(e).split())}",
+                     "correct them (python -m harness.train --cfg job OVERRIDES shows the config)")]
+    preloaded = f", preloaded {', '.join(config.preload_modules)}" if config.preload_modules else ""
+    try:
+        backend = check_ready(config)
+    except SandboxUnavailable as e:
+        return [fail(f"backend {config.backend}{preloaded}: {e}", sandbox_fix(str(e), config.backend,
+                                                                              os.geteuid() == 0))]
+    return [ok(f"a cell ran in the {backend} sandbox{preloaded}")]
+
+
 # --- the run ------------------------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> list[tuple[str, Finding]]:
@@ -413,6 +502,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1, help="nodes in the job (default: %(default)s)")
     p.add_argument("--head-address", help="the address the Ray head listens on (needed with --nodes > 1)")
     p.add_argument("--ray-port", type=int, default=6379, help="the Ray head's port (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", help="the run's harness overrides (preset=qwen3_4b ...): the sandbox check "
+                                                "starts the sandbox they configure")
     return p
 
 

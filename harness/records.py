@@ -250,6 +250,10 @@ def run_record(cfg: DictConfig, job: Callable[[Path], dict[str, Any]], log: Call
             except BlockingIOError:
                 log(f"run {run_dir} is running in another process; waiting for it")
                 fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError as e:  # ENOLCK, EOPNOTSUPP, EINVAL: a filesystem without flock (Lustre without -o flock)
+                raise ConfigError(f"runs_root={cfg.runs_root} is on a filesystem without file locks (flock: "
+                                  f"{e.strerror}), which keep two processes out of one run's folder; put runs_root "
+                                  "on one that has them (a local or NFSv4 disk, Lustre mounted with -o flock)") from None
             if not _still_there(lock, run_dir / "lock"):
                 continue  # the folder was set aside while this process waited: take the new one
             problem = record_problem(run_dir)

@@ -80,6 +80,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,7 @@ VERL_MAIN = "verl.trainer.main_ppo"
 AGENT_LOOP_FILE = "agent_loop.yaml"
 OVERRIDES_FILE = "overrides.txt"
 METRICS_FILE = "metrics.jsonl"
+LATEST = "latest_checkpointed_iteration.txt"  # verl's record of its newest checkpoint's step, in the checkpoints
 PROJECT = "cleaner"  # trainer.project_name; the experiment is the run's config hash
 ADVANTAGES = {"grpo": "grpo", "rloo": "rloo"}  # cleaner's estimator -> verl's algorithm.adv_estimator
 POLICY_LOSSES = {"ppo_clip": "vanilla"}  # cleaner's loss -> verl's policy_loss.loss_mode (PPO clip, dual clip)
@@ -335,7 +337,8 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData, r
         # validation before training and every algo.eval_every steps (else after the last one), at the evaluation's
         # settings (val_kwargs above; a benchmark's own sample count travels in its rows' __rollout_n__)
         (f"{trainer}.test_freq", (algo.eval_every or algo.steps) if validates else -1),
-        (f"{trainer}.val_before_train", validates),
+        # a resumed run does not validate again before training: its first invocation validated the start
+        (f"{trainer}.val_before_train", validates and (evaluating or not (checkpoints / LATEST).exists())),
         (f"{trainer}.validation_data_dir", str(job / "validation")),
         (f"{trainer}.log_val_generations", 0),
         (f"{trainer}.project_name", PROJECT),
@@ -542,6 +545,20 @@ def end_session(sid: int) -> None:
                     os.kill(int(entry), signal.SIGKILL)
 
 
+def prune_checkpoints(checkpoints: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` of verl's `global_step_<n>` folders (none with keep 0, verl's "keep all"),
+    never the one `latest_checkpointed_iteration.txt` names; the deleted folders, oldest first. verl counts the
+    checkpoints it keeps in memory, so those of an earlier invocation (a requeued or resubmitted job) are never
+    deleted by it: this runs before each invocation."""
+    steps = sorted((int(p.name.removeprefix("global_step_")), p) for p in checkpoints.glob("global_step_*")
+                   if p.is_dir() and p.name.removeprefix("global_step_").isdigit())
+    latest = (checkpoints / LATEST).read_text().strip() if (checkpoints / LATEST).exists() else None
+    doomed = [p for n, p in steps[:-keep] if str(n) != latest] if keep >= 1 else []
+    for p in doomed:
+        shutil.rmtree(p)
+    return doomed
+
+
 def _launch(cmd: list[str], job: Path, env: dict[str, str]) -> float:
     """Run verl in `job` with `env` added to this environment, keeping an earlier invocation's metrics file; its
     wall seconds. A failure exits with a message: rerunning the same command resumes."""
@@ -582,9 +599,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     def train(run_dir: Path) -> dict[str, Any]:
         ovr, folder, env = prepare_files(cfg, run_dir.resolve(), None)
-        _launch(command(ovr), folder, env)
         checkpoints = folder / "checkpoints"
-        step = int((checkpoints / "latest_checkpointed_iteration.txt").read_text())
+        for old in prune_checkpoints(checkpoints, cfg.verl.keep_checkpoints):
+            print(f"removed {old}: verl.keep_checkpoints={cfg.verl.keep_checkpoints}", flush=True)
+        _launch(command(ovr), folder, env)
+        step = int((checkpoints / LATEST).read_text())
         if step < cfg.algo.steps:
             raise SystemExit(f"error: verl stopped at step {step} of {cfg.algo.steps}; rerun to resume")
         saar = saar_by_step(folder / ROLLOUTS_DIR)

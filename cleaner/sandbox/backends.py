@@ -146,21 +146,24 @@ def _others_can_enter_all(path: str) -> bool:
 
 
 def _mount_args(needed: list[str]) -> list[str]:
-    """bubblewrap arguments for the file system cells see (module docstring)."""
+    """bubblewrap arguments for the file system cells see (module docstring). The private /tmp is mounted before
+    the needed paths, so that an installation or import path under the host's /tmp (a virtual environment in a
+    temporary folder) is bound on top of it rather than hidden by it."""
     args: list[str] = []
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
-    made: set[str] = set()
+    args += ["--tmpfs", "/tmp"]
+    made: set[str] = {"/tmp"}
     for path in needed:
         for parent in map(str, reversed(Path(path).parents[:-1])):  # from the top, "/" excluded
             if parent not in made:  # enterable by the cells' uids, whatever the host's directory allows
                 args += ["--perms", "0755", "--dir", parent]
                 made.add(parent)
         args += ["--ro-bind", path, path]
-    return args + ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    return args + ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc"]
 
 
 def bwrap_prefix(bwrap: str, privileged: bool, needed: list[str], unshare_cgroup: bool) -> list[str]:

@@ -518,7 +518,12 @@ def check_ready(config: SandboxConfig) -> str:
     SandboxUnavailable with one line naming what is missing and the fix (install bubblewrap, enable user
     namespaces, or `sandbox.backend=rlimit` and what it gives up; a remote server that does not answer). Once per
     configuration and process. Must not be called from a running event loop."""
-    result = run_code("pass", config)
+    try:
+        result = run_code("pass", config)
+    except SandboxUnavailable:
+        raise
+    except (RuntimeError, ValueError, OSError) as e:  # a preloaded module missing or failing, a pool that cannot start
+        raise SandboxUnavailable(f"the sandbox (backend {config.backend!r}) could not start: {e}") from None
     if not result.ok:
         last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
         raise SandboxUnavailable(f"the sandbox (backend {config.backend!r}) did not run a trivial cell: "

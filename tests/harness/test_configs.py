@@ -24,7 +24,7 @@ SWEEP_FILES = sorted((REPO / "sweeps").glob("**/*.yaml"))
 
 def test_the_yaml_files_are_all_found():
     assert len(list(CONF.glob("*.yaml"))) == 2  # train.yaml, sweep.yaml
-    assert len(GROUP_FILES) == 29
+    assert len(GROUP_FILES) == 30
     assert len(SWEEP_FILES) == 7
 
 
@@ -41,8 +41,8 @@ def test_every_group_option_composes_and_validates(composed, path):
     cfg = composed([f"{group}={option}"])
     schema.validate(cfg)
     if group in ("model", "algo", "saar", "data", "engine", "sandbox", "cluster"):
-        assert OmegaConf.to_container(cfg[group]) == {**OmegaConf.to_container(cfg[group]),
-                                                       **yaml.safe_load(path.read_text())}
+        own = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "defaults"}
+        assert OmegaConf.to_container(cfg[group]) == {**OmegaConf.to_container(cfg[group]), **own}
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
@@ -102,6 +102,14 @@ def test_demyagent_preset_holds_its_recipe(composed):
         rec["learning_rate"])
     assert a.steps * a.prompts_per_step == rec["prompts_seen_at_750_steps"]
     assert a.eval_samples == rec["eval_samples_per_problem"] and not cfg.saar.enabled
+
+
+@pytest.mark.parametrize("preset, preloaded", [("qwen3_4b", ("numpy", "sympy")), ("qwen2_5_7b", ("numpy", "sympy")),
+                                               ("demyagent", ("numpy", "sympy")), ("lab", ())])
+def test_the_cluster_presets_preload_the_papers_tool_environment(composed, preset, preloaded):
+    """The paper's executor pre-imports numpy and sympy; the cluster presets' sandboxes do, the lab's keeps the
+    standard library. Checked red: the presets without `override /sandbox: paper` (an empty list, as before)."""
+    assert schema.sandbox_config(composed([f"preset={preset}"])).preload_modules == preloaded
 
 
 @pytest.mark.parametrize("cls", [schema.ModelSchema, AlgoConfig, schema.DataSchema, schema.EngineSchema,

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,7 +94,26 @@ def test_no_arguments_on_a_machine_without_gpus_exits_2_naming_the_missing_gpus(
     assert lines[0].startswith("FAIL  gpus: 0 of the 4 GPUs expected are visible (torch ")
     assert "fix: run on a GPU node with the GPUs allocated" in lines[0]
     assert lines[-1].startswith("preflight: ") and "failed: gpus" in lines[-1]
-    assert [line.split()[1] for line in lines[:-1]][-1] == "port:"  # every check ran, the last one too
+    assert [line.split()[1] for line in lines[:-1]][-1] == "sandbox:"  # every check ran, the last one too
+
+
+@pytest.mark.parametrize("banner, line", [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n",
+     "0 of the 4 GPUs expected are visible: the NVIDIA driver is 550.54.15, older than 580.65.6"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16)\n",
+     "0 of the 4 GPUs expected are visible: the NVIDIA driver is 570.86.15, older than 580.65.6"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U22)\n",
+     "0 of the 4 GPUs expected are visible (torch "),
+])
+def test_an_old_driver_is_named_instead_of_the_allocation(tmp_path, monkeypatch, banner, line):
+    """No GPU is visible here; the driver's banner (both formats the kernel module prints) decides which cause the
+    line names: a driver older than CUDA 13's minimum, or else the allocation. Checked red: the version compared as
+    text ('580.65.6' < '9...' ordering) and the open module's banner not parsed."""
+    (tmp_path / "version").write_text(banner)
+    monkeypatch.setattr(preflight, "DRIVER_VERSION_FILE", tmp_path / "version")
+    status, text = only(findings("--gpus", 4)[0], "gpus")
+    assert status == "FAIL" and text.startswith(line)
+    assert ("R580 or later" in text) == ("older than" in line)
 
 
 @pytest.mark.parametrize("breakage, message", [
@@ -219,7 +242,7 @@ def test_everything_passes_with_what_this_machine_has(tmp_path, monkeypatch):
     assert status == 0
     assert {name: [s for s, _ in fs] for name, fs in found.items()} == {
         "gpus": ["skip"], "attention": ["ok"], "versions": ["ok"], "model": ["ok"], "data": ["ok"], "disk": ["ok"],
-        "head": ["ok"], "port": ["ok"]}
+        "head": ["ok"], "port": ["ok"], "sandbox": ["ok"]}
     assert "3 checkpoints x 10 parameters x 12 bytes" in only(found, "disk")[1]
     assert only(found, "head")[1] == "192.0.2.10 (192.0.2.10) for 2 nodes"
 
@@ -246,6 +269,65 @@ def test_without_site_packages_each_missing_module_is_a_failure_line(tmp_path):
         lines[8],  # disk: depends on the free space here
         "skip  head: one node: Ray's workers are local",
         lines[10],
-        "preflight: 4 of 8 checks failed: gpus, attention, versions, data"]
+        "FAIL  sandbox: cannot run: No module named 'hydra'",
+        "preflight: 5 of 9 checks failed: gpus, attention, versions, data, sandbox"]
     assert lines[7].startswith("FAIL  data: cannot run: No module named ")
     assert lines[8].startswith("ok    disk: ") and lines[10].startswith("ok    port: ")
+
+
+def test_the_sandbox_check_runs_a_real_cell_with_the_runs_preloaded_modules():
+    """preset=qwen3_4b: a real cell in bubblewrap with numpy and sympy imported. Checked red: a check that ignores
+    the overrides (no modules preloaded, so the finding does not name them)."""
+    assert only(findings("--gpus", 0, "preset=qwen3_4b")[0], "sandbox") == (
+        "ok", "a cell ran in the bwrap sandbox, preloaded numpy, sympy")
+
+
+@pytest.mark.parametrize("overrides, cause, fix", [
+    (["sandbox.bwrap_path=/nonexistent/bwrap"], "bubblewrap not found", "install bubblewrap on the nodes"),
+    (["sandbox.preload_modules=[no_such_module_here]"], "'no_such_module_here' is not installed",
+     "install the module in the environment the sandbox runs"),
+    (["sandbox=remote", "sandbox.remote_url=http://127.0.0.1:9", "sandbox.remote_request_timeout_s=2"],
+     "request to the SandboxFusion server failed", "start the SandboxFusion server"),
+])
+def test_a_sandbox_that_cannot_start_names_its_cause_and_fix(overrides, cause, fix):
+    """Each cause made real here (a bwrap path with nothing there, a module that is not installed, a port nothing
+    listens on), each with its own remedy. Checked red: one generic fix for every cause."""
+    status, text = only(findings("--gpus", 0, *overrides)[0], "sandbox")
+    assert status == "FAIL" and cause in text.split("; fix: ")[0] and text.split("; fix: ")[1].startswith(fix)
+
+
+def test_a_preloaded_module_that_fails_to_import_is_named():
+    """A module that raises when the sandbox's supervisor imports it: the sandbox refuses to start, and the line
+    says so with the module's error, from a preflight process as slurm/ runs it."""
+    site = Path(tempfile.mkdtemp(dir="/tmp"))  # enterable by the cells' uids, unlike pytest's own folder
+    site.chmod(0o755)
+    (site / "broken_on_import.py").write_text("raise RuntimeError('broken on import')\n")
+    done = subprocess.run([sys.executable, "-m", "harness.preflight", "--gpus", "0",
+                           "sandbox.preload_modules=[broken_on_import]"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(site)})
+    shutil.rmtree(site)
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("FAIL  sandbox: ")]
+    assert "RuntimeError: broken on import" in line and "; fix: install the module" in line and done.returncode == 2
+
+
+@pytest.mark.parametrize("values, blockers", [
+    ({"kernel/unprivileged_userns_clone": "0", "user/max_user_namespaces": "63000"},
+     ["kernel.unprivileged_userns_clone=0"]),
+    ({"user/max_user_namespaces": "0", "kernel/apparmor_restrict_unprivileged_userns": "1"},
+     ["user.max_user_namespaces=0", "kernel.apparmor_restrict_unprivileged_userns=1"]),
+    ({"kernel/unprivileged_userns_clone": "1"}, []),
+])
+def test_disabled_user_namespaces_are_named_by_their_sysctl(tmp_path, values, blockers):
+    """The sysctls read from a /proc/sys laid out as the kernel's (this machine runs as root, where bubblewrap
+    needs no user namespace, so the kernel's own cannot be switched off here). The fix names each sysctl to set."""
+    for name, value in values.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(value + "\n")
+    assert preflight.userns_blockers(tmp_path) == blockers
+    fix = preflight.sandbox_fix("bubblewrap cannot start a sandbox here: setting up uid map: Permission denied",
+                                "auto", is_root=False, proc_sys=tmp_path)
+    if blockers:
+        assert fix.startswith(f"unprivileged user namespaces are disabled ({', '.join(blockers)})")
+        assert all(f"sysctl -w {b.split('=')[0]}=" in fix for b in blockers)
+    else:
+        assert fix.startswith("see docs/sandbox.md")

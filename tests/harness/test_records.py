@@ -131,3 +131,20 @@ def test_make_runs_and_a_single_run_of_the_same_config_share_one_folder(composed
     assert make_run == "$(PY) -m harness.sweep -m +sweeps=methods"
     assert records.config_hash(composed([f"+sweeps={sweep}", *point])) == records.config_hash(composed(point))
     assert records.config_hash(composed(point)) != records.config_hash(composed())
+
+
+def test_a_filesystem_without_flock_is_refused_in_one_line(composed, tmp_path, monkeypatch):
+    """Some Lustre and NFS mounts refuse flock (ENOLCK or EOPNOTSUPP). No such mount can be made here, so the
+    refusal is raised at the boundary, by fcntl.flock itself. Checked red: only BlockingIOError caught (the
+    OSError escaped as a traceback)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    cfg = composed([f"runs_root={tmp_path}"])
+    with pytest.raises(records.ConfigError, match=r"^runs_root=.* is on a filesystem without file locks \(flock: No "
+                                                  r"locks available\).*Lustre mounted with -o flock\)$"):
+        records.run_record(cfg, lambda run_dir: {}, log=lambda s: None)

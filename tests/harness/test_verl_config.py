@@ -455,3 +455,34 @@ def test_saar_metrics_count_a_redone_step_once(tmp_path):
          "saar_applied": 1},
         {"global_steps": 2, "split": "train", "trajectories": 2, "finish_answer": 2, "splices_shallow": 1,
          "saar_applied": 2}]
+
+
+def test_a_resumed_run_does_not_validate_again_before_training(files):
+    """Once verl has saved a checkpoint in the run folder, the next invocation resumes without a validation before
+    its first step (the first invocation validated the start). Checked red: val_before_train always true."""
+    first = Translated(files, "preset=qwen3_4b", "seed=11")
+    assert first["trainer.val_before_train"] is True
+    checkpoints = first.job / "checkpoints"
+    (checkpoints / "global_step_10").mkdir(parents=True)
+    (checkpoints / harness_verl.LATEST).write_text("10")
+    assert Translated(files, "preset=qwen3_4b", "seed=11")["trainer.val_before_train"] is False
+
+
+@pytest.mark.parametrize("steps, latest, keep, removed", [
+    ([10, 20, 30, 40, 50], "50", 3, [10, 20]),
+    ([10, 20, 30], "30", 3, []),
+    ([10, 20, 30, 40], "20", 1, [10, 30]),  # the newest by number is kept, and the one verl will resume from
+    ([10, 20, 30], "30", 0, []),  # 0: verl keeps every checkpoint
+    ([20, 100, 30], "100", 2, [20]),  # by number, not by name
+])
+def test_checkpoints_beyond_keep_are_pruned_before_an_invocation(tmp_path, steps, latest, keep, removed):
+    """verl forgets the checkpoints of an earlier invocation, so each resubmission would add up to `keep` more
+    (about 145 GB for 4B at 3). Hand-computed: which global_step folders go. Checked red: pruning by name order
+    (global_step_100 before global_step_20) and deleting the one latest_checkpointed_iteration.txt names."""
+    for n in steps:
+        (tmp_path / f"global_step_{n}" / "actor").mkdir(parents=True)
+    (tmp_path / harness_verl.LATEST).write_text(latest)
+    gone = harness_verl.prune_checkpoints(tmp_path, keep)
+    assert gone == [tmp_path / f"global_step_{n}" for n in removed]
+    assert sorted(int(p.name.split("_")[-1]) for p in tmp_path.glob("global_step_*")) == sorted(
+        n for n in steps if n not in removed)

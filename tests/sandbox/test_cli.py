@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -91,6 +94,26 @@ def test_cli_preloads_modules_on_request():
     result = json.loads(proc.stdout)
     assert (result["status"], result["stdout"], result["isolation"]["preloaded"]) == (
         "ok", "42 2*sqrt(2)\n", ["numpy", "sympy"])
+
+
+def test_cli_preloads_a_module_installed_under_tmp():
+    """An environment under the host's /tmp (a clone or a virtual environment in a temporary folder): its
+    site-packages are bound on top of the sandbox's private /tmp, not hidden under it. Checked red: the tmpfs
+    mounted after the bindings, as before (ModuleNotFoundError in the zygote, exit 1)."""
+    site = Path(tempfile.mkdtemp(dir="/tmp")) / "site-packages"
+    try:
+        site.mkdir()
+        os.chmod(site.parent, 0o755)
+        (site / "tmp_installed.py").write_text("ANSWER = 42\n")
+        proc = subprocess.run([sys.executable, "-m", "cleaner.sandbox", "--preload-modules", "tmp_installed", "-c",
+                               "import tmp_installed\nprint(tmp_installed.ANSWER)"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(site)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout)
+        assert (result["status"], result["stdout"], result["isolation"]["preloaded"]) == (
+            "ok", "42\n", ["tmp_installed"])
+    finally:
+        shutil.rmtree(site.parent)
 
 
 def test_cli_refuses_code_that_is_not_utf8(tmp_path):

@@ -7,7 +7,13 @@
 # Parameters: environment variables, each with a default. The layout comes from SLURM: `sbatch --nodes=2
 # --gpus-per-node=8 slurm/train_4b.sh` gives cluster.nodes=2, cluster.gpus_per_node=8.
 #   CLEANER_REPO        the checkout on the shared filesystem (default: where sbatch was called, SLURM_SUBMIT_DIR)
-#   CLEANER_PYTHON      the interpreter with cleaner, verl[sglang]==0.9.1 (default: $CLEANER_REPO/.venv/bin/python)
+#   CLEANER_CONTAINER   run every python and ray command in this image (default: unset, none): a .sif file through
+#                       Apptainer (apptainer exec --nv), anything else (a squashfs file from enroot import, a docker://
+#                       URI) through Pyxis (srun --container-image); built from docker/ (docs/cluster.md, Container)
+#   CLEANER_CONTAINER_MOUNTS  more folders to mount in the container, comma-separated SRC:DST (default: none; the
+#                       checkout, runs, models, data root and training file's folder are mounted at their own paths)
+#   CLEANER_PYTHON      the interpreter with cleaner, verl[sglang]==0.9.1 (default: $CLEANER_REPO/.venv/bin/python;
+#                       with CLEANER_CONTAINER, the image's python3, and ray on its PATH)
 #   CLEANER_RUNS        runs_root: one folder per run, <runs>/<config hash>/ (default: $CLEANER_REPO/results/runs)
 #   CLEANER_DATA_ROOT   benchmark files in cleaner.data's layout (default: unset, and cleaner.data reads its default
 #                       folders: $CLEANER_REPO/data, where `python -m harness.prepare_data NAME` downloads, then
@@ -27,6 +33,10 @@ set -euo pipefail
 
 : "${SLURM_JOB_NODELIST:?run this under SLURM (sbatch slurm/<script>.sh); SLURM_JOB_NODELIST is unset}"
 CLEANER_REPO=${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+if [[ -n ${CLEANER_CONTAINER:-} && -z ${CLEANER_PYTHON:-} ]]; then
+    CLEANER_PYTHON=python3  # the image's (docker/Dockerfile), with ray on its PATH
+    CLEANER_RAY=${CLEANER_RAY:-ray}
+fi
 CLEANER_PYTHON=${CLEANER_PYTHON:-$CLEANER_REPO/.venv/bin/python}
 CLEANER_RAY=${CLEANER_RAY:-$(dirname "$CLEANER_PYTHON")/ray}
 CLEANER_RUNS=${CLEANER_RUNS:-$CLEANER_REPO/results/runs}
@@ -86,6 +96,54 @@ else
     HEAD_ADDRESS=$(srun --nodes=1 --ntasks=1 -w "${NODES[0]}" hostname --ip-address | awk '{print $1}')
 fi
 
+# The container, when CLEANER_CONTAINER names one: the job's folders that exist are mounted at their own paths (the
+# runs root is made first, so that what the harness writes lands outside the image), then CLEANER_CONTAINER_MOUNTS.
+if [[ -n ${CLEANER_CONTAINER:-} ]]; then
+    export PYTHONNOUSERSITE=1  # the image's packages, not those in ~/.local of a mounted home folder
+    mkdir -p "$CLEANER_RUNS"
+    mounts=("$CLEANER_REPO:$CLEANER_REPO")
+    for path in "$CLEANER_RUNS" "$CLEANER_MODELS" "${CLEANER_MODEL:-}" "${CLEANER_DATA_ROOT:-}" \
+                "$(dirname "$CLEANER_TRAIN_FILE")"; do
+        [[ -d $path ]] || continue
+        for mount in "${mounts[@]}"; do  # a folder inside one already mounted comes with it
+            [[ $path/ == "${mount%%:*}"/* ]] && continue 2
+        done
+        mounts+=("$path:$path")
+    done
+    CONTAINER_MOUNTS=$(IFS=,; echo "${mounts[*]}${CLEANER_CONTAINER_MOUNTS:+,$CLEANER_CONTAINER_MOUNTS}")
+    if [[ $CLEANER_DRY_RUN == 1 ]]; then
+        :  # a dry run does not look for the container engine
+    elif [[ $CLEANER_CONTAINER == *.sif ]] && ! command -v apptainer > /dev/null; then
+        echo "error: CLEANER_CONTAINER=$CLEANER_CONTAINER is a .sif file, but apptainer is not on PATH" >&2
+        exit 1
+    elif [[ $CLEANER_CONTAINER != *.sif && $(srun --help 2>&1) != *--container-image* ]]; then
+        echo "error: CLEANER_CONTAINER=$CLEANER_CONTAINER runs through Pyxis (srun --container-image), which this" \
+             "cluster's srun lacks; build a .sif file for Apptainer instead (docs/cluster.md, Container)" >&2
+        exit 1
+    fi
+fi
+
+# contained WHERE CMD...: sets CONTAINED to CMD as it runs inside CLEANER_CONTAINER (CMD itself without one). WHERE
+# is `step` for a command that an srun step runs (Ray's head and workers), `head` for one that this script runs on
+# the head node itself (the preflight, the harness). Apptainer prefixes `apptainer exec`; Pyxis starts containers
+# only in srun steps, so its options go into the step, and a `head` command becomes an srun step on the head node
+# that shares its resources with the Ray head's (--overlap). The named container is imported once per node and job.
+contained() {
+    local where=$1
+    shift
+    if [[ -z ${CLEANER_CONTAINER:-} ]]; then
+        CONTAINED=("$@")
+    elif [[ $CLEANER_CONTAINER == *.sif ]]; then
+        CONTAINED=(apptainer exec --nv --bind "$CONTAINER_MOUNTS" --pwd "$CLEANER_REPO" "$CLEANER_CONTAINER" "$@")
+    else
+        CONTAINED=(--container-image="$CLEANER_CONTAINER" --container-mounts="$CONTAINER_MOUNTS"
+                   --container-workdir="$CLEANER_REPO" --container-name=cleaner "$@")
+        if [[ $where == head ]]; then
+            CONTAINED=(srun --nodes=1 --ntasks=1 --overlap -w "${NODES[0]}" "${CONTAINED[@]}")
+        fi
+    fi
+}
+
 # preflight MODEL OVERRIDES...: python -m harness.preflight for this job, on this node (the head) before Ray starts:
 # GPUs, attention kernel, locked versions, the model folder, the data files, disk for the checkpoints, the head's
 # address and port. It runs every check and stops the job (exit status 2) listing every failure with its fix. A
@@ -104,7 +162,8 @@ preflight() {
             args+=(--keep-checkpoints "${arg#*=}")
         fi
     done
-    cleaner_do "$CLEANER_PYTHON" -m harness.preflight "${args[@]}"
+    contained head "$CLEANER_PYTHON" -m harness.preflight "${args[@]}" -- "$@"  # the run's overrides: its sandbox
+    cleaner_do "${CONTAINED[@]}"
 }
 
 # start_ray: a Ray head on the job's first node and a worker on each other node, each through its own srun step;
@@ -113,13 +172,14 @@ start_ray() {
     local node
     export RAY_ADDRESS="$HEAD_ADDRESS:$CLEANER_RAY_PORT"
     echo "Ray head: ${NODES[0]} ($RAY_ADDRESS), $NNODES node(s) x $GPUS_PER_NODE GPU(s)" >&2
-    cleaner_bg srun --nodes=1 --ntasks=1 -w "${NODES[0]}" "$CLEANER_RAY" start --head \
-        --node-ip-address="$HEAD_ADDRESS" --port="$CLEANER_RAY_PORT" --num-cpus="$CPUS_PER_NODE" \
-        --num-gpus="$GPUS_PER_NODE" --block
+    contained step "$CLEANER_RAY" start --head --node-ip-address="$HEAD_ADDRESS" --port="$CLEANER_RAY_PORT" \
+        --num-cpus="$CPUS_PER_NODE" --num-gpus="$GPUS_PER_NODE" --block
+    cleaner_bg srun --nodes=1 --ntasks=1 -w "${NODES[0]}" "${CONTAINED[@]}"
     [[ $CLEANER_DRY_RUN == 1 ]] || sleep 10
     for node in "${NODES[@]:1}"; do
-        cleaner_bg srun --nodes=1 --ntasks=1 -w "$node" "$CLEANER_RAY" start --address="$RAY_ADDRESS" \
-            --num-cpus="$CPUS_PER_NODE" --num-gpus="$GPUS_PER_NODE" --block
+        contained step "$CLEANER_RAY" start --address="$RAY_ADDRESS" --num-cpus="$CPUS_PER_NODE" \
+            --num-gpus="$GPUS_PER_NODE" --block
+        cleaner_bg srun --nodes=1 --ntasks=1 -w "$node" "${CONTAINED[@]}"
     done
     wait_for_ray
 }
@@ -130,9 +190,10 @@ wait_for_ray() {
     if [[ $CLEANER_DRY_RUN == 1 ]]; then
         return 0
     fi
+    contained head "$CLEANER_PYTHON" -c 'import ray; ray.init(logging_level="ERROR")
+print(int(ray.cluster_resources().get("GPU", 0)))'
     for _ in $(seq 60); do
-        have=$("$CLEANER_PYTHON" -c 'import ray; ray.init(logging_level="ERROR")
-print(int(ray.cluster_resources().get("GPU", 0)))' 2>/dev/null || echo 0)
+        have=$("${CONTAINED[@]}" 2>/dev/null || echo 0)
         if (( have >= want )); then
             return 0
         fi
@@ -146,14 +207,15 @@ print(int(ray.cluster_resources().get("GPU", 0)))' 2>/dev/null || echo 0)
 # cleaner.data finds the file under CLEANER_DATA_ROOT, else in its default folders, or says where it looked)
 eval_args() {
     # shellcheck disable=SC2086  # CLEANER_EVAL_SETS is a space-separated list
-    (cd "$CLEANER_REPO" && "$CLEANER_PYTHON" -c 'import sys
+    contained head "$CLEANER_PYTHON" -c 'import sys
 from cleaner.data import DataError, resolve_path
 for spec in sys.argv[1:]:
     name, _, path = spec.partition("=")
     try:
         print(f"+data.eval_paths.{name}={resolve_path(name, path or None).resolve()}")
     except (DataError, ValueError) as e:
-        sys.exit(f"error: CLEANER_EVAL_SETS: {e}")' $CLEANER_EVAL_SETS)
+        sys.exit(f"error: CLEANER_EVAL_SETS: {e}")' $CLEANER_EVAL_SETS
+    (cd "$CLEANER_REPO" && "${CONTAINED[@]}")
 }
 
 # run_harness OVERRIDES...: python -m harness.train with this job's layout, paths and data, then OVERRIDES (the
@@ -162,11 +224,39 @@ run_harness() {
     local evals cmd
     evals=$(eval_args)
     mapfile -t evals <<< "$evals"
-    cmd=("$CLEANER_PYTHON" -m harness.train "cluster.nodes=$NNODES" "cluster.gpus_per_node=$GPUS_PER_NODE"
-         "runs_root=$CLEANER_RUNS" "data.train_path=$CLEANER_TRAIN_FILE" "${evals[@]}" "$@")
+    contained head "$CLEANER_PYTHON" -m harness.train "cluster.nodes=$NNODES" "cluster.gpus_per_node=$GPUS_PER_NODE" \
+        "runs_root=$CLEANER_RUNS" "data.train_path=$CLEANER_TRAIN_FILE" "${evals[@]}" "$@"
+    cmd=("${CONTAINED[@]}")
     if [[ $CLEANER_DRY_RUN == 1 ]]; then
         cmd+=(dry_run=true)
     fi
     echo "+ $(cleaner_do_print "${cmd[@]}")" >&2
-    (cd "$CLEANER_REPO" && "${cmd[@]}")
+    (cd "$CLEANER_REPO" && exec "${cmd[@]}") &
+    HARNESS_PID=$!
+    trap 'end_of_job USR1' USR1
+    trap 'end_of_job TERM' TERM
+    local status=0
+    while true; do  # a trapped signal ends `wait` early: wait again until the harness has stopped
+        wait "$HARNESS_PID" && status=0 || status=$?
+        kill -0 "$HARNESS_PID" 2>/dev/null || break
+    done
+    trap - USR1 TERM
+    if [[ $REQUEUE == 1 ]]; then
+        echo "requeueing job $SLURM_JOB_ID: the same run resumes from its last checkpoint" >&2
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    fi
+    return "$status"
+}
+
+# end_of_job SIGNAL: the job is about to end. USR1 is the time limit coming (the scripts' `#SBATCH
+# --signal=B:USR1@600`): stop the harness (SIGTERM: it stops verl; its last saved checkpoint stays, the steps since
+# are lost, at most verl.save_every) and requeue the job, which resumes the run. TERM is a preemption or scancel:
+# stop the harness the same way and do not requeue (SLURM requeues a preempted job itself under `--requeue` and a
+# requeue preemption mode; scancel means stop).
+REQUEUE=0
+end_of_job() {
+    echo "received SIG$1: stopping the harness (pid $HARNESS_PID)" >&2
+    [[ $1 == USR1 ]] && REQUEUE=1
+    kill -TERM "$HARNESS_PID" 2>/dev/null || true
 }

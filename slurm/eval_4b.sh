@@ -7,6 +7,9 @@
 #SBATCH --mem=0
 #SBATCH --time=12:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@600
 # Table 4 for a finished 4B run: its last checkpoint evaluated on CLEANER_EVAL_SETS (16 samples per problem,
 # temperature 1.0, top_p 0.6, prompts up to 4096 tokens) twice, SAAR on and then off at test time, each with its
 # wall time; results in <run>/eval_saar_on/ and <run>/eval_saar_off/ (summary.json, metrics.jsonl). Give the
@@ -16,7 +19,7 @@
 source "${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 
 model=${CLEANER_MODEL:-$CLEANER_MODELS/Qwen3-4B-RA-SFT}
-preflight "$model" "$@"
+preflight "$model" preset=qwen3_4b "$@"
 start_ray
 run_harness preset=qwen3_4b "model.path=$model" test_time_saar=true "$@"
 run_harness preset=qwen3_4b "model.path=$model" test_time_saar=false "$@"

@@ -7,6 +7,9 @@
 #SBATCH --mem=0
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@600
 # CLEANER-4B as in the paper (Table 5): Qwen3-4B RA-SFT, 250 steps of 128 prompts x 16 rollouts, lr 2e-6, SAAR
 # with p = 1.0, verl + SGLang on one node of 4 GPUs (the paper: about 4 days on 4 H100 or H200).
 #   sbatch slurm/train_4b.sh [key=value ...]     extra harness overrides, e.g. seed=1 saar.gamma=0.3
@@ -17,6 +20,6 @@
 source "${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 
 model=${CLEANER_MODEL:-$CLEANER_MODELS/Qwen3-4B-RA-SFT}
-preflight "$model" "$@"
+preflight "$model" preset=qwen3_4b "$@"
 start_ray
 run_harness preset=qwen3_4b "model.path=$model" "$@"

@@ -7,6 +7,9 @@
 #SBATCH --mem=0
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@600
 # CLEANER-7B as in the paper (Table 5): Qwen2.5-7B RA-SFT, lr 1e-6, SAAR applied to a trajectory with probability
 # p = 0.7 (the preset sets saar.rollback_probability=0.7). The paper trained 7B on a difficulty-filtered set in
 # about 2 days: `python -m harness.prepare_data --out DIR --train FILE --filter STATS` writes it with the authors'
@@ -17,6 +20,6 @@
 source "${CLEANER_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"
 
 model=${CLEANER_MODEL:-$CLEANER_MODELS/Qwen2.5-7B-RA-SFT}
-preflight "$model" "$@"
+preflight "$model" preset=qwen2_5_7b "$@"
 start_ray
 run_harness preset=qwen2_5_7b "model.path=$model" "$@"

@@ -108,7 +108,7 @@ def test_a_two_node_dry_run_prints_the_preflight_the_ray_bring_up_and_the_verl_c
     out, err = finish(start(cluster, "train_4b.sh", "seed=3"))
     lines = out.splitlines()
     assert lines[:4] == [
-        preflight_line(cluster, PYTHON, 8, 2, "gpu-01", "Qwen3-4B-RA-SFT"),
+        preflight_line(cluster, PYTHON, 8, 2, "gpu-01", "Qwen3-4B-RA-SFT", "-- preset=qwen3_4b seed=3"),
         (f"srun --nodes=1 --ntasks=1 -w gpu-01 {RAY} start --head --node-ip-address=gpu-01 --port=6379 "
          "--num-cpus=16 --num-gpus=8 --block"),
         f"srun --nodes=1 --ntasks=1 -w gpu-02 {RAY} start --address=gpu-01:6379 --num-cpus=16 --num-gpus=8 --block",
@@ -152,7 +152,8 @@ def test_each_script_calls_the_harness_with_its_recipe_on_one_node(cluster, tmp_
     for name, proc in procs.items():
         lines = finish(proc)[0].splitlines()
         model = "Qwen2.5-7B-RA-SFT" if name == "train_7b.sh" else "Qwen3-4B-RA-SFT"
-        assert lines[0] == preflight_line(cluster, fake, 4, 1, "gpu-01", model)
+        preset = expected[name][0].split(" model.path=")[0]  # the preflight gets the run's overrides, for its sandbox
+        assert lines[0] == preflight_line(cluster, fake, 4, 1, "gpu-01", model, f"-- {preset} seed=5")
         assert lines[1] == (f"srun --nodes=1 --ntasks=1 -w gpu-01 {tmp_path}/ray start --head "
                             "--node-ip-address=gpu-01 --port=6379 --num-cpus=16 --num-gpus=4 --block")
         calls = lines[2:]
@@ -170,10 +171,46 @@ def test_the_printed_preflight_runs_and_refuses_a_machine_without_gpus(cluster):
     removed from train_4b.sh (the first test)."""
     out, _ = finish(start(cluster, "train_4b.sh", "verl.keep_checkpoints=5", CLEANER_HEAD_ADDRESS="192.0.2.7"))
     line = out.splitlines()[0]
-    assert line == preflight_line(cluster, PYTHON, 8, 2, "192.0.2.7", "Qwen3-4B-RA-SFT", "--keep-checkpoints 5")
+    assert line == preflight_line(cluster, PYTHON, 8, 2, "192.0.2.7", "Qwen3-4B-RA-SFT", "--keep-checkpoints 5",
+                                  "-- preset=qwen3_4b verl.keep_checkpoints=5")
     assert "--node-ip-address=192.0.2.7 " in out.splitlines()[1]
     done = subprocess.run(shlex.split(line), cwd=REPO, env=cluster["env"], capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     status = {row.split()[1].rstrip(":"): row.split()[0] for row in done.stdout.splitlines()[:-1]}
     assert (status["gpus"], status["model"], status["data"], status["head"]) == ("FAIL", "FAIL", "ok", "ok")
+    assert done.stdout.count("ok    sandbox: a cell ran in the bwrap sandbox, preloaded numpy, sympy") == 1
+
+
+@pytest.mark.parametrize("signal_name, requeued", [("USR1", True), ("TERM", False)])
+def test_the_time_limit_requeues_the_job_and_a_preemption_stops_it(cluster, tmp_path, signal_name, requeued):
+    """sbatch's `--signal=B:USR1@600` (the time limit coming): the harness gets SIGTERM (it stops verl; the last
+    checkpoint stays), then `scontrol requeue $SLURM_JOB_ID`, and the job exits 0; the requeued job resumes the run.
+    SIGTERM (a preemption, scancel): the harness is stopped the same way, and nothing is requeued. A stand-in harness
+    records the signal it got; a stand-in scontrol records its calls. Checked red: the harness run in the foreground
+    (bash runs no trap until it returns) and a requeue on TERM."""
+    import signal
+    import time
+
+    log = tmp_path / "log"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/bash\nif [ "$1 $2" = "-m harness.train" ]; then\n  trap \'echo "harness: TERM" >> {log}; '
+                    f'exit 143\' TERM\n  echo "harness: started" >> {log}\n  while true; do sleep 0.1; done\nfi\n'
+                    f'exec {PYTHON} "$@"\n')
+    (tmp_path / "scontrol").write_text(f'#!/bin/sh\n[ "$1" = requeue ] && echo "scontrol: $*" >> {log}\n'
+                                       'printf "gpu-01\\n"\n')
+    for p in (fake, tmp_path / "scontrol"):
+        p.chmod(0o755)
+    env = {"SLURM_JOB_NODELIST": "gpu-01", "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "CLEANER_PYTHON": str(fake),
+           "PATH": f"{tmp_path}:{cluster['env']['PATH']}"}
+    proc = start(cluster, "train_4b.sh", **env)
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "harness: started" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, f"SIG{signal_name}"))
+    out, err = proc.communicate(timeout=60)
+    expected = ["harness: started", "harness: TERM"] + (["scontrol: requeue 4242"] if requeued else [])
+    assert log.read_text().splitlines() == expected
+    assert f"received SIG{signal_name}: stopping the harness" in err
+    assert (proc.returncode == 0) == requeued, err[-2000:]

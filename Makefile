@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run comparison purify sft report test test-slow bench lock gpu-lock gpu-lock-check sandbox-check
+.PHONY: run comparison purify sft report test test-slow bench gpu-smoke lock gpu-lock gpu-lock-check sandbox-check
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv .venv
@@ -62,6 +62,13 @@ test-slow: sandbox-check
 
 bench: sandbox-check
 	$(PY) -m pytest -q tests/benchmarks -o addopts="--import-mode=importlib -p no:cacheprovider" --benchmark-only --benchmark-columns=min,median,max,rounds --benchmark-sort=name
+
+# the GPU smoke check (docs/gpu-smoke.md): rollouts with SAAR splices, the recompute with prefix reuse and one GRPO
+# update on a random-initialised model of Qwen3-4B's size, on one GPU in minutes. It needs only torch and
+# transformers, so no .venv (on a GPU machine: make gpu-smoke PY=python3), and no sandbox (tool results are
+# scripted). Anywhere else: make gpu-smoke GPU_SMOKE_ARGS="--device cpu --config tiny"
+gpu-smoke:
+	$(PY) -m harness.gpu_smoke $(GPU_SMOKE_ARGS)
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==.*/torch==2.13.0/' > requirements.lock.new

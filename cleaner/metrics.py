@@ -7,7 +7,7 @@ from typing import Any
 
 from cleaner.saar import SaarStats
 from cleaner.stats import mean_stderr, pass_at_k
-from cleaner.trajectory import Trajectory
+from cleaner.trajectory import Trajectory, excluded_from_loss
 
 
 def final_answer_text(traj: Trajectory) -> str:
@@ -18,7 +18,10 @@ def final_answer_text(traj: Trajectory) -> str:
 def rollout_metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, Any]:
     """Accuracy (pass@1: the mean over samples per problem, then over problems, with the stderr over problems),
     the unbiased pass@k for k = 1 and k = the samples per problem, tool calls and failures per trajectory (first
-    attempt and final), SAAR counts, turns, lengths and finish reasons. Problems are the trajectories' groups."""
+    attempt and final), SAAR counts, turns, lengths and finish reasons. Problems are the trajectories' groups.
+    Infrastructure failures (`cleaner.rollout.tools`): `infra_retries` (calls re-run after one) and
+    `infra_excluded_trajectories` (trajectories it ended, kept out of the loss), each also `*_by_cause`. Accuracy and
+    pass@k count an excluded trajectory as it ended: unanswered, so wrong."""
     per_problem: dict[str, list[float]] = {}
     for t, ok in zip(trajs, correct):
         per_problem.setdefault(t.group, []).append(float(ok))
@@ -45,6 +48,10 @@ def rollout_metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, A
     for key in ("splices_shallow", "splices_deep", "tokens_removed", "saar_applied"):
         out[key] = total[key]
     out["first_attempt_failures_by_class"] = total["first_attempt_failures_by_class"]
+    out["infra_retries"] = total["infra_retries"]
+    out["infra_retries_by_cause"] = total["infra_retries_by_cause"]
+    out["infra_excluded_trajectories"] = sum(excluded_from_loss(t) for t in trajs)
+    out["infra_excluded_by_cause"] = total["infra_excluded_by_cause"]
     out["generated_tokens"] = sum(t.meta["timing"]["generated_tokens"] for t in trajs)  # all sampled, retries too
     out["retry_tokens"] = sum(t.meta["timing"]["retry_tokens"] for t in trajs)
     reasons: dict[str, int] = {}

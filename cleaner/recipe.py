@@ -64,6 +64,10 @@ class AlgoConfig:
     rollout_is: str = ""
     max_tool_response_chars: int = 256  # tool output shown to the model, cut in the middle ("truncated to 256 chars")
     retries_count_against_limits: bool = False  # SAAR's retries count as turns and budget (the authors': no)
+    # re-runs of a tool call after an infrastructure failure (the sandbox's, not the code's), where a re-run gets the
+    # same state (`cleaner.rollout.tools`); one that persists ends the trajectory, which is then kept out of the
+    # loss. Not in the paper (the authors show the model any sandbox output and train on it); 0: no re-run
+    infra_retries: int = 2
     eval_every: int = 0  # steps between held-out evaluations; 0: only after the last step
     eval_problems: int = 200  # held-out problems per evaluation
     eval_samples: int = 1  # samples per held-out problem (Pass@1 is their mean)
@@ -86,6 +90,8 @@ class AlgoConfig:
         if not (self.temperature > 0 and 0 < self.top_p <= 1 and 0 < self.eval_top_p <= 1):
             raise ValueError(f"algo.temperature must be > 0 and algo.top_p, algo.eval_top_p in (0, 1]; got "
                              f"{self.temperature}, {self.top_p}, {self.eval_top_p}")
+        if self.infra_retries < 0:
+            raise ValueError(f"algo.infra_retries must be >= 0, got {self.infra_retries}")
         if not (self.overlong_buffer_tokens >= 0 and self.overlong_penalty_factor >= 0):
             raise ValueError(f"algo.overlong_buffer_tokens and algo.overlong_penalty_factor must be >= 0, got "
                              f"{self.overlong_buffer_tokens}, {self.overlong_penalty_factor}")
@@ -118,5 +124,5 @@ class AlgoConfig:
         """The rollout's limits in this recipe, with SAAR `saar` and the model's `chat_format`."""
         return RolloutConfig(max_turns=self.max_turns, max_response_tokens=self.max_response_tokens,
                              max_tool_response_chars=self.max_tool_response_chars,
-                             retries_count_against_limits=self.retries_count_against_limits, format=chat_format,
-                             saar=saar)
+                             retries_count_against_limits=self.retries_count_against_limits,
+                             infra_retries=self.infra_retries, format=chat_format, saar=saar)

@@ -257,3 +257,9 @@ def write_lines_atomic(path: str | Path, lines: Iterator[str]) -> None:
         for line in lines:
             f.write(line + "\n")
     tmp.replace(path)
+
+
+def excluded_from_loss(trajectory: Trajectory) -> bool:
+    """Whether an infrastructure failure persisted in `trajectory` (it ended `infra_error`): no token of it is
+    trained on, on either path (the lab trainer, the verl agent loop)."""
+    return trajectory.meta["finish_reason"] == "infra_error"

@@ -19,6 +19,9 @@ when any check failed, else 0. The checks:
     disk       the filesystem of --runs has room for the checkpoints verl keeps at its peak (see `checkpoint_bytes`)
     head       with --nodes > 1, --head-address resolves, and not to a loopback address the other nodes cannot reach
     port       --ray-port is free on this node (nothing listens on it), for the Ray head
+    layout     the CPUs Ray gets on a node (--cpus) hold what verl 0.9.1's Ray layout reserves there for the job
+               (--nodes x --gpus and the run's overrides; `harness.ray_layout`: 3 per GPU plus the TransferQueue
+               actors), else verl waits for its placement group forever without a word
     sandbox    one real cell runs in the sandbox the run's overrides configure (its backend, its preloaded modules):
                a failure names its cause (bubblewrap missing, user namespaces disabled and by which sysctl, a
                preloaded module that does not import, a remote server that does not answer) and its fix
@@ -392,6 +395,48 @@ def check_port(args: argparse.Namespace) -> list[Finding]:
     return [ok(f"{args.ray_port} free")]
 
 
+# --- layout -------------------------------------------------------------------------------------------------------
+
+def slurm_cpus() -> int | None:
+    """The CPUs slurm/common.sh gives `ray start --num-cpus` on each node: SLURM_CPUS_PER_TASK, else
+    SLURM_CPUS_ON_NODE; None outside a SLURM job."""
+    found = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    return int(found) if found else None
+
+
+@check("layout")
+def check_layout(args: argparse.Namespace) -> list[Finding]:
+    """verl's Ray layout for the job (--nodes x --gpus, the run's overrides) fits the CPUs Ray gets on a node."""
+    if args.cpus is None:
+        return [skip("no CPU count: no --cpus, and SLURM_CPUS_PER_TASK and SLURM_CPUS_ON_NODE are unset")]
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from harness import cli, ray_layout
+
+    job = [f"cluster.nodes={args.nodes}", *([f"cluster.gpus_per_node={args.gpus}"] if args.gpus else [])]
+    try:  # the job's layout first, then the run's overrides, in the order slurm/common.sh gives harness.train
+        with initialize_config_dir(str(cli.CONF), version_base="1.3"):
+            cfg = compose("train", overrides=[*job, *args.overrides, cli.searchpath_override()])
+        if cfg.cluster.kind not in ("verl", "verl_cpu"):
+            return [skip(f"the run's overrides compose cluster={cfg.cluster.kind}, which starts no Ray (give the "
+                         "run's overrides, preset=... included, as harness.train gets them)")]
+        lay = ray_layout.layout(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # in composing or translating (ConfigError)
+        return [fail(f"the run's overrides do not translate for verl: {' '.join(str(e).split())}",
+                     "correct them (python -m harness.train --cfg job OVERRIDES shows the config)")]
+    cpus = lay.ray_cpus if lay.ray_cpus is not None else args.cpus
+    where = ("verl's own Ray (ray_kwargs.ray_init.num_cpus)" if lay.ray_cpus is not None
+             else "each node (--cpus; in slurm/: SLURM_CPUS_PER_TASK)")
+    problem = ray_layout.shortfall(lay, [ray_layout.Node(where, cpus, lay.gpus_per_node)] * lay.nodes)
+    if problem:
+        return [fail(*problem)]
+    need = ray_layout.cpus_per_node(lay)
+    return [ok(f"{cpus} CPUs for Ray on each node, {need.cpus} held by verl's layout for {lay.nodes} node(s) x "
+               f"{lay.gpus_per_node} GPUs ({need.text()})")]
+
+
 # --- sandbox ------------------------------------------------------------------------------------------------------
 
 USERNS_SYSCTLS = (  # a value that disables unprivileged user namespaces, per sysctl, and how to allow them
@@ -502,8 +547,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1, help="nodes in the job (default: %(default)s)")
     p.add_argument("--head-address", help="the address the Ray head listens on (needed with --nodes > 1)")
     p.add_argument("--ray-port", type=int, default=6379, help="the Ray head's port (default: %(default)s)")
+    p.add_argument("--cpus", type=int, default=slurm_cpus(),
+                   help="the CPUs Ray gets on each node (default: as slurm/common.sh gives `ray start --num-cpus`: "
+                        "SLURM_CPUS_PER_TASK, else SLURM_CPUS_ON_NODE; now %(default)s)")
     p.add_argument("overrides", nargs="*", help="the run's harness overrides (preset=qwen3_4b ...): the sandbox check "
-                                                "starts the sandbox they configure")
+                                                "starts the sandbox they configure, the layout check translates them")
     return p
 
 

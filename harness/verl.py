@@ -98,7 +98,7 @@ from omegaconf import DictConfig
 
 from cleaner import verl_plugin
 from cleaner.trajectory import write_lines_atomic
-from harness import prepare_data, records, schema
+from harness import prepare_data, ray_layout, records, schema
 
 VERL_MAIN = "verl.trainer.main_ppo"
 AGENT_LOOP_FILE = "agent_loop.yaml"
@@ -337,8 +337,9 @@ def overrides(cfg: DictConfig, run_dir: Path, data: prepare_data.PreparedData, r
         # validation before training and every algo.eval_every steps (else after the last one), at the evaluation's
         # settings (val_kwargs above; a benchmark's own sample count travels in its rows' __rollout_n__)
         (f"{trainer}.test_freq", (algo.eval_every or algo.steps) if validates else -1),
-        # a resumed run does not validate again before training: its first invocation validated the start
-        (f"{trainer}.val_before_train", validates and (evaluating or not (checkpoints / LATEST).exists())),
+        # a run resumed from a validated step does not validate it again before training (verl saves a step's
+        # checkpoint before it validates that step, so a job killed in between validates it on resuming)
+        (f"{trainer}.val_before_train", validates and (evaluating or not resumes_validated(job, checkpoints))),
         (f"{trainer}.validation_data_dir", str(job / "validation")),
         (f"{trainer}.log_val_generations", 0),
         (f"{trainer}.project_name", PROJECT),
@@ -379,6 +380,7 @@ def check_machine(cfg: DictConfig) -> None:
     """What a real (not dry) run needs here, checked before anything starts; ConfigError names what is missing."""
     import torch
 
+    ray_layout.check_cluster(cfg)  # the CPUs verl's placement will ask of each node (it would wait forever)
     model = Path(cfg.model.path).expanduser()
     no_model = f"model.path={cfg.model.path} holds no checkpoint (no config.json there); set it to the checkpoint"
     if cfg.cluster.kind == "verl_cpu":
@@ -543,6 +545,23 @@ def end_session(sid: int) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if os.getsid(int(entry)) == sid:
                     os.kill(int(entry), signal.SIGKILL)
+
+
+def resumes_validated(job: Path, checkpoints: Path) -> bool:
+    """Whether verl will resume at a step whose validation its metrics files (`METRICS_FILE` and an earlier
+    invocation's `metrics.<k>.jsonl`: one JSON line per log call, `{"step": n, "data": {...}}`) already hold."""
+    if not (checkpoints / LATEST).exists():
+        return False
+    step = int((checkpoints / LATEST).read_text())
+    for path in [job / METRICS_FILE, *job.glob("metrics.*.jsonl")]:
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut by the kill
+                continue
+            if row.get("step") == step and any(k.startswith("val-") for k in row.get("data", {})):
+                return True
+    return False
 
 
 def prune_checkpoints(checkpoints: Path, keep: int) -> list[Path]:

@@ -15,6 +15,15 @@ step, atomically) and `summary.json`, whose presence means finished. Rerunning t
 last finished step; lines of a step that did not finish are dropped, so no step is counted twice. The folder is
 the run's identity: the harness names it by the hash of the run's config (`harness.records`).
 
+Infrastructure failures. A trajectory that an infrastructure failure ended (`cleaner.rollout.episode`,
+`excluded_from_loss`: the sandbox failed, and re-running the call could not get past it) is no sample of the policy
+in its environment. It is in no mini-batch (as a group that DAPO's dynamic sampling drops), so it adds nothing to the
+loss, its gradient or the token count the loss is averaged over; and it is left out of its group's statistics: the
+group's mean and std are those of its other samples (a group left with one sample gives it advantage 0), since its
+reward (that of an unfinished answer) would shift its siblings' advantages. The step's metrics still count it
+(`infra_excluded_trajectories`; its reward is in `reward`). verl's GRPO does count it in the group's statistics
+(`cleaner.verl_plugin.agent_loop`).
+
 The task (problems, prompts, grading) is an argument (`Task`; the lab's tasks by default, `cleaner.lab.tasks`); the
 algorithm is `cleaner.rl`'s. `loggers` names experiment trackers (`cleaner.tracking`) that get each step's metrics
 line as well.
@@ -52,7 +61,7 @@ from cleaner.rollout.recompute import logprob_gap, recompute
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import open_pool
 from cleaner.tracking import Tracker
-from cleaner.trajectory import Trajectory, write_lines_atomic
+from cleaner.trajectory import Trajectory, excluded_from_loss, write_lines_atomic
 
 
 class Task(Protocol):
@@ -175,15 +184,22 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             rewards = shaped_rewards(torch.tensor(correct), lengths, algo.max_response_tokens,
                                      algo.overlong_buffer_tokens, algo.overlong_penalty_factor)
             groups = [t.group for t in trajs]
-            signal = groups_with_signal(rewards, groups)  # [B]: the trajectory's group has rewards that differ
-            keep = signal if algo.dynamic_sampling else torch.ones(len(trajs), dtype=torch.bool)
+            # the samples of the policy: not those an infrastructure failure ended (module docstring)
+            trained = torch.tensor([not excluded_from_loss(t) for t in trajs])  # [B]
+            rows = trained.nonzero().squeeze(-1)
+            trained_groups = [groups[i] for i in rows.tolist()]
+            signal = torch.zeros(len(trajs), dtype=torch.bool)  # [B]: the group's trained rewards differ
+            signal[rows] = groups_with_signal(rewards[rows], trained_groups)
+            keep = signal if algo.dynamic_sampling else trained
             # 3. old log-probs under the current policy, on the purified sequences (prompt cache shared per group)
             t1 = time.perf_counter()
             recomputed = recompute(model, trajs, tokenizer.pad_token_id, algo.temperature)
             gaps = [logprob_gap(t, r) for t, r in zip(trajs, recomputed)]
             batch = _batch(trajs, recomputed, tokenizer.pad_token_id)
-            # 4. advantages, group-normalised (tokens after the prompt; zero where the mask is 0)
-            advantages = compute_advantages(rewards, groups, batch["mask"], advantage_cfg)
+            # 4. advantages, group-normalised over the trained samples (tokens after the prompt; zero where the mask
+            # is 0, and for an excluded trajectory)
+            advantages = torch.zeros_like(batch["mask"])
+            advantages[rows] = compute_advantages(rewards[rows], trained_groups, batch["mask"][rows], advantage_cfg)
             t_recompute = time.perf_counter() - t1
             # 5. mini-batch updates
             t2 = time.perf_counter()

@@ -18,31 +18,36 @@ from typing import Any, Protocol
 
 from cleaner import chat
 from cleaner.rollout.engines import Engine, GenRequest, SamplingParams
-from cleaner.rollout.episode import Episode, Execute, Generate, RolloutConfig
+from cleaner.rollout.episode import Episode, Execute, Generate, RolloutConfig, ToolAnswer
 from cleaner.rollout.tools import SandboxTools
 from cleaner.trajectory import ToolResult, Trajectory
 
 
 class ToolRunner(Protocol):
     """Runs code in a per-trajectory session. Failures of the runner itself come back as `infra_error` results,
-    never as exceptions, so one broken call cannot take a batch down."""
+    never as exceptions, so one broken call cannot take a batch down; the runner re-runs a call after one where it
+    can (`cleaner.rollout.tools`) and says so in its answer."""
 
-    async def run(self, session: str, code: str) -> ToolResult: ...
+    async def run(self, session: str, code: str) -> ToolAnswer: ...
 
     async def close(self, session: str) -> None: ...
 
 
 class ScriptedTools:
-    """Tool results looked up by code, for tests of the state machine; unknown code is an infrastructure error."""
+    """Tool results looked up by code, for tests of the state machine; unknown code is an infrastructure error. Nothing
+    is re-run: an infrastructure error persists (cause "unscripted", or "scripted" for one in `results`)."""
 
     def __init__(self, results: dict[str, ToolResult]):
         self.results = results
         self.calls: list[tuple[str, str]] = []
         self.closed: list[str] = []
 
-    async def run(self, session: str, code: str) -> ToolResult:
+    async def run(self, session: str, code: str) -> ToolAnswer:
         self.calls.append((session, code))
-        return self.results.get(code, ToolResult("infra_error", f"no scripted result for {code!r}"))
+        if code not in self.results:
+            return ToolAnswer(ToolResult("infra_error", f"no scripted result for {code!r}"), persisted="unscripted")
+        result = self.results[code]
+        return ToolAnswer(result, persisted="scripted" if result.status == "infra_error" else None)
 
     async def close(self, session: str) -> None:
         self.closed.append(session)
@@ -64,11 +69,11 @@ def _request(e: Episode) -> GenRequest:
     return GenRequest(e.id, e.action.context, e.action.max_new_tokens, e.action.seed)
 
 
-async def _run_tool(tools: ToolRunner, e: Episode) -> tuple[ToolResult, float]:
+async def _run_tool(tools: ToolRunner, e: Episode) -> tuple[ToolAnswer, float]:
     assert isinstance(e.action, Execute)
     start = time.perf_counter()
-    result = await tools.run(e.id, e.action.code)
-    return result, time.perf_counter() - start
+    answer = await tools.run(e.id, e.action.code)
+    return answer, time.perf_counter() - start
 
 
 async def run_batched(engine: Engine, tools: ToolRunner, episodes: list[Episode],
@@ -86,8 +91,8 @@ async def run_batched(engine: Engine, tools: ToolRunner, episodes: list[Episode]
             executing = [e for e in episodes if isinstance(e.action, Execute)]
             if executing:
                 results = await asyncio.gather(*(_run_tool(tools, e) for e in executing))
-                for e, (result, seconds) in zip(executing, results):
-                    e.on_tool_result(result, seconds)
+                for e, (answer, seconds) in zip(executing, results):
+                    e.on_tool_result(answer, seconds)
             if not generating and not executing:
                 return [e.trajectory() for e in episodes]
     finally:
@@ -98,10 +103,12 @@ async def rollout(engine: Engine, tokenizer: Any, prompts: list[tuple[str, list[
                   cfg: RolloutConfig, sampling: SamplingParams, seed: int, pool: Any,
                   batch_trajectories: int = 64) -> list[Trajectory]:
     """`group_size` trajectories per (prompt id, messages), run by the batched driver in chunks of
-    `batch_trajectories`, with one sandbox session per trajectory in `pool` (`cleaner.sandbox.open_pool`). SAAR
-    applies as `cfg.saar` says: test-time SAAR is the caller's `replace(cfg.saar, enabled=...)`."""
+    `batch_trajectories`, with one sandbox session per trajectory in `pool` (`cleaner.sandbox.open_pool`), a call
+    re-run up to `cfg.infra_retries` times after an infrastructure failure (`cleaner.rollout.tools`). SAAR applies
+    as `cfg.saar` says: test-time SAAR is the caller's `replace(cfg.saar, enabled=...)`."""
     episodes = make_episodes(tokenizer, prompts, group_size, cfg, seed)
     out: list[Trajectory] = []
     for start in range(0, len(episodes), batch_trajectories):
-        out += await run_batched(engine, SandboxTools(pool), episodes[start : start + batch_trajectories], sampling)
+        tools = SandboxTools(pool, cfg.infra_retries)
+        out += await run_batched(engine, tools, episodes[start : start + batch_trajectories], sampling)
     return out

@@ -102,9 +102,11 @@ class TransformersEngine:
             ids[row, width - len(r.context):] = torch.tensor(r.context)
             mask[row, width - len(r.context):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = next(self.model.parameters()).device  # the forward passes run there; sampling on the host, with
+        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)  # the requests' CPU generators
         cache = DynamicCache()
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1].float()
+                            use_cache=True, logits_to_keep=1).logits[:, -1].float().cpu()
         generators = [torch.Generator().manual_seed(r.seed) for r in requests]
         out_ids: list[list[int]] = [[] for _ in requests]
         out_lps: list[list[float]] = [[] for _ in requests]
@@ -122,9 +124,9 @@ class TransformersEngine:
                 active[row] = token != self.eos_id and token not in r.stop_ids and len(out_ids[row]) < r.max_new_tokens
             if not any(active):
                 break
-            mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long)], dim=1)
-            logits = self.model(input_ids=tokens, attention_mask=mask, position_ids=next_pos, past_key_values=cache,
-                                use_cache=True).logits[:, -1].float()
+            mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long, device=device)], dim=1)
+            logits = self.model(input_ids=tokens.to(device), attention_mask=mask, position_ids=next_pos,
+                                past_key_values=cache, use_cache=True).logits[:, -1].float().cpu()
             next_pos = next_pos + 1
         return [GenOutput(tuple(i), tuple(lp)) for i, lp in zip(out_ids, out_lps)]
 

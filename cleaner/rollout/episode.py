@@ -4,7 +4,7 @@ The episode owns the token buffer (committed turns as spans, so ids, mask and lo
 lookahead state and the counters. It does no I/O: a driver reads `episode.action` and answers it.
 
     Generate(context, max_new_tokens, seed) -> episode.on_generated(ids, logprobs, seconds)
-    Execute(code)                           -> episode.on_tool_result(result, seconds)
+    Execute(code)                           -> episode.on_tool_result(ToolAnswer(result, ...), seconds)
     Done(reason)                            -> episode.trajectory()
 
 The loop, top to bottom:
@@ -28,6 +28,17 @@ does not fit in what is left of the budget is cut to fit, and the episode ends (
 Interpreter state. The driver runs every call of an episode in one sandbox session whose state is the replay of
 its successful cells. A failed cell leaves no trace, so a retry runs in the state of the purified history, and
 after a recovery the state is exactly that of the purified trajectory.
+
+Infrastructure failures. The tool runner re-runs a call after an infrastructure failure where that is safe
+(`cleaner.rollout.tools`, up to `infra_retries` times); the episode sees only the call's final answer, and counts
+the re-runs by cause. A failure the runner could not get past (`ToolAnswer.persisted`) is not the model's doing, and
+the session's state may be gone, so the episode ends there (`Done("infra_error")`): the call stays with its result
+but without an observation (no text of the failure is in the token stream); a lookahead in progress ends
+`interrupted`, the failure in place kept with its error and the retry after it (offline, `saar.step` splices such a
+retry in place instead); and the trajectory is kept out of the loss (`excluded_from_loss`; the lab trainer and the
+verl agent loop both honour it). Counters in the trajectory's `stats`: `infra_retries`, `infra_retries_by_cause`, and
+`infra_excluded_by_cause` (the cause of the failure that ended it). Departure from the paper and the authors' code:
+they show the model any sandbox output, and train on it.
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ class RolloutConfig:
     max_tokens_per_turn: int | None = None  # cap on one generation; None: only the budget caps it
     max_tool_response_chars: int = 256  # tool output shown to the model, middle-truncated ("256 chars")
     retries_count_against_limits: bool = False  # lookahead retries count as turns and their tokens as budget
+    # re-runs of a tool call after an infrastructure failure, where safe (`cleaner.rollout.tools`); 0: none
+    infra_retries: int = 2
     format: str = "hermes"  # tool-call format, a key of cleaner.chat.FORMATS
     saar: saar.SaarConfig = field(default_factory=saar.SaarConfig)
 
@@ -61,6 +74,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.max_tokens_per_turn must be >= 1 or None, got {self.max_tokens_per_turn}")
         if self.max_tool_response_chars < 1:
             raise ValueError(f"rollout.max_tool_response_chars must be >= 1, got {self.max_tool_response_chars}")
+        if self.infra_retries < 0:
+            raise ValueError(f"rollout.infra_retries must be >= 0, got {self.infra_retries}")
         chat.get_format(self.format)
 
 
@@ -79,7 +94,23 @@ class Execute:
 
 @dataclass(frozen=True)
 class Done:
-    reason: str  # "answer" | "max_turns" | "length"
+    reason: str  # "answer" | "max_turns" | "length" | "infra_error"
+
+
+@dataclass(frozen=True)
+class ToolAnswer:
+    """A tool runner's answer to one `Execute`: the `result`, and the infrastructure failures on the way.
+    `retried`: the cause of each failure after which the runner ran the call again. `persisted`: the cause of the
+    failure it could not get past, when `result` is that failure (status `infra_error`), else None."""
+
+    result: ToolResult
+    retried: tuple[str, ...] = ()
+    persisted: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.persisted is not None) != (self.result.status == "infra_error"):
+            raise ValueError(f"ToolAnswer.persisted names the cause of an infra_error result, and only of one; got "
+                             f"persisted={self.persisted!r} for status {self.result.status!r}")
 
 
 @dataclass
@@ -111,6 +142,8 @@ class Episode:
         self.event: saar.FailureEvent | None = None  # a failure event under lookahead
         self.pending: Turn | None = None  # a turn waiting for its tool result
         self.generations = 0
+        self.infra_retries: dict[str, int] = {}  # re-runs after an infrastructure failure, by cause
+        self.infra_excluded: str | None = None  # the cause of the infrastructure failure that ended the episode
         self.action: Generate | Execute | Done = self._next()
 
     # -- what the driver calls ---------------------------------------------------------------------------------
@@ -138,16 +171,22 @@ class Episode:
             return
         self.pending = Turn(split.reasoning, split.stop, split.call, split.parsed.code)
         if split.parsed.malformed:
-            self.on_tool_result(chat.malformed_result(split.parsed))
+            self.on_tool_result(ToolAnswer(chat.malformed_result(split.parsed)))
         else:
             self.action = Execute(split.parsed.code)
 
-    def on_tool_result(self, result: ToolResult, seconds: float = 0.0) -> None:
+    def on_tool_result(self, answer: ToolAnswer, seconds: float = 0.0) -> None:
         assert self.pending is not None, f"episode {self.id} has no call waiting for a result"
         if self.event is not None:
             self.timing.lookahead_s += seconds
         else:
             self.timing.tool_s += seconds
+        for cause in answer.retried:
+            self.infra_retries[cause] = self.infra_retries.get(cause, 0) + 1
+        if answer.persisted is not None:
+            self._end_by_infrastructure(answer)
+            return
+        result = answer.result
         output = chat.truncate_middle(result.output, self.cfg.max_tool_response_chars)
         turn = replace(self.pending, result=replace(result, output=output),
                        observation=chat.observation_span(self.tokenizer, self.fmt, output))
@@ -170,10 +209,28 @@ class Episode:
         assert isinstance(self.action, Done), f"episode {self.id} is not done"
         stats = copy.deepcopy(self.stats)
         stats.count_final(self.committed)
+        infra = {"infra_retries": sum(self.infra_retries.values()),
+                 "infra_retries_by_cause": dict(sorted(self.infra_retries.items())),
+                 "infra_excluded_by_cause": {} if self.infra_excluded is None else {self.infra_excluded: 1}}
         meta = {"finish_reason": self.action.reason, "timing": vars(self.timing).copy()}
-        return Trajectory(self.id, self.prompt, tuple(self.committed), stats.to_dict(), meta, self.group)
+        return Trajectory(self.id, self.prompt, tuple(self.committed), {**stats.to_dict(), **infra}, meta, self.group)
 
     # -- internals ---------------------------------------------------------------------------------------------
+
+    def _end_by_infrastructure(self, answer: ToolAnswer) -> None:
+        """The runner could not get past an infrastructure failure: commit the call with its result and no
+        observation (the model never sees the failure), end a lookahead `interrupted`, and end the episode."""
+        assert answer.persisted is not None and self.pending is not None
+        output = chat.truncate_middle(answer.result.output, self.cfg.max_tool_response_chars)
+        turn = replace(self.pending, result=replace(answer.result, output=output))
+        self.pending = None
+        self.stats.count_call(turn, lookahead=self.event is not None)
+        if self.event is not None:  # the failure in place stays, then the retry that met the infrastructure
+            self.event.end(saar.Outcome.INTERRUPTED)
+            self._end_lookahead()
+        self.committed.append(turn)
+        self.infra_excluded = answer.persisted
+        self.action = Done("infra_error")
 
     def _end_lookahead(self) -> None:
         """Commit the turn an ended failure event left in place."""

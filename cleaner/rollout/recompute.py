@@ -25,6 +25,11 @@ from cleaner.trajectory import Provenance, Trajectory
 SPLICED = (Provenance.SPLICED_SHALLOW, Provenance.SPLICED_DEEP)
 
 
+def _device(model: Any) -> torch.device:
+    """Where the model's inputs go (its parameters' device: a GPU model takes GPU tensors)."""
+    return next(model.parameters()).device
+
+
 def _pad_right(rows: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -44,15 +49,16 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: fl
 @torch.no_grad()
 def score(model: Any, context: tuple[int, ...], continuation: tuple[int, ...], temperature: float = 1.0) -> list[float]:
     """Log-probs of `continuation` tokens after `context`, one forward pass."""
-    ids = torch.tensor([context + continuation])
+    ids = torch.tensor([context + continuation], device=_device(model))
     logits = model(input_ids=ids).logits[:, len(context) - 1 : -1]
     return _token_logprobs(logits, ids[:, len(context):], temperature)[0].tolist()
 
 
 @torch.no_grad()
-def full_recompute(model: Any, trajectories: list[Trajectory], pad_id: int, temperature: float = 1.0) -> list[list[float]]:
+def full_recompute(model: Any, trajectories: list[Trajectory], pad_id: int,
+                   temperature: float = 1.0) -> list[list[float]]:
     """Reference: log-probs of each trajectory's response tokens (after the prompt), whole sequences in a batch."""
-    ids, mask = _pad_right([tuple(t.ids) for t in trajectories], pad_id)
+    ids, mask = (x.to(_device(model)) for x in _pad_right([tuple(t.ids) for t in trajectories], pad_id))
     logp = _token_logprobs(model(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:], temperature)
     return [logp[i, len(t.prompt) - 1 : len(t.ids) - 1].tolist() for i, t in enumerate(trajectories)]
 
@@ -65,13 +71,14 @@ def recompute(model: Any, trajectories: list[Trajectory], pad_id: int, temperatu
         groups[t.prompt.ids].append(i)
     out: list[list[float]] = [[] for _ in trajectories]
     for prompt, members in groups.items():
-        cache = DynamicCache()
-        last = model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits[:, -1:]
+        cache, device = DynamicCache(), _device(model)
+        last = model(input_ids=torch.tensor([prompt], device=device), past_key_values=cache,
+                     use_cache=True).logits[:, -1:]
         cache.batch_repeat_interleave(len(members))
         responses = [tuple(trajectories[i].ids[len(prompt):]) for i in members]
-        ids, mask = _pad_right(responses, pad_id)
-        full_mask = torch.cat([torch.ones((len(members), len(prompt)), dtype=torch.long), mask], dim=1)
-        positions = torch.arange(len(prompt), len(prompt) + ids.shape[1]).expand(len(members), -1)
+        ids, mask = (x.to(device) for x in _pad_right(responses, pad_id))
+        full_mask = torch.cat([torch.ones((len(members), len(prompt)), dtype=torch.long, device=device), mask], dim=1)
+        positions = torch.arange(len(prompt), len(prompt) + ids.shape[1], device=device).expand(len(members), -1)
         logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
                        use_cache=True).logits
         logits = torch.cat([last.expand(len(members), -1, -1), logits[:, :-1]], dim=1)  # predictions of ids

@@ -209,6 +209,16 @@ class Session:
         self.generation: int | None = None  # the worker generation in which the state exists; None: not yet
         self.cells = 0  # cells sent so far (names the next cell "<cell-N>" in tracebacks)
         self.closed = False
+        self._lost = False  # a call found the state gone (the session then went on from an empty state)
+
+    @property
+    def state_lost(self) -> bool:
+        """Whether the state of this session's successful cells is gone: its sandbox died or was restarted after
+        the state was made. Such a session runs its next cell from an empty state (after one `infra_error` that
+        says so), so a caller that needs the purified history's state cannot carry on with it."""
+        if self._lost:
+            return True
+        return self.generation is not None and (self.generation != self._worker.generation or not self._worker.alive)
 
     async def run(self, code: str) -> ExecutionResult:
         """Run one cell in this session's state. Never re-executed; see the package docstring for semantics."""
@@ -430,7 +440,7 @@ class SandboxPool:
         if session.generation == worker.generation:
             return None
         if session.generation is not None:
-            session.generation = None
+            session.generation, session._lost = None, True
             return self._infra("the session's state was lost because its sandbox restarted; this cell did not "
                                "run, and the next one starts from an empty state")
         try:

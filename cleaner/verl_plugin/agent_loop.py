@@ -39,6 +39,21 @@ V1 trainer (the default in 0.9.1) reads `min_global_steps` / `max_global_steps` 
 are kept as verl's `ToolAgentLoop` keeps them (`merge_server_fields`). SAAR's counters go to `extra_fields` and,
 since verl's metrics have no place for per-trajectory values, to our rollout log (`log_trajectory`).
 
+Infrastructure failures. Tool calls go through `cleaner.rollout.tools.SandboxTools`, as in the lab: a call is re-run
+after an infrastructure failure up to `rollout.infra_retries` times where that is safe, and one that persists ends
+the trajectory (`finish_reason` "infra_error"; see `cleaner.rollout.episode`). Such a trajectory reaches verl with
+an all-zero `response_mask`, which is what keeps tokens out of verl 0.9.1's loss (read in its source): the legacy
+worker's `_postprocess` multiplies our mask into `batch["response_mask"]`, the V1 worker (`AgentLoopWorkerTQ`)
+stores it as `loss_mask` too; the actor aggregates every loss term with it (`core_algos.agg_loss`: token-mean divides
+by the masked-in tokens, the seq-mean modes leave fully masked sequences out of their count), and GRPO multiplies
+the advantages by it. What it does NOT do: verl's GRPO (`compute_grpo_outcome_advantage`) still puts the
+trajectory's reward (that of an unfinished answer) into its group's mean and std, which the lab trainer does not
+(`cleaner.lab.trainer`), and `algorithm.filter_groups` still sees it; closing that needs an advantage estimator of
+our own. A mini-batch of excluded trajectories only would divide by zero tokens in verl (the sandbox was down for
+the whole step). Not taken: raising from `run()`, which in V1 fails the prompt's whole group (its samples are
+dropped) and fails the step with the legacy worker. The counters (`infra_retries`, `infra_retries_by_cause`,
+`infra_excluded_by_cause`) are in `saar_stats`.
+
 Re-scoring. When verl corrects for the rollout/trainer mismatch (`algorithm.rollout_correction`), the spliced
 spans' rollout log-probs are re-scored under the purified context through the same server (`ServerScorer`,
 `cleaner.rollout.recompute.rescore_spliced`) before the trajectory goes to verl, and the gap is logged.
@@ -86,9 +101,10 @@ from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 from cleaner import chat
 from cleaner.rollout.episode import Done, Episode, Execute, Generate, RolloutConfig
 from cleaner.rollout.recompute import first_spliced, logprob_gap, rescore_spliced
+from cleaner.rollout.tools import SandboxTools
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import SandboxConfig, open_pool
-from cleaner.trajectory import Trajectory
+from cleaner.trajectory import Trajectory, excluded_from_loss
 
 _pools: dict[tuple[asyncio.AbstractEventLoop, SandboxConfig], asyncio.Future] = {}
 
@@ -161,17 +177,24 @@ def merge_server_fields(fields: Mapping[str, Any], new: Mapping[str, Any]) -> di
 class ServerScorer:
     """`cleaner.rollout.recompute.rescore_spliced`'s engine over verl's server manager: the log-probs of a
     trajectory's tokens from `start` on, under its own (purified) context, through the same sticky server that
-    sampled it. verl 0.9.1's servers score a prompt with `prompt_logprobs=0` and `max_tokens=0` (its SGLang server
-    sets `logprob_start_len=0`, so SGLang prefills the whole sequence: the radix cache cannot serve positions whose
-    log-probs are asked for)."""
+    sampled it. verl 0.9.1's servers score a prompt with `prompt_logprobs=0` (its SGLang server sets
+    `logprob_start_len=0`, so SGLang prefills the whole sequence: the radix cache cannot serve positions whose
+    log-probs are asked for). One token is generated and ignored: with `max_tokens=0` SGLang returns one output
+    log-prob for no output id, and verl's server logs an ERROR for that mismatch on every call
+    (`async_sglang_server.py`, "output_token_logprobs length (1) != output_ids length (0)")."""
 
     def __init__(self, server_manager: Any, sampling_params: Mapping[str, Any]):
         self.server_manager = server_manager
-        self.params = {**sampling_params, "max_tokens": 0, "prompt_logprobs": 0, "logprobs": False}
+        self.params = {**sampling_params, "max_tokens": 1, "prompt_logprobs": 0, "logprobs": False}
 
     async def arescore(self, request_id: str, ids: tuple[int, ...], start: int) -> list[float]:
         out = await self.server_manager.generate(request_id=request_id, prompt_ids=list(ids),
                                                  sampling_params=dict(self.params))
+        if "prompt_logprobs" not in (out.extra_fields or {}):
+            raise RuntimeError(
+                "the rollout server returned no prompt_logprobs, which SAAR's re-scoring of spliced tokens needs: "
+                "verl's fully-async and one-step-off-policy trainers rebuild the server's output without them; run "
+                "verl.trainer.main_ppo (as harness.train does)")
         rows = out.extra_fields["prompt_logprobs"]  # row k: the log-prob of token k + 1; the last row is a dummy
         assert len(rows) == len(ids), f"{len(rows)} prompt log-prob rows for {len(ids)} tokens"
         return [float(rows[k - 1][0]) for k in range(start, len(ids))]
@@ -180,12 +203,15 @@ class ServerScorer:
 def to_output(trajectory: Trajectory, generate_s: float, tool_s: float, server_fields: Mapping[str, Any],
               response_logprobs: list[float] | None = None) -> AgentLoopOutput:
     """verl's output from a final trajectory: prompt / response split at the prompt span; ids, mask and log-probs
-    are the trajectory's flat arrays (equal lengths by construction); log-probs are the sampled ones (None when the
-    server returned none) unless `response_logprobs` (re-scored) replaces them. `extra_fields`: the server's fields
-    (`merge_server_fields`), then the keys verl's own loops always set, and ours: SAAR counters, the finish reason,
-    the episode's timing and the trajectory id."""
+    are the trajectory's flat arrays (equal lengths by construction), the mask all zero for a trajectory kept out of
+    the loss (`excluded_from_loss`); log-probs are the sampled ones (None when the server returned none) unless
+    `response_logprobs` (re-scored) replaces them. `extra_fields`: the server's fields (`merge_server_fields`), then
+    the keys verl's own loops always set, and ours: SAAR and infrastructure counters, the finish reason, the
+    episode's timing and the trajectory id."""
     n = len(trajectory.prompt)
     ids, mask, logprobs = trajectory.ids, trajectory.loss_mask, trajectory.logprobs
+    if excluded_from_loss(trajectory):
+        mask = [0] * len(ids)
     if response_logprobs is None and logprobs is not None:
         response_logprobs = logprobs[n:]
     assert response_logprobs is None or len(response_logprobs) == len(ids) - n
@@ -250,10 +276,10 @@ class CleanerAgentLoop(AgentLoopBase):
         episode = Episode(trajectory_id, prompt, self.tokenizer, self.rollout_cfg, seed=0)
         want_logprobs = bool(sampling_params.get("logprobs"))
         stop = sorted(set(sampling_params.get("stop_token_ids") or []) | {self.stop_id})
-        pool = await sandbox_pool(self.sandbox_cfg)
+        tools = SandboxTools(await sandbox_pool(self.sandbox_cfg), self.rollout_cfg.infra_retries)
         generate_s = tool_s = 0.0
         server_fields: dict[str, Any] = {}
-        async with pool.session() as session:
+        try:
             while not isinstance(episode.action, Done):
                 action = episode.action
                 start = time.perf_counter()
@@ -267,14 +293,17 @@ class CleanerAgentLoop(AgentLoopBase):
                     episode.on_generated(out.token_ids, out.log_probs if want_logprobs else None, seconds)
                 else:
                     assert isinstance(action, Execute)
-                    result = await session.run(action.code)
+                    # whole output: the episode cuts what the model sees to rollout.max_tool_response_chars
+                    answer = await tools.run(trajectory_id, action.code)
                     seconds = time.perf_counter() - start
                     tool_s += seconds
-                    # whole output: the episode cuts what the model sees to rollout.max_tool_response_chars
-                    episode.on_tool_result(result.to_tool_result(), seconds)
+                    episode.on_tool_result(answer, seconds)
+        finally:
+            await tools.close(trajectory_id)
         trajectory = episode.trajectory()
         rescored, gap = None, None
-        if self.rescore and want_logprobs and first_spliced(trajectory) is not None:
+        if (self.rescore and want_logprobs and not excluded_from_loss(trajectory)
+                and first_spliced(trajectory) is not None):
             [rescored] = await rescore_spliced(ServerScorer(self.server_manager, sampling_params), [trajectory])
             gap = logprob_gap(trajectory, rescored)
         output = to_output(trajectory, generate_s, tool_s, server_fields, rescored)

@@ -242,7 +242,7 @@ def test_everything_passes_with_what_this_machine_has(tmp_path, monkeypatch):
     assert status == 0
     assert {name: [s for s, _ in fs] for name, fs in found.items()} == {
         "gpus": ["skip"], "attention": ["ok"], "versions": ["ok"], "model": ["ok"], "data": ["ok"], "disk": ["ok"],
-        "head": ["ok"], "port": ["ok"], "sandbox": ["ok"]}
+        "head": ["ok"], "port": ["ok"], "layout": ["skip"], "sandbox": ["ok"]}
     assert "3 checkpoints x 10 parameters x 12 bytes" in only(found, "disk")[1]
     assert only(found, "head")[1] == "192.0.2.10 (192.0.2.10) for 2 nodes"
 
@@ -269,8 +269,9 @@ def test_without_site_packages_each_missing_module_is_a_failure_line(tmp_path):
         lines[8],  # disk: depends on the free space here
         "skip  head: one node: Ray's workers are local",
         lines[10],
+        "skip  layout: no CPU count: no --cpus, and SLURM_CPUS_PER_TASK and SLURM_CPUS_ON_NODE are unset",
         "FAIL  sandbox: cannot run: No module named 'hydra'",
-        "preflight: 5 of 9 checks failed: gpus, attention, versions, data, sandbox"]
+        "preflight: 5 of 10 checks failed: gpus, attention, versions, data, sandbox"]
     assert lines[7].startswith("FAIL  data: cannot run: No module named ")
     assert lines[8].startswith("ok    disk: ") and lines[10].startswith("ok    port: ")
 
@@ -331,3 +332,62 @@ def test_disabled_user_namespaces_are_named_by_their_sysctl(tmp_path, values, bl
         assert all(f"sysctl -w {b.split('=')[0]}=" in fix for b in blockers)
     else:
         assert fix.startswith("see docs/sandbox.md")
+
+
+@pytest.mark.parametrize("nodes, gpus, cpus, status, text", [
+    (1, 8, 32, "FAIL", "each node (--cpus; in slurm/: SLURM_CPUS_PER_TASK) gives Ray 32 CPUs, but verl's layout for 1 "
+                       "node(s) x 8 GPUs holds 33 on a node (8 GPU bundles x 3 + 8 TransferQueue storage units + 1 "
+                       "TransferQueue controller): verl would wait for its placement group forever; fix: give the job "
+                       "at least 33 CPUs per node (sbatch --cpus-per-task=33"),
+    (1, 8, 33, "ok", "33 CPUs for Ray on each node, 33 held by verl's layout for 1 node(s) x 8 GPUs"),
+    (1, 4, 32, "ok", "32 CPUs for Ray on each node, 21 held by verl's layout for 1 node(s) x 4 GPUs"),
+    (2, 8, 32, "ok", "32 CPUs for Ray on each node, 29 held by verl's layout for 2 node(s) x 8 GPUs (8 GPU bundles x 3 "
+                     "+ 4 of 8 TransferQueue storage units + 1 TransferQueue controller)"),
+])
+def test_the_layout_check_compares_the_cpus_ray_gets_with_verls_layout(nodes, gpus, cpus, status, text):
+    """The issue: --gpus-per-node=8 --cpus-per-task=32 for the 4B preset, where verl waits forever (24 CPUs of GPU
+    bundles + 9 TransferQueue actors = 33); one more CPU, 4 GPUs, or 2 nodes pass. The job's --nodes and --gpus
+    come before the run's overrides, as slurm/common.sh gives them to harness.train, so they beat the preset's 1 x 4.
+    Checked red: the job's --gpus left out of the composition (the preset's 4 GPUs: 8 pass with 32); `>` for `>=`."""
+    found, _ = findings("--gpus", gpus, "--nodes", nodes, "--head-address", "192.0.2.10", "--cpus", cpus,
+                        "preset=qwen3_4b")
+    got_status, got = only(found, "layout")
+    assert got_status == status and got.startswith(text)
+
+
+def test_the_layout_check_takes_slurms_cpus_and_skips_without_a_count_or_without_verl(monkeypatch):
+    """--cpus defaults to what slurm/common.sh gives `ray start --num-cpus`: SLURM_CPUS_PER_TASK, else
+    SLURM_CPUS_ON_NODE. Overrides that compose no verl cluster (no preset) start no Ray. Checked red: the default
+    read from SLURM_CPUS_ON_NODE first (33 passes for the 8 GPUs, 32 is what Ray gets)."""
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "33")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")
+    assert only(findings("--gpus", 8, "preset=qwen3_4b")[0], "layout")[1].startswith(
+        "each node (--cpus; in slurm/: SLURM_CPUS_PER_TASK) gives Ray 32 CPUs")
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert only(findings("--gpus", 8, "preset=qwen3_4b")[0], "layout")[0] == "ok"
+    assert only(findings("--gpus", 8)[0], "layout") == (
+        "skip", "the run's overrides compose cluster=lab, which starts no Ray (give the run's overrides, preset=... "
+                "included, as harness.train gets them)")
+    monkeypatch.delenv("SLURM_CPUS_ON_NODE")
+    assert only(findings("--gpus", 8, "preset=qwen3_4b")[0], "layout")[0] == "skip"
+
+
+def test_the_layout_check_names_overrides_verl_cannot_take():
+    """8 GPUs do not split into SGLang replicas of 3: harness/verl.py's refusal is the finding. Checked red: the
+    translation's error escaping as a traceback (`cannot run`)."""
+    status, text = only(findings("--gpus", 8, "--cpus", 64, "preset=qwen3_4b", "verl.rollout_tp=3")[0], "layout")
+    assert status == "FAIL" and text.startswith(
+        "the run's overrides do not translate for verl: cluster.gpus_per_node=8 must be >= 1 and a multiple of "
+        "verl.rollout_tp=3")
+
+
+def test_the_layout_check_as_slurm_runs_it_exits_2_for_the_issues_job():
+    """The issue's job as slurm/common.sh runs the preflight: SLURM_CPUS_PER_TASK=32 in the environment, --gpus 8,
+    the run's overrides; one FAIL line for the layout, exit status 2. Checked red: --cpus without its default."""
+    done = subprocess.run([sys.executable, "-m", "harness.preflight", "--gpus", "8", "preset=qwen3_4b"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "SLURM_CPUS_PER_TASK": "32"})
+    [line] = [x for x in done.stdout.splitlines() if " layout: " in x]
+    assert line.startswith("FAIL  layout: each node (--cpus; in slurm/: SLURM_CPUS_PER_TASK) gives Ray 32 CPUs, but "
+                           "verl's layout for 1 node(s) x 8 GPUs holds 33 on a node")
+    assert done.returncode == 2 and "layout" in done.stdout.splitlines()[-1]

@@ -457,14 +457,20 @@ def test_saar_metrics_count_a_redone_step_once(tmp_path):
          "saar_applied": 2}]
 
 
-def test_a_resumed_run_does_not_validate_again_before_training(files):
-    """Once verl has saved a checkpoint in the run folder, the next invocation resumes without a validation before
-    its first step (the first invocation validated the start). Checked red: val_before_train always true."""
+def test_a_run_resumed_from_a_validated_step_does_not_validate_it_again(files):
+    """verl saves a step's checkpoint, then validates the step: resumed from a checkpoint whose validation verl's
+    metrics file holds, the run does not validate before its first step; from one whose validation the kill cut
+    off, it does. Checked red: val_before_train always true; false whenever a checkpoint exists."""
     first = Translated(files, "preset=qwen3_4b", "seed=11")
     assert first["trainer.val_before_train"] is True
     checkpoints = first.job / "checkpoints"
     (checkpoints / "global_step_10").mkdir(parents=True)
     (checkpoints / harness_verl.LATEST).write_text("10")
+    lines = [{"step": 10, "data": {"actor/pg_loss": 0.1}}]  # the step trained and saved, not yet validated
+    (first.job / harness_verl.METRICS_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert Translated(files, "preset=qwen3_4b", "seed=11")["trainer.val_before_train"] is True
+    lines.append({"step": 10, "data": {"val-core/aime24/acc/mean@16": 0.3}})
+    (first.job / "metrics.1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 11, "da')
     assert Translated(files, "preset=qwen3_4b", "seed=11")["trainer.val_before_train"] is False
 
 

@@ -3,6 +3,7 @@ and a rerun of a finished or interrupted run neither repeats nor loses a step.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -106,3 +107,45 @@ def test_a_train_config_refuses_bad_values_naming_them(change, message):
     with pytest.raises((ValueError, KeyError)) as e:
         AlgoConfig(**change)
     assert e.value.args[0].startswith(message)
+
+
+def test_a_trajectory_kept_out_of_the_loss_changes_nothing_in_the_step(tmp_path, monkeypatch):
+    """The same step twice: as rolled out, and with one more trajectory, a copy of an answered one marked as ended
+    by an infrastructure failure (`finish_reason` "infra_error", as the episode ends it), in the same group. Its
+    reward (-1: no answer) differs from its source's, so counted in its group's mean and std it would move its
+    siblings' advantages, and in a mini-batch its tokens would join the token count of the mean. The step's loss
+    and gradient norm are those of the step without it (1e-5 relative: the same sums in another order), and it is
+    counted. Breakages checked: advantages over every trajectory (loss -0.0740 instead of -0.0167); every
+    trajectory in the mini-batches (`keep` of all ones: -0.0158)."""
+    import cleaner.lab.trainer as trainer
+
+    monkeypatch.setenv("CLEANER_THREADS", "1")  # the same samples in both runs
+    real_rollout = trainer.rollout
+    add_excluded = [False]
+
+    async def rollout(*args, **kwargs):
+        trajs = await real_rollout(*args, **kwargs)
+        if not add_excluded[0]:
+            return trajs
+        source = next(t for t in trajs if t.meta["finish_reason"] == "answer")
+        copy = dataclasses.replace(source, id=source.id + "/infra",
+                                   meta={**source.meta, "finish_reason": "infra_error"})
+        return trajs + [copy]
+
+    monkeypatch.setattr(trainer, "rollout", rollout)
+    cfg = TrainConfig(AlgoConfig(steps=1, prompts_per_step=4, group_size=4, ppo_mini_batch_size=4, eval_problems=1,
+                                 max_response_tokens=110), seed=2)  # some answers cut short: groups with signal
+    rows = []
+    for run, add in (("without", False), ("with", True)):
+        add_excluded[0] = add
+        train_sync(cfg, SFT_DIR, tmp_path / run, log=lambda s: None)
+        [row] = lines(tmp_path / run)
+        rows.append(row)
+    without, with_ = rows
+    assert (without["trajectories"], with_["trajectories"]) == (16, 17)
+    assert (without["infra_excluded_trajectories"], with_["infra_excluded_trajectories"]) == (0, 1)
+    assert with_["finish_reasons"]["infra_error"] == 1 and with_["reward"] != without["reward"]
+    assert without["loss"] != 0.0 and without["grad_norm"] > 0.0  # the step has a gradient to compare
+    assert with_["loss"] == pytest.approx(without["loss"], rel=1e-5)
+    assert with_["grad_norm"] == pytest.approx(without["grad_norm"], rel=1e-5)
+    assert with_["groups_with_signal"] == without["groups_with_signal"]

@@ -10,10 +10,10 @@ import pytest
 from cleaner import chat, saar
 from cleaner.rollout.drivers import ScriptedTools, make_episodes, run_batched
 from cleaner.rollout.engines import SamplingParams, ScriptedEngine
-from cleaner.rollout.episode import Episode, RolloutConfig
+from cleaner.rollout.episode import Episode, RolloutConfig, ToolAnswer
 from cleaner.saar import SaarConfig
 from cleaner.trajectory import Provenance as P
-from cleaner.trajectory import ToolResult
+from cleaner.trajectory import ToolResult, excluded_from_loss
 
 ORIG, SHALLOW, DEEP, OBS, PROMPT = P.ORIGINAL, P.SPLICED_SHALLOW, P.SPLICED_DEEP, P.OBSERVATION, P.PROMPT
 HERMES = chat.get_format("hermes")
@@ -123,6 +123,24 @@ def test_unterminated_retry_is_abandoned_not_spliced(tok, expect):
             s["final_failures"]) == (2, 2, 2, 0, 2)
 
 
+def test_an_infrastructure_failure_that_persists_in_a_lookahead_ends_the_episode(tok, expect):
+    """The runner could not get past an infrastructure failure of a SAAR retry (ScriptedTools: unscripted code):
+    the lookahead ends `interrupted`, the failure in place stays with its error, the retry follows it as sampled
+    but with no observation, and the episode ends `infra_error`, excluded from the loss. Breakages checked: the
+    episode showing the failure as an observation and going on (a third generation); the retry spliced over the
+    failure in place, as `saar.step` does for an `interrupted` retry (the DIV0 call gone)."""
+    unscripted = "print('no result scripted')"
+    traj, t, obs, engine, runner = rollout(tok, [say("Divide.\n", DIV0), say("Print.\n", unscripted), "\\boxed{0}"])
+    expect(traj, [(traj.prompt, PROMPT), (t[0].reasoning, ORIG), (t[0].call, ORIG), (t[0].stop, ORIG), (obs[DIV0], OBS),
+                  (t[1].reasoning, ORIG), (t[1].call, ORIG), (t[1].stop, ORIG)])
+    assert len(engine.requests) == 2 and traj.meta["finish_reason"] == "infra_error" and excluded_from_loss(traj)
+    assert runner.calls == [("q/0", DIV0), ("q/0", unscripted)]
+    assert traj.turns[-1].result.status == "infra_error" and traj.turns[-1].observation is None
+    s = traj.stats
+    assert (s["rollbacks_interrupted"], s["lookahead_calls"], s["infra_failures"], s["final_failures"]) == (1, 1, 1, 1)
+    assert (s["infra_excluded_by_cause"], s["infra_retries"]) == ({"unscripted": 1}, 0)
+
+
 def test_turn_limit_reached_during_lookahead_when_retries_count(tok, expect):
     cfg = RolloutConfig(max_turns=2, retries_count_against_limits=True)
     traj, t, obs, engine, _ = rollout(tok, [say("Divide.\n", DIV0), say("Again.\n", DIV0)], cfg)
@@ -195,7 +213,7 @@ def test_tool_output_is_truncated_in_the_middle(tok):
 def test_episode_refuses_an_out_of_order_answer(tok):
     e = Episode("x", chat.prompt_span(tok, MESSAGES), tok, RolloutConfig())
     with pytest.raises(AssertionError, match="no call waiting"):
-        e.on_tool_result(ToolResult("ok", "1"))
+        e.on_tool_result(ToolAnswer(ToolResult("ok", "1")))
 
 
 def test_a_tool_output_that_does_not_fit_is_cut_and_the_episode_ends(tok, expect):

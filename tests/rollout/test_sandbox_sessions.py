@@ -32,7 +32,7 @@ def test_state_after_rollback_is_the_purified_state(tok):
             episodes = make_episodes(tok, [("q", [{"role": "user", "content": "q"}])], 2, RolloutConfig(), seed=0)
             episodes[1] = make_episodes(tok, [("q", [{"role": "user", "content": "q"}])], 2,
                                         RolloutConfig(saar=SaarConfig(enabled=False)), seed=0)[1]
-            return await run_batched(ScriptedEngine(tok, scripts), SandboxTools(pool), episodes, SamplingParams())
+            return await run_batched(ScriptedEngine(tok, scripts), SandboxTools(pool, 0), episodes, SamplingParams())
 
     purified, baseline = asyncio.run(main())
     assert [t.result.status for t in purified.turns[:2]] == ["ok", "ok"]

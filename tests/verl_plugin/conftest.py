@@ -62,17 +62,17 @@ def verl_config(model_dir, agent_yaml, prompt_length: int, response_length: int)
 
 @pytest.fixture
 def make_worker(model_dir, tmp_path):
-    """make_worker(server, saar=True, rollout=RolloutConfig(), prompt_length=64, response_length=256)
-    -> verl's AgentLoopWorker, loading the YAML that `agent_loop_config` gives (SAAR switched by `saar`), with
-    `server` as its LLM client."""
+    """make_worker(server, saar=True, rollout=RolloutConfig(), prompt_length=64, response_length=256,
+    sandbox=SANDBOX) -> verl's AgentLoopWorker, loading the YAML that `agent_loop_config` gives (SAAR switched by
+    `saar`), with `server` as its LLM client."""
     counter = itertools.count()
 
     def make(server, saar: bool = True, rollout: RolloutConfig | None = None, prompt_length: int = 64,
-             response_length: int = 256) -> AgentLoopWorker:
+             response_length: int = 256, sandbox: SandboxConfig = SANDBOX) -> AgentLoopWorker:
         agent_yaml = tmp_path / f"agent_loop_{next(counter)}.yaml"
         rollout = rollout or RolloutConfig()
         rollout = replace(rollout, saar=replace(rollout.saar, enabled=saar))
-        agent_yaml.write_text(yaml.safe_dump(agent_loop_config(rollout, SANDBOX)))
+        agent_yaml.write_text(yaml.safe_dump(agent_loop_config(rollout, sandbox)))
         return AgentLoopWorker(verl_config(model_dir, agent_yaml, prompt_length, response_length), llm_client=server)
 
     return make

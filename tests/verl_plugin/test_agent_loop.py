@@ -268,3 +268,44 @@ async def test_without_calculate_log_probs_there_are_none(make_worker, scripted,
     internal = await worker._agent_loop_postprocess(out, validate=False, raw_prompt=messages)
     assert set(worker._postprocess([internal]).batch.keys()) == {
         "prompts", "responses", "response_mask", "input_ids", "attention_mask", "position_ids"}
+
+
+class ScoringServer:
+    """verl's server manager answering a re-scoring request in the layout verl 0.9.1's SGLang server gives
+    `extra_fields["prompt_logprobs"]` (`_extract_prompt_logprobs_sglang`, which needs sglang to import): one row per
+    position from the second on, then a dummy row; here token k's log-prob is -k/10. `drop` leaves the field out, as
+    the clients of verl's async trainers do."""
+
+    def __init__(self, drop: bool = False):
+        self.requests: list[dict] = []
+        self.drop = drop
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        self.requests.append(dict(sampling_params))
+        rows = [[-k / 10] for k in range(1, len(prompt_ids))] + [[0.0]]
+        return TokenOutput(token_ids=[7], log_probs=[-0.5], extra_fields={} if self.drop else {"prompt_logprobs": rows})
+
+
+@pytest.mark.asyncio
+async def test_rescoring_asks_for_one_token_and_reads_the_prompts_log_probs():
+    """Token k's log-prob is row k - 1 of verl's layout (here -k/10, hand-set): positions 3..5 of a 6-token
+    sequence are -0.3, -0.4, -0.5. One token is asked for, not 0: verl's SGLang server logs an ERROR for every
+    max_tokens=0 request (a phantom output log-prob). Checked red: rows read without the shift; max_tokens=0."""
+    from cleaner.verl_plugin.agent_loop import ServerScorer
+
+    server = ScoringServer()
+    scorer = ServerScorer(server, {"temperature": 1.0, "logprobs": True})
+    assert await scorer.arescore("r", (11, 12, 13, 14, 15, 16), 3) == pytest.approx([-0.3, -0.4, -0.5])
+    assert server.requests == [{"temperature": 1.0, "logprobs": False, "max_tokens": 1, "prompt_logprobs": 0}]
+
+
+@pytest.mark.asyncio
+async def test_a_server_output_without_prompt_log_probs_is_one_clear_error():
+    """verl's fully-async and one-step-off trainers rebuild the server's output without `extra_fields`: a KeyError
+    deep in the rollout before; now one line naming the cause and the trainer that works."""
+    from cleaner.verl_plugin.agent_loop import ServerScorer
+
+    with pytest.raises(RuntimeError, match=r"returned no prompt_logprobs.*run verl\.trainer\.main_ppo"):
+        await ServerScorer(ScoringServer(drop=True), {}).arescore("r", (1, 2, 3), 1)

@@ -129,7 +129,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_at_the_next_step(cleaner_run):
     folder, first, out = cleaner_run
     rerun = records(folder / "verl/rollouts/2")
     assert {r["global_steps"] for r in rerun if r["split"] == "train"} == {3}  # steps 1 and 2 were not redone
-    assert set(steps(folder / "verl/metrics.jsonl")) == {2, 3}  # validation at the resumed step, then step 3
+    assert set(steps(folder / "verl/metrics.jsonl")) == {3}  # step 2 was validated before the kill: not again
     killed_step3 = {r["weights_digest"] for r in first if r["global_steps"] == 3 and r["split"] == "train"}
     resumed_step3 = {r["weights_digest"] for r in rerun if r["global_steps"] == 3 and r["split"] == "train"}
     assert killed_step3 == resumed_step3  # the checkpoint's weights, exactly

@@ -34,9 +34,9 @@ a prior (bf16 resolves a logit of magnitude 4 to about 0.016), not yet a measure
 Departures from the project's own code paths, and why: the model's vocabulary (151,936) is larger than the lab
 tokenizer's, so the tokenizer is padded with filler tokens (`_tokenizer`) that decode to bytes 0xA1-0xFF: any id
 the model samples decodes, and none can spell a tool call or a chat marker. The update keeps the parameters and
-AdamW's moments in bf16, with no float32 master copy as verl's FSDP keeps (on one H100 that copy would not fit beside the logits), so at the paper's
-lr most elements' steps are below bf16 resolution: `params_changed_fraction` is small, and the check asks only
-that parameters changed.
+AdamW's moments in bf16, with no float32 master copy as verl's FSDP keeps (on one H100 that copy would not fit
+beside the logits), so at the paper's lr most elements' steps are below bf16 resolution: `params_changed_fraction`
+is small, and the check asks only that parameters changed.
 """
 
 from __future__ import annotations

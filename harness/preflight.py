@@ -10,7 +10,9 @@ when any check failed, else 0. The checks:
     gpus       this node shows at least --gpus CUDA devices (torch's count, which honours CUDA_VISIBLE_DEVICES);
                when it does not, a kernel driver older than CUDA 13's minimum (R580) is named as the cause
     attention  the attention implementation verl's actor uses (--attn-implementation) imports: flash_attention_2
-               needs flash_attn, built for the installed torch (no hub download: HF_HUB_OFFLINE=1 on the nodes)
+               needs flash_attn, built for the installed torch (no hub download: HF_HUB_OFFLINE=1 on the nodes);
+               and, where SGLang is installed, its flashinfer attention can get its kernels: nvcc to compile them,
+               or flashinfer's prebuilt JIT cache
     versions   verl, sglang, torch and transformers are installed at the versions of gpu/requirements.lock
     model      --model holds config.json, complete weights (every shard of a sharded index present, every
                safetensors file whole: its header and data add up to its size), a tokenizer and a chat template
@@ -40,6 +42,7 @@ import argparse
 import ast
 import importlib
 import importlib.metadata
+import importlib.util
 import ipaddress
 import json
 import math
@@ -62,6 +65,7 @@ CHECKPOINT_BYTES_PER_PARAMETER = 4 + 4 + 4
 # the attention implementation -> the module it needs
 ATTENTION_MODULES = {"flash_attention_2": "flash_attn", "sdpa": "torch", "eager": "torch"}
 # flash-attn 2.8.3 for torch 2.11 / CUDA 13.0 / CPython 3.12, prebuilt by verl's project (PyPI has only the source)
+FLASHINFER_INDEX = "https://flashinfer.ai/whl/cu130"  # flashinfer's wheels for CUDA 13.0, flashinfer-jit-cache's
 CONTAINER = "CLEANER_CONTAINER, docs/cluster.md"  # the image with bubblewrap, numpy and sympy
 FLASH_ATTN_WHEEL = ("https://github.com/verl-project/verl-wheelhouse/releases/download/flash-attention-v2.8.3/"
                     "flash_attn-2.8.3-cp312-cp312-linux_x86_64.whl")
@@ -153,9 +157,29 @@ def check_attention(args: argparse.Namespace) -> list[Finding]:
     except ImportError as e:  # missing, or built for another torch (an undefined symbol)
         return [fail(f"{impl} needs {module}, which does not import ({e})",
                      f"pip install --no-deps {FLASH_ATTN_WHEEL} (docs/cluster.md, Install)" if module == "flash_attn"
-                     else "install the GPU environment (docs/cluster.md, Install)")]
+                     else "install the GPU environment (docs/cluster.md, Install)"), *rollout_attention()]
     version = getattr(loaded, "__version__", None)
-    return [ok(f"{impl}: {module}{f' {version}' if version else ''} imports")]
+    return [ok(f"{impl}: {module}{f' {version}' if version else ''} imports"), *rollout_attention()]
+
+
+def rollout_attention() -> list[Finding]:
+    """The rollout's attention: verl 0.9.1 starts SGLang >= 0.5.12 with `attention_backend=flashinfer`
+    (`async_sglang_server.py`), and flashinfer compiles kernels with nvcc on first use unless its prebuilt JIT cache
+    (`flashinfer-jit-cache`) is installed; the lock holds neither. No finding without SGLang (`versions` says so)."""
+    if importlib.util.find_spec("sglang") is None:
+        return []
+    if importlib.util.find_spec("flashinfer_jit_cache") is not None:
+        return [ok("SGLang's flashinfer attention: prebuilt kernels (flashinfer-jit-cache)")]
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = shutil.which("nvcc") or (cuda_home and shutil.which("nvcc", path=str(Path(cuda_home) / "bin")))
+    if nvcc:
+        return [ok(f"SGLang's flashinfer attention: kernels compiled on first use with {nvcc}")]
+    return [fail("SGLang's rollout attends with flashinfer (verl sets attention_backend=flashinfer for sglang >= "
+                 "0.5.12), which compiles its kernels with nvcc on first use, but neither nvcc (PATH, CUDA_HOME) nor "
+                 "flashinfer's prebuilt kernels (flashinfer-jit-cache) are here",
+                 f"load a CUDA 13 toolkit on the nodes (module load cuda, or CUDA_HOME), or pip install "
+                 f"flashinfer-jit-cache at flashinfer's version from {FLASHINFER_INDEX}, or run in the container "
+                 f"({CONTAINER})")]
 
 
 # --- versions -----------------------------------------------------------------------------------------------------

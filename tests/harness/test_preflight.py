@@ -391,3 +391,38 @@ def test_the_layout_check_as_slurm_runs_it_exits_2_for_the_issues_job():
     assert line.startswith("FAIL  layout: each node (--cpus; in slurm/: SLURM_CPUS_PER_TASK) gives Ray 32 CPUs, but "
                            "verl's layout for 1 node(s) x 8 GPUs holds 33 on a node")
     assert done.returncode == 2 and "layout" in done.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("present, line", [
+    ((), ("FAIL", "SGLang's rollout attends with flashinfer")),
+    (("nvcc",), ("ok", "SGLang's flashinfer attention: kernels compiled on first use with ")),
+    (("flashinfer_jit_cache",), ("ok", "SGLang's flashinfer attention: prebuilt kernels (flashinfer-jit-cache)")),
+])
+def test_sglangs_flashinfer_needs_nvcc_or_its_prebuilt_kernels(tmp_path, monkeypatch, present, line):
+    """Where SGLang is installed (a stand-in package on the import path: the real one needs a GPU build), the
+    attention check also says whether flashinfer can get its kernels. Checked red: the check made conditional on
+    nvcc only (the JIT cache case failed), and run without SGLang (a line on this machine, which has none)."""
+    site, bin_dir = tmp_path / "site", tmp_path / "bin"
+    (site / "sglang").mkdir(parents=True)
+    (site / "sglang" / "__init__.py").write_text("")
+    bin_dir.mkdir()
+    if "flashinfer_jit_cache" in present:
+        (site / "flashinfer_jit_cache").mkdir()
+        (site / "flashinfer_jit_cache" / "__init__.py").write_text("")
+    if "nvcc" in present:
+        (bin_dir / "nvcc").write_text("#!/bin/sh\n")
+        (bin_dir / "nvcc").chmod(0o755)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    found = [f for f in findings("--gpus", 0, "--attn-implementation", "sdpa")[0]["attention"]
+             if "flashinfer" in f[1]]
+    assert [(s, t[:len(line[1])]) for s, t in found] == [line]
+    if line[0] == "FAIL":
+        assert "fix: load a CUDA 13 toolkit" in found[0][1] and "https://flashinfer.ai/whl/cu130" in found[0][1]
+
+
+def test_without_sglang_the_attention_check_says_nothing_of_flashinfer():
+    assert not [t for _, t in findings("--gpus", 0, "--attn-implementation", "sdpa")[0]["attention"]
+                if "flashinfer" in t]

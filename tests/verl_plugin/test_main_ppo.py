@@ -5,7 +5,8 @@ lab's model and tasks (sampling at T = 1.2, so rewards differ within groups and 
 
 What is asserted comes from verl's own files (its metrics log, its checkpoints) and from our per-trajectory log,
 which records the version and digest of the rollout server's weights with every trajectory:
-- CLEANER, 3 steps, checkpoint every 2, rollout importance sampling on: killed (SIGKILL, the whole process group)
+- CLEANER, 3 steps, checkpoint every 2, rollout importance sampling on, the cluster presets' sandbox (numpy and
+  sympy preloaded): killed (SIGKILL, the whole process group)
   while step 3 runs, after the step-2 checkpoint; rerun, it resumes at step 3 from that checkpoint: finite losses,
   nonzero gradient norms, new weights at every step, splices, spliced log-probs re-scored to the trainer's.
 - The baseline (SAAR off), 1 step, then evaluated with SAAR on at test time (verl's val_only from its checkpoint).
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 COMMON = ["cluster=verl_cpu", "algo.prompts_per_step=4", "algo.group_size=4", "algo.ppo_mini_batch_size=4",
           "algo.eval_problems=4", "algo.temperature=1.2", "verl.agent_workers=1", "verl.max_sandbox_workers=2",
-          "quiet=true"]
+          "sandbox=paper", "quiet=true"]  # the cluster presets' sandbox: numpy and sympy preloaded
 CLEANER = [*COMMON, "algo.steps=3", "algo.eval_every=2", "verl.save_every=2", "algo.rollout_is=token"]
 BASELINE = [*COMMON, "saar=baseline", "algo.steps=1"]
 TIMEOUT_S = 600
@@ -112,6 +113,18 @@ def test_cleaner_trains_with_verl_v1_and_its_losses_are_real(cleaner_run):
         assert math.isfinite(m["actor/pg_loss"]) and m["actor/grad_norm"] > 0, (step, m)
         assert m["training/off_policy/trajectory_staleness/max"] == 0  # the V1 trainer read our weight versions
     assert "val-core/lab/acc/mean@1" in metrics[0] and "val-core/lab/acc/mean@1" in metrics[2]
+
+
+def test_the_agent_loop_and_the_reward_run_the_presets_sandbox(cleaner_run):
+    """numpy and sympy are imported by every sandbox worker verl's processes start (a module that did not import
+    would have stopped the pool, and the run): the agent loop's and the reward's settings name them."""
+    import yaml
+
+    folder, _, _ = cleaner_run
+    [entry] = yaml.safe_load((folder / "verl/agent_loop.yaml").read_text())
+    assert entry["sandbox"]["preload_modules"] == ["numpy", "sympy"]
+    reward = [o for o in (folder / "verl/overrides.txt").read_text().splitlines() if "reward_kwargs.sandbox=" in o]
+    assert len(reward) == 1 and "preload_modules:[numpy,sympy]" in reward[0]
 
 
 def test_the_rollout_server_gets_new_weights_after_every_step(cleaner_run):

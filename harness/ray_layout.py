@@ -41,12 +41,20 @@ data loader's workers, SGLang's own processes), a reward model or a teacher (the
 legacy trainer (`trainer.use_v1=false`), and other jobs' actors on the same Ray cluster. Nothing here has run on a
 GPU: verl's own TransferQueue and placement group were placed on a local Ray with logical GPUs (the slow test of
 tests/harness/test_ray_layout.py), with the CPUs counted here and not with one fewer.
+
+What the count cannot see (CPUs or GPUs held by another job's actors on the same cluster, a leftover actor) still
+makes verl wait, so during the run a `PlacementWatch` reads Ray's placement group table and ends verl, naming what
+it asks and what Ray has free, when one of its groups stays PENDING longer than `verl.placement_timeout_s`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,3 +206,92 @@ def check_cluster(cfg: DictConfig) -> None:
     problem = shortfall(lay, nodes)
     if problem:
         raise schema.ConfigError("; ".join(problem))
+
+
+def _node_name(total: dict[str, float]) -> str:
+    """A node as Ray names it in its resources (`node:<ip>`)."""
+    [ip] = [k.removeprefix("node:") for k in total if k.startswith("node:") and k != "node:__internal_head__"]
+    return f"Ray node {ip}"
+
+
+def placement_text(group: dict, waited_s: float, free: dict[str, dict[str, float]],
+                   total: dict[str, dict[str, float]]) -> str:
+    """One line: the placement group `group` (a row of `ray.util.placement_group_table()`) has waited `waited_s`
+    for its bundles, Ray's `free` and `total` resources per node id, and the fix."""
+    bundles = list(group["bundles"].values())
+    keys = ["CPU", "GPU", *sorted({k for b in bundles for k in b} - {"CPU", "GPU"})]
+    asks = Counter(tuple(sorted(b.items())) for b in bundles)
+    ask = " + ".join(f"{n} x {{{', '.join(f'{k}: {v:g}' for k, v in b)}}}" for b, n in asks.items())
+
+    def node(n: str) -> str:
+        return f"{_node_name(total[n])}: " + ", ".join(f"{k} {free.get(n, {}).get(k, 0):g} of {total[n].get(k, 0):g}"
+                                                       for k in keys)
+
+    nodes = "; ".join(node(n) for n in sorted(total))
+    return (f"a Ray placement group of verl's has waited {waited_s:.0f} s for {ask} ({group['strategy']}), but Ray "
+            f"has free: {nodes} (`ray status` on the head shows what holds the rest: verl's other actors, another "
+            "job's, a leftover one); fix: end what holds them, or give the job more CPUs or GPUs per node; "
+            "verl.placement_timeout_s sets how long the harness waits")
+
+
+def pending_placement(pending_since: dict[str, float], ignore: set[str], timeout_s: float) -> str | None:
+    """One look at the placement group table of the Ray this process is connected to: `placement_text` for the
+    first group, not in `ignore`, that `pending_since` (group id -> when first seen PENDING, updated here) has
+    seen PENDING for `timeout_s` or longer, else None. Ray's table holds no creation time, so the wait is counted
+    from the first look that saw it. Per-node free resources are Ray's DeveloperAPI (`ray._private.state`): its
+    public per-node view (`ray.util.state`) needs the dashboard, which a Ray cluster may not run."""
+    import ray
+    from ray._private import state
+
+    now = time.monotonic()
+    table = ray.util.placement_group_table()
+    for pg_id in set(pending_since) - {i for i, g in table.items() if g["state"] == "PENDING"}:
+        del pending_since[pg_id]
+    for pg_id, group in table.items():
+        if group["state"] == "PENDING" and pg_id not in ignore:
+            waited_s = now - pending_since.setdefault(pg_id, now)
+            if waited_s >= timeout_s:
+                return placement_text(group, waited_s, state.available_resources_per_node(),
+                                      state.total_resources_per_node())
+    return None
+
+
+class PlacementWatch:
+    """verl waits for its placement groups without a timeout (`ray.get(pg.ready())`, module docstring); this
+    watches them from the harness. Made before verl starts: it joins the Ray cluster at `address` as a client
+    (starting no Ray; as its driver, Ray sets PYTHONBREAKPOINT in this process's environment) and notes the
+    groups already there (not verl's). `start` looks every `poll_s` (at most a quarter of `timeout_s`) in a thread;
+    a group of verl's PENDING for `timeout_s` gets `end` called and its line kept in `stuck`. Not protected against:
+    a group that another job creates on the same cluster during the run is taken for verl's."""
+
+    def __init__(self, address: str, timeout_s: float, poll_s: float = 5.0):
+        import ray
+
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        self.ignore = set(ray.util.placement_group_table())
+        self.timeout_s, self.poll_s = timeout_s, min(poll_s, timeout_s / 4)  # at least 4 looks per timeout
+        self.stuck: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, end: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=self._watch, args=(end,), daemon=True)
+        self._thread.start()
+
+    def _watch(self, end: Callable[[], None]) -> None:
+        since: dict[str, float] = {}
+        while not self._stop.wait(self.poll_s):
+            self.stuck = pending_placement(since, self.ignore, self.timeout_s)
+            if self.stuck:
+                end()
+                return
+
+    def stop(self) -> str | None:
+        """Stop looking and leave Ray; the line of the group that ended verl, or None."""
+        import ray
+
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        ray.shutdown()
+        return self.stuck

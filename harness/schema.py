@@ -113,6 +113,9 @@ class VerlSchema:
     # sandbox cells at a time per agent-loop worker when sandbox.workers is unset: the job's CPUs
     # (SLURM_CPUS_PER_TASK, else all) shared by the agent-loop workers, at most this many
     max_sandbox_workers: int = 16
+    # seconds a Ray placement group of verl's may wait (PENDING) before the harness ends verl with what it asks
+    # and what Ray has free (on a Ray cluster at RAY_ADDRESS; verl itself waits forever)
+    placement_timeout_s: float = 600
 
 
 @dataclass
@@ -206,11 +209,12 @@ def validate(cfg: DictConfig) -> None:
                           f"and cluster.gpus_per_node >= 0; got {c.nodes}, {c.cpus_per_task}, {c.mem_gb}, "
                           f"{c.timeout_min}, {c.gpus_per_node}")
     if not (min(v.rollout_tp, v.save_every, v.agent_workers, v.max_sandbox_workers) >= 1
-            and v.keep_checkpoints >= 0 and 0 < v.gpu_memory_utilization <= 1):
+            and v.keep_checkpoints >= 0 and 0 < v.gpu_memory_utilization <= 1 and v.placement_timeout_s > 0):
         raise ConfigError(f"verl.rollout_tp, verl.save_every, verl.agent_workers, verl.max_sandbox_workers must be "
-                          f">= 1, verl.keep_checkpoints >= 0, verl.gpu_memory_utilization in (0, 1]; got "
-                          f"{v.rollout_tp}, {v.save_every}, {v.agent_workers}, {v.max_sandbox_workers}, "
-                          f"{v.keep_checkpoints}, {v.gpu_memory_utilization}")
+                          f">= 1, verl.keep_checkpoints >= 0, verl.gpu_memory_utilization in (0, 1], "
+                          f"verl.placement_timeout_s > 0; got {v.rollout_tp}, {v.save_every}, {v.agent_workers}, "
+                          f"{v.max_sandbox_workers}, {v.keep_checkpoints}, {v.gpu_memory_utilization}, "
+                          f"{v.placement_timeout_s}")
     unknown = sorted(set(cfg.loggers) - set(BACKENDS))
     if unknown:
         raise ConfigError(f"loggers: unknown {', '.join(unknown)}; valid: {', '.join(sorted(BACKENDS))}")

@@ -578,9 +578,11 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def _launch(cmd: list[str], job: Path, env: dict[str, str]) -> float:
+def _launch(cmd: list[str], job: Path, env: dict[str, str], placement_timeout_s: float) -> float:
     """Run verl in `job` with `env` added to this environment, keeping an earlier invocation's metrics file; its
-    wall seconds. A failure exits with a message: rerunning the same command resumes."""
+    wall seconds. A failure exits with a message: rerunning the same command resumes. On a Ray cluster
+    (RAY_ADDRESS), a placement group of verl's PENDING for `placement_timeout_s` ends it
+    (`ray_layout.PlacementWatch`)."""
     metrics = job / METRICS_FILE
     if metrics.exists():
         k = 1 + sum(1 for _ in job.glob("metrics.*.jsonl"))
@@ -588,11 +590,19 @@ def _launch(cmd: list[str], job: Path, env: dict[str, str]) -> float:
     start = time.perf_counter()
     # its own session: Ray's processes leave verl's process group, but not the session, so whatever ends this
     # call (verl's exit, a signal, an error) ends all of them, and no Ray cluster outlives its run
-    proc = subprocess.Popen(cmd, cwd=job, env={**os.environ, **env}, start_new_session=True)
+    environ = {**os.environ, **env}  # before the watch joins Ray, which sets PYTHONBREAKPOINT here
+    address = environ.get("RAY_ADDRESS")  # verl's driver joins that Ray and places its groups there
+    watch = ray_layout.PlacementWatch(address, placement_timeout_s) if address else None
+    proc = subprocess.Popen(cmd, cwd=job, env=environ, start_new_session=True)
     try:
+        if watch:
+            watch.start(lambda: end_session(proc.pid))
         status = proc.wait()
     finally:
+        stuck = watch and watch.stop()
         end_session(proc.pid)
+    if stuck:
+        raise SystemExit(f"error: {stuck}")
     if status:
         raise SystemExit(f"error: verl exited with status {status}; its output is above and in {job}; rerunning the "
                          "same command resumes from the last checkpoint")
@@ -621,7 +631,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         checkpoints = folder / "checkpoints"
         for old in prune_checkpoints(checkpoints, cfg.verl.keep_checkpoints):
             print(f"removed {old}: verl.keep_checkpoints={cfg.verl.keep_checkpoints}", flush=True)
-        _launch(command(ovr), folder, env)
+        _launch(command(ovr), folder, env, cfg.verl.placement_timeout_s)
         step = int((checkpoints / LATEST).read_text())
         if step < cfg.algo.steps:
             raise SystemExit(f"error: verl stopped at step {step} of {cfg.algo.steps}; rerun to resume")
@@ -642,7 +652,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path, saar: bool) -> dict[str, Any]:
     if out.exists():
         return json.loads(out.read_text())
     ovr, folder, env = prepare_files(cfg, run_dir, saar)
-    wall_s = _launch(command(ovr), folder, env)
+    wall_s = _launch(command(ovr), folder, env, cfg.verl.placement_timeout_s)
     summary = {"test_time_saar": saar, "checkpoint": str(run_dir / "verl" / "checkpoints"
                                                          / f"global_step_{cfg.algo.steps}"),
                "wall_s": round(wall_s, 1), "metrics": _last_metrics(folder / METRICS_FILE),

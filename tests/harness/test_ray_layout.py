@@ -2,14 +2,20 @@
 and 2x8 GPUs; the issue's 32 CPUs for 8 GPUs refused with the numbers; the module's citations read in the installed
 verl, transfer_queue and Ray (a verl upgrade that moves a number fails here); the refusal before verl starts. The
 slow test places verl's own TransferQueue and GPU placement group on a local Ray with logical GPUs: with the CPUs
-counted here they are placed, with one fewer verl waits. Not verified: anything on a GPU node or a multi-node Ray."""
+counted here they are placed, with one fewer verl waits. The placement watch ends a stand-in for verl whose group waits
+for CPUs something else holds, with the numbers, and leaves one whose group is placed. Not verified: anything on a GPU
+node or a multi-node Ray."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,7 @@ import verl
 import yaml
 
 from harness import ray_layout, schema
+from harness import verl as harness_verl
 from harness.records import REPO
 
 SITE = Path(verl.__file__).parents[1]  # the site-packages holding verl, transfer_queue and ray
@@ -236,3 +243,98 @@ def test_verls_own_placement_waits_with_one_cpu_fewer_than_counted():
                               text=True, timeout=300, check=False)
         expected = ["free=0", "placed"] if outcome == "placed" else ["waiting"]
         assert done.stdout.split()[-len(expected):] == expected, (cpus, done.stdout[-2000:], done.stderr[-2000:])
+
+
+def test_the_placement_line_names_the_bundles_and_each_nodes_free_resources():
+    """Hand-built rows as Ray gives them (`placement_group_table`, `available_resources_per_node`): equal bundles
+    counted once, every resource a bundle asks shown for every node. Checked red: the bundles not grouped (3 x)."""
+    group = {"bundles": {0: {"CPU": 3.0, "GPU": 1.0}, 1: {"CPU": 3.0, "GPU": 1.0}, 2: {"CPU": 1.0}},
+             "strategy": "STRICT_PACK", "state": "PENDING"}
+    total = {"b": {"CPU": 32.0, "GPU": 8.0, "node:10.0.0.2": 1.0},
+             "a": {"CPU": 32.0, "GPU": 8.0, "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0}}
+    free = {"a": {"CPU": 2.0, "GPU": 8.0}, "b": {"CPU": 32.0}}
+    text = ray_layout.placement_text(group, 600.4, free, total)
+    assert text.startswith("a Ray placement group of verl's has waited 600 s for 2 x {CPU: 3, GPU: 1} + 1 x {CPU: 1} "
+                           "(STRICT_PACK), but Ray has free: Ray node 10.0.0.1: CPU 2 of 32, GPU 8 of 8; Ray node "
+                           "10.0.0.2: CPU 32 of 32, GPU 0 of 8 (`ray status` on the head shows what holds the rest")
+    assert "\n" not in text and text.endswith("verl.placement_timeout_s sets how long the harness waits")
+
+
+# a Ray head with 4 CPUs and 2 logical GPUs, 3 CPUs held by an actor and a group waiting for 8 CPUs (another job's,
+# there before the run: not verl's); prints its address and auth mode, ends when stdin closes
+HEAD = textwrap.dedent("""
+    import os, sys
+    import ray
+    from ray.util.placement_group import placement_group
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    holder = ray.remote(num_cpus=3)(type("Holder", (), {"ping": lambda self: 0})).remote()
+    ray.get(holder.ping.remote(), timeout=60)
+    other = placement_group([{"CPU": 8}])
+    print(ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_MODE", ""), flush=True)
+    sys.stdin.read()
+    ray.shutdown()
+""")
+# a stand-in for verl's driver: joins RAY_ADDRESS, waits for its group as verl does (verl without a timeout; here 90 s,
+# so that a watch that misses it fails the test rather than hanging it), then runs a while
+VERL = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    from ray.util.placement_group import placement_group
+    ray.init(logging_level="ERROR", log_to_driver=False)
+    pg = placement_group(json.loads(sys.argv[1]), strategy="STRICT_PACK")
+    ray.get(pg.ready(), timeout=90)  # verl/single_controller/ray/base.py:160
+    print("placed", flush=True)
+    time.sleep(float(sys.argv[2]))
+""")
+
+
+@pytest.fixture
+def ray_head(monkeypatch):
+    """A local Ray head (HEAD) at RAY_ADDRESS, as slurm/ starts one. A Ray that `ray.init` starts here runs with
+    RAY_AUTH_MODE=token and refuses clients without its token (this process's Ray reads its auth mode once, at
+    import), so the head runs with RAY_AUTH_MODE=disabled, as a `ray start` head does for a user without a token
+    (~/.ray/auth_token). The watch's `ray.init` sets PYTHONBREAKPOINT in this process, which monkeypatch restores."""
+    head = subprocess.Popen([sys.executable, "-c", HEAD], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        address, _, auth = head.stdout.readline().strip().partition(" ")
+        assert address and auth == "disabled", "the Ray head did not start"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        monkeypatch.delenv("PYTHONBREAKPOINT", raising=False)
+        yield address
+    finally:
+        head.stdin.close()
+        head.wait(timeout=120)
+
+
+def launch_stand_in(tmp_path, bundles, run_s, timeout_s):
+    cmd = [sys.executable, "-c", VERL, json.dumps(bundles), str(run_s)]
+    return harness_verl._launch(cmd, tmp_path, {}, placement_timeout_s=timeout_s)
+
+
+@pytest.mark.slow
+def test_a_group_waiting_for_cpus_held_elsewhere_ends_verl_with_the_numbers(ray_head, tmp_path):
+    """verl's group asks 2 x {CPU: 1, GPU: 1} on one node; the node has 4 CPUs, but an actor outside the layout
+    holds 3: a count of Ray's CPUs passes, verl would wait forever. The watch (timeout 2 s) ends the stand-in and
+    `_launch` exits with the line; the other job's group that waited before the run is not named. Checked red:
+    the watch looking for CREATED groups (the stand-in gives up after 90 s: "verl exited with status 1"); the
+    groups already there not ignored (the line names 1 x {CPU: 8})."""
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as ended:
+        launch_stand_in(tmp_path, [{"CPU": 1, "GPU": 1}] * 2, run_s=300, timeout_s=2)
+    assert time.monotonic() - start < 120
+    pattern = (r"error: a Ray placement group of verl's has waited [2-9] s for 2 x \{CPU: 1, GPU: 1\} \(STRICT_PACK\), "
+               r"but Ray has free: Ray node [0-9.]+: CPU 1 of 4, GPU 2 of 2 \(`ray status` on the head shows what "
+               r"holds the rest: .*\); fix: end what holds them, or give the job more CPUs or GPUs per node; "
+               r"verl.placement_timeout_s sets how long the harness waits")
+    assert re.fullmatch(pattern, str(ended.value)), str(ended.value)
+
+
+@pytest.mark.slow
+def test_a_group_that_is_placed_is_left_to_run(ray_head, tmp_path):
+    """1 x {CPU: 1, GPU: 1} fits in the CPU left free: placed, the stand-in runs 6 s past it (the watch, timeout
+    2 s, looks about 12 times) and `_launch` returns its wall seconds. Checked red: every group of the run taken
+    for waiting, whatever its state (SystemExit)."""
+    wall_s = launch_stand_in(tmp_path, [{"CPU": 1, "GPU": 1}], run_s=6, timeout_s=2)
+    assert wall_s >= 6

@@ -14,7 +14,10 @@ start, and the trainer itself never forks. The zygote alone decides each call's 
 wall clock, the output cap, the memory of all the call's processes, the scratch quota, signals, the exit status)
 comes first; "ok" needs a clean exit it saw; a cell's report says only what a script can choose (an exception or
 not, and its class name) and is checked. After every call it kills every process the call left behind, setsid
-and double-fork daemons included. Without bubblewrap the pool refuses to start unless `backend="rlimit"` is set.
+and double-fork daemons included. No cell can open a socket (seccomp: calls and sessions of one worker share its
+network namespace, so any socket would be a channel between trajectories; socketpair stays). A call's scratch
+directory is out of every later call's reach as soon as the call ends, and removed in the background between
+calls. Without bubblewrap the pool refuses to start unless `backend="rlimit"` is set.
 
 Results (`ExecutionResult.status`): `ok`; `error` (`error_type` the exception's class name, a signal's name such as
 `SIGSEGV` or `SIG40`, `SystemExit`, or the sandbox's: `SandboxProtocolError` when a cell wrote to the sandbox's
@@ -26,8 +29,16 @@ result channel, `SessionLost` when a session's state could not be kept, `Sandbox
 Sessions (purified history): a session's interpreter state is that of its successful cells only, in order; a
 failed cell leaves no trace. The state lives in a holder process, frozen between calls; a call forks a backup of
 it, runs the cell in the holder itself, and on success keeps a fork of the cell. Nothing is replayed. Files in
-the scratch directory are not rolled back. Remote sessions (SandboxFusion) replay their successful cells instead
-(see `remote`).
+the scratch directory (and MAP_SHARED memory) are not rolled back. A session's call is timed from the thaw of its
+holder (timeout_s covers the handshake), the backup counts against its memory_mb, and a process is kept as a
+holder only if it waits for the zygote (one thread, blocked on its socket, not dumpable). Remote sessions
+(SandboxFusion) replay their successful cells instead (see `remote`).
+
+Promises NOT made (issue 28, open): a call can read earlier calls' code and output left (freed, not erased) in the
+memory it inherits from the zygote; within a session, an earlier cell can change how later cells are run and
+reported (the runner lives in the state's process), so the verdict of a session's cell is only as trustworthy as
+the session's earlier cells. No cell can turn a failure of another session's cell or of a one-off call into
+`ok` (a session forked from the same state can still break the other, an error: see docs/sandbox.md).
 
 The whole behaviour, what is protected and what is NOT, and measured costs: docs/sandbox.md.
 """

@@ -11,15 +11,19 @@ Process tree of one worker::
     zygote (this file; PR_SET_CHILD_SUBREAPER, so orphans come back to it)
     |-- cell        a one-off call: forked by the zygote, supervised by it, discarded afterwards
     |-- holder      one per session, FROZEN (SIGSTOP) between calls: a process whose memory is the session's state
+    |-- rm          the remover of ended calls' scratch directories (nice 19), frozen while a call runs
     `-- ...         nothing else survives a call: the sweep kills every other descendant
 
-A session's call: the zygote thaws the session's holder H and sends it the cell. H forks a backup B (the state
-before the cell), reports it and waits; the zygote checks that B is H's own child, freezes it and says go. H then
-becomes the cell: it runs the model's code as the zygote's own child, so the zygote sees its exit status and CPU
-time. A cell that succeeds forks a successor S (the state after the cell, a fresh process: no CPU time, no
-threads), reports it and exits; S, checked to be the cell's child in the cell's process group, is frozen and
-becomes the holder, and B is killed. A cell that fails leaves B as the holder. So holders run no code between
-calls, a session's state is that of its successful cells only, and nothing is replayed.
+A session's call: the zygote thaws the session's holder H (the call's clock starts here: everything H does counts
+against timeout_s) and sends it the cell. H forks a backup B (the state before the cell), reports it and waits;
+the zygote checks that B is H's own child and waits for the zygote (below), freezes it and says go. H then becomes
+the cell: it runs the model's code as the zygote's own child, so the zygote sees its exit status and CPU time. A
+cell that succeeds forks a successor S (the state after the cell, a fresh process: no CPU time, no threads),
+reports it and exits; S, checked to be the cell's child in the cell's process group and waiting for the zygote, is
+frozen and becomes the holder, and B is killed. A cell that fails leaves B as the holder. "Waiting for the zygote"
+(`_waiting_for_zygote`): one thread, blocked receiving on the socket the zygote gave it, and not dumpable; a
+process the model made run code of its own is never kept. So holders run no code between calls, a session's
+state is that of its successful cells only, and nothing is replayed. While the call runs, its memory includes B's.
 
 Trust. The zygote never runs model code. Cells, holders, backups and successors are untrusted: their memory may
 have been changed by model code. The zygote sends them nothing it needs back except through channels with a
@@ -36,7 +40,12 @@ trainer and charged to the call that caused it, without touching other sessions.
 Kernel-side limits set before model code runs, which a cell cannot raise: RLIMIT_AS (per process), RLIMIT_CPU,
 RLIMIT_FSIZE, RLIMIT_NPROC (exact with a uid per session), RLIMIT_NOFILE, RLIMIT_CORE = 0; a seccomp filter
 (x86-64, aarch64) that refuses SysV IPC, POSIX message queues, kernel keyrings, memfds, ptrace and cross-process
-memory access, and new namespaces (EPERM), so none of them can outlive a call or hide memory from the limit.
+memory access, new namespaces and new sockets (EPERM), so none of them can outlive a call or hide memory from the
+limit, and no call or session can reach another over a socket.
+
+Scratch directories of ended calls (and closed sessions) are renamed at once into a trash directory only the
+zygote can enter, and removed by a background `rm` between calls: no later call can read them, and no request
+waits for a large tree to be removed.
 
 Protocol with the trainer: length-prefixed JSON messages on the zygote's stdin/stdout (moved to private file
 descriptors at start). Requests: {"op": "run", "code", "filename", "session"}, {"op": "open"|"close", "session"},
@@ -76,7 +85,10 @@ _SWEEP_ROUNDS = 1000
 _MAX_FD = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # no fd of ours can be above it
 if _MAX_FD == resource.RLIM_INFINITY:
     _MAX_FD = 1 << 20
-_GRACE_S = 2.0  # how long a holder may take for a control step (fork, answer), beyond which its session is reset
+_GRACE_S = 2.0  # how long a holder may take for a control step (fork, answer), beyond which its session is reset;
+# within the call's timeout_s: the call's clock runs from the thaw of its holder
+_SETTLE_S = 0.1  # how long a cell's successor may take to wait for the zygote after the cell ended
+_RECVMSG = {"x86_64": 47, "aarch64": 212}.get(os.uname().machine)  # the syscall a waiting holder is blocked in
 _TICK_S = 0.02  # how often the zygote measures a running call's memory and scratch files
 _INODE_BYTES = 1024  # what one file in a scratch directory costs the kernel, charged to the scratch quota
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -201,7 +213,12 @@ def _recv(sock, deadline):
 # The seccomp filter, installed once in the zygote (so every cell inherits it and none can remove it). Refused with
 # EPERM: SysV IPC, POSIX message queues and keyrings (kernel objects that outlive a process), memfd_create (memory
 # outside any file system or mapping the limits see), ptrace and process_vm_* (another process's memory), unshare,
-# setns and clone with a namespace flag (a namespace of the cell's own). clone3 gets ENOSYS, so that the C library
+# setns and clone with a namespace flag (a namespace of the cell's own), and socket(): all sessions and one-off calls
+# of a worker share its network namespace (its loopback and abstract unix socket names), so any socket a cell could
+# bind or connect is a channel to another trajectory. socketpair() stays (an unnamed pair, reachable only through
+# its own fds: asyncio and multiprocessing use it), and so do the socketpairs the zygote hands its holders. A
+# namespace per session instead would need CAP_SYS_ADMIN in the zygote and cost a network namespace per session;
+# the sandbox has no network to offer anyway. clone3 gets ENOSYS, so that the C library
 # falls back to clone, whose flags the filter can read. Other architectures run without the filter (the hello
 # says so).
 
@@ -214,6 +231,7 @@ _SYSCALLS = {  # name: (x86-64 number, aarch64 number)
     "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
     "memfd_create": (319, 279), "ptrace": (101, 117), "process_vm_readv": (310, 270),
     "process_vm_writev": (311, 271), "unshare": (272, 97), "setns": (308, 268),
+    "socket": (41, 198),
 }
 _CLONE = (56, 220)
 _CLONE3 = (435, 435)
@@ -719,6 +737,11 @@ class _Cgroups:
             pass
 
     @staticmethod
+    def current(path):
+        with open(os.path.join(path, "memory.current")) as f:
+            return int(f.read())
+
+    @staticmethod
     def oom_killed(path):
         with open(os.path.join(path, "memory.events")) as f:
             return any(line.split()[0] == "oom_kill" and int(line.split()[1]) > 0 for line in f)
@@ -783,6 +806,39 @@ def _checked_child(pid, parents, pgrp, uid):
     return pidfd
 
 
+def _waiting_for_zygote(pid, sock_inode, deadline, uid):
+    """Whether `pid`, a would-be holder, does what a holder does until `deadline`: one thread, blocked receiving on
+    the socket whose inode is `sock_inode` (the one the zygote gave it), and, under a cell uid of its own (`uid`
+    not None), not dumpable. A process that runs code of its own (a loop, a thread) is refused rather than kept as
+    a session's state, and so is one a later cell of the same uid could write into through /proc/<pid>/mem (an
+    earlier cell can set PR_SET_DUMPABLE; the files under /proc/<pid> of a non-dumpable process are root's). Where
+    the receive call's number is not known (other architectures), only the thread count is checked."""
+    while True:
+        if _single_threaded_receiving(pid, sock_inode):
+            try:
+                return uid is None or os.stat(f"/proc/{pid}/mem").st_uid == 0
+            except OSError:
+                return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)
+
+
+def _single_threaded_receiving(pid, sock_inode):
+    try:
+        if len(os.listdir(f"/proc/{pid}/task")) != 1:
+            return False
+        if _RECVMSG is None:
+            return True
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+        if len(fields) < 2 or fields[0] != str(_RECVMSG):
+            return False
+        return os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}") == f"socket:[{sock_inode}]"
+    except (OSError, ValueError):
+        return False
+
+
 def _own_group(pid):
     """Move a child of ours into a process group of its own; False if it cannot be (it ran execve, or left our
     session)."""
@@ -820,6 +876,13 @@ class Zygote:
         self.after_reply = None
         self.helper = {name: next(p for p in (f"/usr/bin/{name}", f"/bin/{name}") if os.path.exists(p))
                        for name in ("rm", "cp")}
+        # Scratch directories of ended calls and sessions: renamed at once into this directory, which only the
+        # zygote can enter, and removed by a background `rm` that runs only between calls (_remove_scratch).
+        self.trash = os.path.join(self.scratch_root, ".trash")
+        os.mkdir(self.trash, 0o700)
+        self.trash_count = 0
+        self.trash_pending = []  # names in the trash that no remover has been started for yet
+        self.remover = None  # the running `rm`: (pid, pidfd, the names it removes)
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -854,10 +917,65 @@ class Zygote:
         return done and status == 0
 
     def _remove_scratch(self, path):
+        """Take a scratch directory out of every cell's reach at once, and have it removed later: a rename into
+        the trash (a directory only the zygote can enter), so that no later call can read what it held, and no
+        request waits for the removal of a large tree (see _tend_remover)."""
         try:
             os.rmdir(path)  # the common case: the cell wrote nothing
+            return
         except OSError:
-            self._run_helper([self.helper["rm"], "-rf", "--one-file-system", path])
+            pass
+        self.trash_count += 1
+        name = str(self.trash_count)
+        os.rename(path, os.path.join(self.trash, name))
+        self.trash_pending.append(name)
+
+    def _tend_remover(self):
+        """Between calls: reap a finished remover (its names go back to the queue if it was killed), start one
+        for what waits in the trash, and let it run (nice 19). It is frozen while a call runs (_pause_remover),
+        so a call's scratch quota and memory see only the call's own files, and it takes no CPU from the cell."""
+        self._forget_finished_remover()
+        if self.remover is None and self.trash_pending:
+            names, self.trash_pending = self.trash_pending, []
+            argv = [self.helper["rm"], "-rf", "--one-file-system", "--", *(f"{self.trash}/{n}" for n in names)]
+            pid = os.posix_spawn(argv[0], argv, {"PATH": self.cfg["path"], "LANG": "C.UTF-8"})
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+            self.remover = (pid, os.pidfd_open(pid), names)
+        elif self.remover is not None:
+            signal.pidfd_send_signal(self.remover[1], signal.SIGCONT)
+
+    def _forget_finished_remover(self):
+        """Reap the remover if it has ended (before its pid could be reused), and queue its names again if it was
+        killed."""
+        if self.remover is None or not _wait_fd(self.remover[1], select.POLLIN, 0):
+            return
+        _pid, pidfd, names = self.remover
+        try:
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            if info is not None and info.si_code != os.CLD_EXITED:
+                self.trash_pending = names + self.trash_pending
+        except ChildProcessError:  # reaped by _reap already
+            pass
+        os.close(pidfd)
+        self.remover = None
+
+    def _pause_remover(self):
+        """Freeze the remover before a call and wait until it is stopped (an unlink in progress completes first),
+        so that the call's baselines are not moved by it."""
+        self._forget_finished_remover()
+        if self.remover is None:
+            return
+        pid, pidfd, _names = self.remover
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + _GRACE_S
+        while time.monotonic() < deadline:
+            fields = _stat(pid)
+            if fields is None or fields[0] in (b"T", b"Z", b"X") or _wait_fd(pidfd, select.POLLIN, 0):
+                return
+            time.sleep(0.0002)
 
     def _scratch_used(self):
         if self.scratch_quota is None:
@@ -871,14 +989,18 @@ class Zygote:
         return self.cfg["max_processes"] + (2 if session else 0) + extra
 
     def _spared(self):
-        """Pids of the live holders of all sessions (a dead one's pid may be reused: it is not spared)."""
+        """Pids of the live holders of all sessions and of the remover (a dead one's pid may be reused: it is not
+        spared)."""
+        remover = set()
+        if self.remover is not None and not _wait_fd(self.remover[1], select.POLLIN, 0):
+            remover = {self.remover[0]}
         if not self.holders:
-            return set()
+            return remover
         poller = select.poll()
         for holder in self.holders.values():
             poller.register(holder.pidfd, select.POLLIN)
         dead = {fd for fd, _event in poller.poll(0)}
-        return {h.pid for h in self.holders.values() if h.pidfd not in dead}
+        return {h.pid for h in self.holders.values() if h.pidfd not in dead} | remover
 
     def _sweep(self, family_uid=None):
         """Kill every descendant except the holders, until none is left. Orphans come back to us (we are a
@@ -983,12 +1105,19 @@ class Zygote:
         growth = self._scratch_used() - call["scratch_before"]
         if self.scratch_quota is not None and call["scratch_prior"] + growth > self.scratch_quota:
             return "scratch_limit"
-        if call["cgroup"] is not None:
-            return "memory_limit" if _Cgroups.oom_killed(call["cgroup"]) else None
         limit = self.cfg["memory_bytes"] - max(0, growth)  # files written to scratch are memory too (tmpfs)
+        if call["cgroup"] is not None:  # the backup lives outside the call's cgroup: its share is added here
+            if _Cgroups.oom_killed(call["cgroup"]):
+                return "memory_limit"
+            if processes and call["counted"] and (
+                    _Cgroups.current(call["cgroup"]) + _pss_bytes(call["counted"]) > self.cfg["memory_bytes"]):
+                return "memory_limit"
+            return None
         if not processes:
             return "memory_limit" if limit < 0 else None
-        pids = _processes(self.me, self._spared(), call["descend"])
+        # The call's processes, and the backup of its session's state (a process the call made: the state before
+        # the cell, whose pages the cell's writes unshare)
+        pids = _processes(self.me, self._spared(), call["descend"]) + list(call["counted"])
         if _rss_bytes(pids) > limit and _pss_bytes(pids) > limit:
             return "memory_limit"
         return None
@@ -1035,8 +1164,9 @@ class Zygote:
 
     def _start_call(self, scratch_prior, descend):
         """Per-call bookkeeping shared by one-off and session calls: the call's cgroup and the baselines."""
+        self._pause_remover()
         return {"cgroup": self.cgroups.new_call() if self.cgroups else None, "scratch_before": self._scratch_used(),
-                "scratch_prior": scratch_prior, "descend": descend}
+                "scratch_prior": scratch_prior, "descend": descend, "counted": set()}
 
     def _end_call(self, call):
         if call["cgroup"] is not None:
@@ -1119,8 +1249,13 @@ class Zygote:
         res_r, res_w = os.pipe()
         successor_ours, successor_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         backup_ours, backup_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        successor_inode, backup_inode = (os.fstat(s.fileno()).st_ino for s in (successor_theirs, backup_theirs))
+        # The call's clock starts when its holder is thawed: the holder's memory is the model's (a signal handler
+        # of an earlier cell runs now), so every step from here counts against timeout_s.
+        started = time.monotonic()
+        call_deadline = started + self.cfg["timeout_s"]
         holder.signal(signal.SIGCONT)
-        control_deadline = time.monotonic() + _GRACE_S
+        control_deadline = min(started + _GRACE_S, call_deadline)
         sent = _send(holder.sock, {"op": "run", "code": code, "filename": filename, "scratch": holder.scratch},
                      [out_w, err_w, res_w, successor_theirs.fileno(), backup_theirs.fileno()], control_deadline)
         for fd in (out_w, err_w, res_w):
@@ -1130,9 +1265,14 @@ class Zygote:
         answer = _recv(holder.sock, control_deadline) if sent else None
         backup_pid = answer.get("pid") if answer else None
         backup_pidfd = _checked_child(backup_pid, {holder.pid}, backup_pid, holder.uid)
+        if backup_pidfd is not None and not _waiting_for_zygote(backup_pid, backup_inode, control_deadline,
+                                                                holder.uid):
+            os.close(backup_pidfd)  # it runs code of its own instead of waiting for the zygote
+            backup_pidfd = None
         if backup_pidfd is not None:
             backup = _Holder(backup_pid, backup_ours, holder.uid, holder.scratch, backup_pidfd, holder.scratch_bytes)
             call["descend"] = {backup.pid}  # its children, if any, are the call's
+            call["counted"] = {backup.pid}  # and its memory too: the call made it
             if call["cgroup"] is not None:  # out of the call's cgroup, which an OOM kills as a whole
                 _Cgroups.move(self.cgroups.holders, backup.pid)
         if backup_pidfd is None or not _send(holder.sock, {"op": "go"}, [], control_deadline):
@@ -1144,25 +1284,35 @@ class Zygote:
                 backup.drop()
             self._reset_session(session_id, holder)
             self._end_call_later(call, holder.uid)
+            if time.monotonic() >= call_deadline:  # the model's state took the whole call: its time-out
+                return {"status": "timeout", "error_type": None, "stdout": "",
+                        "duration_s": time.monotonic() - started,
+                        "stderr": f"TimeoutError: the cell did not finish within {self.cfg['timeout_s']:g} s: the "
+                                  "session's interpreter process did not even start it in that time, and was "
+                                  "stopped; the session continues from an empty state\n"}
             return self._lost("did not start the cell (it stopped answering, or answered wrongly)")
         # The holder is the cell now; from here on, the session's state is the backup until the cell succeeds.
         self.holders[session_id] = backup
         cell_pid, cell_pidfd = holder.pid, holder.pidfd
         holder.sock.close()
-        sup = self._supervise(cell_pid, cell_pidfd, out_r, err_r, res_r, time.monotonic(), call)
+        sup = self._supervise(cell_pid, cell_pidfd, out_r, err_r, res_r, started, call)
         status, error_type, note = self._classify(sup)
         successor_pidfd = None
         if status == "ok":  # the cell's successor must be its own child (now ours: it has exited) in its group
             successor_pid = sup["report"].get("holder")
             successor_pidfd = _checked_child(successor_pid, {self.me}, cell_pid, holder.uid)
-            if successor_pidfd is not None and not _own_group(successor_pid):
+            if successor_pidfd is not None and not (
+                    _own_group(successor_pid) and _waiting_for_zygote(
+                        successor_pid, successor_inode, max(call_deadline, time.monotonic() + _SETTLE_S),
+                        holder.uid)):
                 os.close(successor_pidfd)
                 successor_pidfd = None
             if successor_pidfd is None:
                 status, error_type, note = "error", "SessionLost", (
-                    "SessionLost: the cell finished, but the process that was to keep its state is missing or "
-                    "not the cell's own (the cell changed its process group, or killed or replaced it); the "
-                    "session keeps its state from before this cell")
+                    "SessionLost: the cell finished, but the process that was to keep its state is missing, not "
+                    "the cell's own, or not waiting for the sandbox (the cell changed its process group, killed "
+                    "or replaced it, or it runs code of its own); the session keeps its state from before this "
+                    "cell")
         _kill_group(cell_pid)
         if successor_pidfd is not None:
             self.holders[session_id] = _Holder(successor_pid, successor_ours, holder.uid, holder.scratch,
@@ -1216,6 +1366,7 @@ class Zygote:
             self._remove_scratch(scratch)
             return {"ok": False, "error": "the session's scratch files could not be copied"}
         copy_ours, copy_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        copy_inode = os.fstat(copy_theirs.fileno()).st_ino
         holder.signal(signal.SIGCONT)
         deadline = time.monotonic() + _GRACE_S
         sent = _send(holder.sock, {"op": "fork"}, [copy_theirs.fileno()], deadline)
@@ -1224,7 +1375,8 @@ class Zygote:
         copy_pid = answer.get("pid") if answer else None
         pidfd = _checked_child(copy_pid, {self.me}, None, holder.uid)
         holder.signal(signal.SIGSTOP)
-        if pidfd is not None and not _own_group(copy_pid):
+        if pidfd is not None and not (_own_group(copy_pid)
+                                      and _waiting_for_zygote(copy_pid, copy_inode, deadline, holder.uid)):
             os.close(pidfd)
             pidfd = None
         if pidfd is None:
@@ -1254,6 +1406,9 @@ class Zygote:
         return {"ok": True}
 
     def shutdown(self):
+        if self.remover is not None:
+            _kill(self.remover[1])
+            self.remover = None
         for holder in self.holders.values():
             holder.drop()
         self.holders.clear()
@@ -1301,6 +1456,7 @@ class Zygote:
             if self.after_reply is not None:
                 after_reply, self.after_reply = self.after_reply, None
                 after_reply()
+            self._tend_remover()
 
 
 def _largest_mapped_range(path):

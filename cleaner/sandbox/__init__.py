@@ -34,7 +34,7 @@ holder (timeout_s covers the handshake), the backup counts against its memory_mb
 holder only if it waits for the zygote (one thread, blocked on its socket, not dumpable). Remote sessions
 (SandboxFusion) replay their successful cells instead (see `remote`).
 
-Promises NOT made (issue 28, open): a call can read earlier calls' code and output left (freed, not erased) in the
+Promises NOT made (yet): a call can read earlier calls' code and output left (freed, not erased) in the
 memory it inherits from the zygote; within a session, an earlier cell can change how later cells are run and
 reported (the runner lives in the state's process), so the verdict of a session's cell is only as trustworthy as
 the session's earlier cells. No cell can turn a failure of another session's cell or of a one-off call into

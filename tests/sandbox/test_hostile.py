@@ -167,7 +167,7 @@ async def test_bwrap_socket_to_a_listener_on_host_loopback_cannot_connect(bwrap_
 async def test_rlimit_backend_refuses_sockets_too(host):
     """The rlimit backend runs cells in the host's network namespace; the seccomp filter, which refuses socket(),
     keeps them off it all the same: the listener on the host's loopback gets no connection. Breakage checked: the
-    filter without socket() (CONNECTED: the documented weakness of this backend before issue 28)."""
+    filter without socket() (CONNECTED: the documented weakness of this backend before socket() was refused)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.setblocking(False)
         port = listener.getsockname()[1]

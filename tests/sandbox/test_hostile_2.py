@@ -1,4 +1,4 @@
-"""The second hostile battery (issue 28): one call, session or trajectory reaching another, or deciding more than
+"""The second hostile battery: one call, session or trajectory reaching another, or deciding more than
 its own result. Each test is judged from the host: the ExecutionResult the trainer gets for a call that was not
 given the secret, wall time measured around the call, /proc, random tokens only the test knows.
 
@@ -40,8 +40,8 @@ SCAN_OWN_MEMORY = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 28: heap isolation (a call inherits the zygote's memory of earlier "
-                                       "calls)")
+@pytest.mark.xfail(strict=True, reason="not protected yet: heap isolation (a call inherits the zygote's memory "
+                                       "of earlier calls)")
 async def test_bwrap_a_later_call_cannot_read_an_earlier_calls_output_from_its_memory(bwrap_pool):
     """An honest call prints a secret (built at run time: not in any later call's code); a later one-off call
     and a new session's first cell scan their own memory. Neither result may hold the secret."""
@@ -86,8 +86,8 @@ async def test_bwrap_a_one_off_call_cannot_send_to_a_session_over_loopback_tcp(b
 # -- (3) verdict forging -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 28: verdict forging (a cell changes the runner its session's later "
-                                       "cells go through)")
+@pytest.mark.xfail(strict=True, reason="not protected yet: verdict forging (a cell changes the runner its "
+                                       "session's later cells go through)")
 async def test_bwrap_an_earlier_cell_cannot_make_a_later_cells_error_ok(bwrap_pool):
     """Cell 1 replaces builtins.exec, which the runner uses to run every later cell of the session: cell 2's
     ZeroDivisionError must still be an error."""

@@ -128,7 +128,7 @@ async def test_bwrap_host_unix_sockets_are_unreachable(bwrap_pool, hostile, tmp_
     """The host's file system used to be visible (read-only), and a unix socket can be connected to through a
     read-only mount: any world-writable socket of the host (a display, a container runtime, a message bus) was
     reachable. Only what cells need is mounted now, abstract sockets are in the network namespace, and the seccomp
-    filter refuses socket() (issue 28). Breakage checked: `--ro-bind / /` back (connected to the socket in /var/tmp,
+    filter refuses socket(). Breakage checked: `--ro-bind / /` back (connected to the socket in /var/tmp,
     before the filter; now seen in the listing of /)."""
     path = f"/var/tmp/cleaner-test-{uuid.uuid4().hex}.sock"
     abstract = f"\0cleaner-test-{uuid.uuid4().hex}"

@@ -78,7 +78,7 @@ async def test_bwrap_holders_run_no_code_between_calls(bwrap_pool, host):
     """A profile hook set by a cell runs in the process that takes over the session's state, and there spins
     forever: it used to burn a CPU between calls. Holders are frozen between calls, so the sandbox uses no CPU
     while idle, and a would-be holder that does not wait for the supervisor (one thread blocked on its socket) is
-    refused at the end of the cell that made it (issue 28; before, the next call found it not answering): the
+    refused at the end of the cell that made it (before, the next call found it not answering): the
     cell is an error, the session keeps its state from before, the bystander is untouched and nothing runs.
     Breakages checked: no SIGSTOP of holders (neither when made nor by the sweep: the idle sandbox used a CPU), no
     deadline on the holder's answer (the call hung until the pool's backstop: infra_error; the handshake's

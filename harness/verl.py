@@ -515,8 +515,8 @@ def prepare_files(cfg: DictConfig, run_dir: Path,
 
 def saar_by_step(logs: Path) -> list[dict[str, Any]]:
     """Our per-trajectory records (`rollouts/<invocation>/`) summed per (global step, split): trajectories, finish
-    reasons, and each SAAR counter, in step order. A step that a killed invocation began and the next one redid is
-    counted once, from the later invocation."""
+    reasons, and each SAAR and infrastructure counter (those by kind as `name/kind`), in step order. A step that a
+    killed invocation began and the next one redid is counted once, from the later invocation."""
     invocations: dict[tuple[int, str], int] = {}
     records = []
     for folder in sorted((p for p in logs.glob("*") if p.is_dir()), key=lambda p: int(p.name)):
@@ -532,9 +532,11 @@ def saar_by_step(logs: Path) -> list[dict[str, Any]]:
             row = rows.setdefault(key, {"global_steps": key[0], "split": key[1], "trajectories": 0})
             row["trajectories"] += 1
             row[f"finish_{record['finish_reason']}"] = row.get(f"finish_{record['finish_reason']}", 0) + 1
-            for name, value in record["saar_stats"].items():
-                if isinstance(value, (int, float)):
-                    row[name] = row.get(name, 0) + value
+            for name, value in record["saar_stats"].items():  # counts by kind (a dict) as `name/kind`
+                for key_, count in ({f"{name}/{k}": v for k, v in value.items()} if isinstance(value, dict)
+                                    else {name: value}).items():
+                    if isinstance(count, (int, float)):
+                        row[key_] = row.get(key_, 0) + count
     return [rows[k] for k in sorted(rows)]
 
 

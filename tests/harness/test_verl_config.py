@@ -435,26 +435,29 @@ def test_each_benchmark_can_have_its_own_sample_count(files):
 
 def test_saar_metrics_count_a_redone_step_once(tmp_path):
     """Our per-trajectory records summed per step and split; a step that a killed invocation began (1) and the
-    resumed one redid (2) counts once, from the redo. Hand-computed. Breakage checked: summing every invocation
-    (step 2 would have 3 trajectories and 2 splices)."""
+    resumed one redid (2) counts once, from the redo; counts by kind (failure classes, infrastructure causes) summed
+    per kind. Hand-computed. Breakage checked: summing every invocation (step 2 would have 3 trajectories and 2
+    splices); dict counters dropped (no `infra_excluded_by_cause/worker_died`)."""
     def write(invocation, *records):
         folder = tmp_path / str(invocation)
         folder.mkdir()
         (folder / "rollouts.7.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     def record(step, split, splices, finish="answer"):
+        infra = {"worker_died": 1} if finish == "infra_error" else {}
         return {"global_steps": step, "split": split, "finish_reason": finish,
-                "saar_stats": {"splices_shallow": splices, "saar_applied": True, "by_class": {"NameError": 1}}}
+                "saar_stats": {"splices_shallow": splices, "saar_applied": True, "by_class": {"NameError": 1},
+                               "infra_excluded_by_cause": infra}}
 
     write(1, record(1, "train", 1), record(1, "train", 0, "length"), record(2, "train", 1))
-    write(2, record(2, "train", 0), record(2, "train", 1), record(2, "test", 0))
+    write(2, record(2, "train", 0), record(2, "train", 1, "infra_error"), record(2, "test", 0))
     assert harness_verl.saar_by_step(tmp_path) == [
         {"global_steps": 1, "split": "train", "trajectories": 2, "finish_answer": 1, "finish_length": 1,
-         "splices_shallow": 1, "saar_applied": 2},
+         "splices_shallow": 1, "saar_applied": 2, "by_class/NameError": 2},
         {"global_steps": 2, "split": "test", "trajectories": 1, "finish_answer": 1, "splices_shallow": 0,
-         "saar_applied": 1},
-        {"global_steps": 2, "split": "train", "trajectories": 2, "finish_answer": 2, "splices_shallow": 1,
-         "saar_applied": 2}]
+         "saar_applied": 1, "by_class/NameError": 1},
+        {"global_steps": 2, "split": "train", "trajectories": 2, "finish_answer": 1, "finish_infra_error": 1,
+         "splices_shallow": 1, "saar_applied": 2, "by_class/NameError": 2, "infra_excluded_by_cause/worker_died": 1}]
 
 
 def test_a_run_resumed_from_a_validated_step_does_not_validate_it_again(files):

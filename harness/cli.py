@@ -45,6 +45,13 @@ def searchpath_override() -> str:
     """Makes `sweeps/` the config group `sweeps` (`+sweeps=gamma`), wherever the command runs from."""
     return f"hydra.searchpath=[file://{REPO}]"
 
+
+def composed(config: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """`harness/conf/<config>.yaml` composed with `overrides` (and the sweeps' search path), outside a Hydra app;
+    with `hydra`, Hydra's own keys too."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(config, overrides=[*overrides, searchpath_override()], return_hydra_config=hydra)
+
 _KEY = re.compile(r"^[A-Za-z_][\w.]*$")
 _GROUPS = (*schema.GROUPS, "launcher", "preset")  # `group=option` arguments: Hydra checks the option
 

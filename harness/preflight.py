@@ -433,7 +433,6 @@ def check_layout(args: argparse.Namespace) -> list[Finding]:
     """verl's Ray layout for the job (--nodes x --gpus, the run's overrides) fits the CPUs Ray gets on a node."""
     if args.cpus is None:
         return [skip("no CPU count: no --cpus, and SLURM_CPUS_PER_TASK and SLURM_CPUS_ON_NODE are unset")]
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -441,8 +440,7 @@ def check_layout(args: argparse.Namespace) -> list[Finding]:
 
     job = [f"cluster.nodes={args.nodes}", *([f"cluster.gpus_per_node={args.gpus}"] if args.gpus else [])]
     try:  # the job's layout first, then the run's overrides, in the order slurm/common.sh gives harness.train
-        with initialize_config_dir(str(cli.CONF), version_base="1.3"):
-            cfg = compose("train", overrides=[*job, *args.overrides, cli.searchpath_override()])
+        cfg = cli.composed("train", [*job, *args.overrides])
         if cfg.cluster.kind not in ("verl", "verl_cpu"):
             return [skip(f"the run's overrides compose cluster={cfg.cluster.kind}, which starts no Ray (give the "
                          "run's overrides, preset=... included, as harness.train gets them)")]
@@ -504,15 +502,15 @@ def sandbox_fix(message: str, backend: str, is_root: bool, proc_sys: Path = Path
 @check("sandbox")
 def check_sandbox(args: argparse.Namespace) -> list[Finding]:
     """One real cell in the run's sandbox (its backend and preloaded modules, from the run's overrides)."""
-    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from cleaner.sandbox import SandboxUnavailable, check_ready
     from harness import cli, schema
 
     try:
-        with initialize_config_dir(str(cli.CONF), version_base="1.3"):
-            config = schema.sandbox_config(compose("train", overrides=[*args.overrides, cli.searchpath_override()]))
-    except Exception as e:  # a Hydra or schema error in the overrides
+        config = schema.sandbox_config(cli.composed("train", list(args.overrides)))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # a Hydra or schema error in the overrides
         return [fail(f"the run's overrides do not compose: {' '.join(str(e).split())}",
                      "correct them (python -m harness.train --cfg job OVERRIDES shows the config)")]
     preloaded = f", preloaded {', '.join(config.preload_modules)}" if config.preload_modules else ""

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import cli, schema
@@ -198,8 +197,7 @@ def main(argv: list[str]) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver's own lines say what Optuna's would
-    with initialize_config_dir(str(cli.CONF), version_base="1.3"):
-        cfg = compose("sweep", overrides=[*argv, cli.searchpath_override()], return_hydra_config=True)
+    cfg = cli.composed("sweep", argv, hydra=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     with open_dict(cfg):
         del cfg["hydra"]

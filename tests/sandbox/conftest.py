@@ -59,6 +59,19 @@ def sandbox_cpu_s(pool: SandboxPool) -> float:
 SOURCE = Path(cleaner.__file__).resolve().parents[1]  # the directory that holds the package under test
 
 
+# A cell's last lines forging the supervisor's report: `ok`, naming the process in the variable `child` as the
+# session's next holder, written to every descriptor the cell may have inherited, then an exit without cleanup.
+FORGED_HOLDER_REPORT = (
+    "frame = json.dumps({'status': 'ok', 'error_type': None, 'holder': child}).encode()\n"
+    "for fd in range(3, 40):\n"
+    "    try:\n"
+    "        os.write(fd, struct.pack('>I', len(frame)) + frame)\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "os._exit(0)\n"
+)
+
+
 def readable_python() -> str | None:
     """An interpreter (3.11 or later) that users other than root can run: the rlimit backend started as root runs
     cells under an unprivileged uid, and refuses an interpreter those cannot read. This one if it qualifies,
@@ -208,3 +221,9 @@ def hostile(pools: Pools):
 def host():
     """Host-side views for the tests: host.zygote(pool), host.cpu_s(pool), host.pids(pool), host.rlimit(steps)."""
     return types.SimpleNamespace(zygote=zygote, cpu_s=sandbox_cpu_s, pids=sandbox_pids, rlimit=run_rlimit_script)
+
+
+@pytest.fixture
+def forged_holder_report() -> str:
+    """The end of a hostile cell (FORGED_HOLDER_REPORT): a forged `ok` naming `child` as the next holder."""
+    return FORGED_HOLDER_REPORT

@@ -223,7 +223,8 @@ async def test_bwrap_a_sessions_wall_time_includes_the_handshake(pools, handshak
     assert result.status == "timeout", result
 
 
-async def test_bwrap_a_child_named_as_the_holder_in_a_forged_report_does_not_survive(bwrap_pool):
+async def test_bwrap_a_child_named_as_the_holder_in_a_forged_report_does_not_survive(
+        bwrap_pool, forged_holder_report):
     """A session cell forks a child (its own, in its process group, as a real successor is) that names itself
     with a random token and spins, then names it in a forged report. The child must not outlive the call (it
     used to be kept, frozen, as the session's holder, and ran again at the next call)."""
@@ -237,13 +238,7 @@ async def test_bwrap_a_child_named_as_the_holder_in_a_forged_report_does_not_sur
         "        pass\n"
         "import time\n"
         "time.sleep(0.1)\n"  # the child names itself
-        "frame = json.dumps({'status': 'ok', 'error_type': None, 'holder': child}).encode()\n"
-        "for fd in range(3, 40):\n"
-        "    try:\n"
-        "        os.write(fd, struct.pack('>I', len(frame)) + frame)\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "os._exit(0)\n"
+        + forged_holder_report
     )
     async with bwrap_pool.session() as session:
         await session.run("x = 1")

@@ -45,7 +45,8 @@ async def test_bwrap_a_cell_that_stops_its_sessions_processes_stalls_nothing(bwr
     assert host.zygote(bwrap_pool).pid == supervisor.pid
 
 
-async def test_bwrap_a_forged_successor_pid_is_refused_and_does_not_survive(bwrap_pool):
+async def test_bwrap_a_forged_successor_pid_is_refused_and_does_not_survive(
+        bwrap_pool, forged_holder_report):
     """A session cell names, in a forged report, a detached process of its own as the session's next state
     holder. The supervisor accepts only the cell's own child in the cell's process group: the call is an error,
     the session keeps its state from before the cell, and the detached process is killed with the call (it used
@@ -55,13 +56,7 @@ async def test_bwrap_a_forged_successor_pid_is_refused_and_does_not_survive(bwra
     code = (
         "import json, os, struct, subprocess\n"
         f"child = subprocess.Popen(['setsid', 'sleep', '{token}']).pid\n"
-        "frame = json.dumps({'status': 'ok', 'error_type': None, 'holder': child}).encode()\n"
-        "for fd in range(3, 40):\n"
-        "    try:\n"
-        "        os.write(fd, struct.pack('>I', len(frame)) + frame)\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "os._exit(0)\n"
+        + forged_holder_report
     )
     async with bwrap_pool.session() as session, bwrap_pool.session() as bystander:
         await bystander.run("kept = 'intact'")

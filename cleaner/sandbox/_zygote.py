@@ -699,6 +699,94 @@ def _holder_loop(sock, namespace):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The template: what every one-off cell and every session's first state is a fork of. The zygote forks it before
+# its first request, so it has never held a request's code or a reply's output: freed memory is not erased, and a
+# cell forked from the zygote itself could read earlier calls' code and output from what it inherits.
+
+
+def _template_loop(cfg, sock):
+    """The template's life: for each request of the zygote, fork the process asked for, through a middle process
+    that exits so that the new process is the zygote's child (the zygote must see it end), and answer its pid. It
+    reads only these requests (a kind, a uid, a path, numbers) and the file descriptors sent with them."""
+    zygote = os.getppid()
+    while True:
+        msg, fds = _recv_holder_request(sock)
+        if msg is None:
+            os._exit(0)
+        pid_r, pid_w = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            child = os.fork()
+            if child == 0:
+                for fd in (pid_r, pid_w, sock.fileno()):
+                    os.close(fd)
+                deadline = time.monotonic() + _GRACE_S
+                while os.getppid() != zygote:  # the middle process is exiting: its death signal would be ours
+                    if time.monotonic() > deadline:  # the zygote is gone
+                        os._exit(1)
+                    time.sleep(0.00005)
+                _become(cfg, msg, fds)
+            os.write(pid_w, str(child).encode())
+            os._exit(0)
+        os.close(pid_w)
+        for fd in fds:
+            os.close(fd)
+        pid = os.read(pid_r, 32)
+        os.close(pid_r)
+        os.waitpid(middle, 0)
+        sock.sendall(_encode({"pid": int(pid or 0)}))
+
+
+def _become(cfg, msg, fds):
+    """In a fresh fork of the template: become a one-off cell (fds: stdout, stderr and result pipes, and the socket
+    its code comes through) or a session's first holder (fds: its socket). Never returns."""
+    try:
+        _enter_cell_process(cfg, msg["uid"], msg["scratch"], set(fds), msg["nproc"], msg["cgroup_procs"])
+        if msg["kind"] == "holder":
+            _detach_std_streams()
+            _holder_loop(socket.socket(fileno=fds[0]), _fresh_main_module())
+        out_w, err_w, res_w, code_fd = fds
+        with socket.socket(fileno=code_fd) as code_sock:
+            request, _fds = _recv_holder_request(code_sock)
+        if request is not None:
+            status, error_type = _cell(request["code"], request["filename"], _fresh_main_module(), out_w, err_w)
+            _report_and_exit(res_w, {"status": status, "error_type": error_type})
+    finally:
+        os._exit(0)
+
+
+class _Template:
+    """The zygote's handle on the template process."""
+
+    def __init__(self, cfg, proto_in, proto_out):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                self.sock.close()
+                os.close(proto_in)
+                os.close(proto_out)
+                _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                _template_loop(cfg, theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+
+    def spawn(self, kind, uid, scratch, nproc, cgroup_procs, fds):
+        """The pid of a new process of `kind` ("cell" or "holder"), a child of this process. The template never
+        runs model code, so it is trusted; if it is gone (killed by a cell of the rlimit backend, which shares
+        its uid), the worker ends and the pool starts a new one."""
+        msg = {"kind": kind, "uid": uid, "scratch": scratch, "nproc": nproc, "cgroup_procs": cgroup_procs}
+        answer = None
+        if _send(self.sock, msg, fds, time.monotonic() + _GRACE_S):
+            answer = _recv(self.sock, time.monotonic() + _GRACE_S)
+        if answer is None or type(answer.get("pid")) is not int or answer["pid"] <= 1:
+            os.write(2, b"cleaner.sandbox: the template process is gone; the worker ends\n")
+            os._exit(1)
+        return answer["pid"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Memory and pids per call through cgroup v2, where the trainer could delegate one to the worker.
 
 
@@ -850,8 +938,9 @@ def _own_group(pid):
 
 
 class Zygote:
-    def __init__(self, cfg, proto_in, proto_out, cgroup_root):
+    def __init__(self, cfg, proto_in, proto_out, cgroup_root, template):
         self.cfg = cfg
+        self.template = template
         self.proto_in, self.proto_out = proto_in, proto_out
         self.me = os.getpid()
         self.holders = {}
@@ -989,11 +1078,11 @@ class Zygote:
         return self.cfg["max_processes"] + (2 if session else 0) + extra
 
     def _spared(self):
-        """Pids of the live holders of all sessions and of the remover (a dead one's pid may be reused: it is not
-        spared)."""
-        remover = set()
+        """Pids of the template, the live holders of all sessions and the remover (a dead one's pid may be reused:
+        it is not spared)."""
+        remover = {self.template.pid}
         if self.remover is not None and not _wait_fd(self.remover[1], select.POLLIN, 0):
-            remover = {self.remover[0]}
+            remover.add(self.remover[0])
         if not self.holders:
             return remover
         poller = select.poll()
@@ -1183,17 +1272,18 @@ class Zygote:
         res_r, res_w = os.pipe()
         started = time.monotonic()
         procs = None if call["cgroup"] is None else os.path.join(call["cgroup"], "cgroup.procs")
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _enter_cell_process(self.cfg, uid, scratch, {out_w, err_w, res_w}, self._nproc_limit(False), procs)
-                status, error_type = _cell(code, filename, _fresh_main_module(), out_w, err_w)
-                _report_and_exit(res_w, {"status": status, "error_type": error_type})
-            finally:
-                os._exit(0)
+        code_ours, code_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = self.template.spawn("cell", uid, scratch, self._nproc_limit(False), procs,
+                                  [out_w, err_w, res_w, code_theirs.fileno()])
         for fd in (out_w, err_w, res_w):
             os.close(fd)
-        sup = self._supervise(pid, os.pidfd_open(pid), out_r, err_r, res_r, started, call)
+        code_theirs.close()
+        pidfd = os.pidfd_open(pid)
+        # The code goes to the cell itself, never through the template. A cell that died before reading it
+        # (a setup failure) is seen by the supervision below.
+        _send(code_ours, {"code": code, "filename": filename}, [], started + self.cfg["timeout_s"])
+        code_ours.close()
+        sup = self._supervise(pid, pidfd, out_r, err_r, res_r, started, call)
         _kill_group(pid)
         reply = self._reply(sup, *self._classify(sup))
 
@@ -1212,15 +1302,7 @@ class Zygote:
 
     def _spawn_holder(self, uid, scratch):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                ours.close()
-                _enter_cell_process(self.cfg, uid, scratch, {theirs.fileno()}, self._nproc_limit(True), None)
-                _detach_std_streams()
-                _holder_loop(theirs, _fresh_main_module())
-            finally:
-                os._exit(0)
+        pid = self.template.spawn("holder", uid, scratch, self._nproc_limit(True), None, [theirs.fileno()])
         theirs.close()
         if self.cgroups is not None:  # by the zygote: the holder is frozen at once, maybe before its own setup
             _Cgroups.move(self.cgroups.holders, pid)
@@ -1538,15 +1620,15 @@ def main():
             __import__(name)
         _preload(cfg["preload_modules"])
         seccomp = _install_seccomp()
-        zygote = Zygote(cfg, proto_in, proto_out, cgroup_root)
+        _std_streams()
+        # The first compile() in a process builds the interpreter's AST types (about 1 ms and 140 page faults):
+        # done once here, every cell would otherwise pay it.
+        compile("pass", "<warm-up>", "exec", dont_inherit=True)
+        gc.freeze()  # a cell's garbage collections skip what it inherited, so they do not copy those pages
+        zygote = Zygote(cfg, proto_in, proto_out, cgroup_root, _Template(cfg, proto_in, proto_out))
     except Exception as exc:  # noqa: BLE001 - the trainer is told why, then the sandbox ends
         _write_all(proto_out, _encode({"hello": False, "error": f"{type(exc).__name__}: {exc}"}))
         raise
-    _std_streams()
-    # The first compile() in a process builds the interpreter's AST types (about 1 ms and 140 page faults): done
-    # once here, every cell would otherwise pay it.
-    compile("pass", "<warm-up>", "exec", dont_inherit=True)
-    gc.freeze()  # a cell's garbage collections skip what it inherited, so they do not copy those pages
     zygote.serve({"hello": True, "seccomp": seccomp, "preloaded": list(cfg["preload_modules"])})
 
 

@@ -4,12 +4,14 @@ decides each call's result.
 The trainer imports only its /proc readers (`_stat`, `_children`, for the pool's own sweep). Its source is passed to
 a fresh interpreter started as `python -I -S -c <source> <config json> [<cgroup dir>]` (inside bubblewrap, or bare
 for the rlimit backend), so it uses the standard library only (plus the modules the config asks it to preload,
-imported once here so that cells share them copy-on-write): every cell is a fork of this process.
+imported once here so that cells share them copy-on-write): every cell is a fork of this process's template.
 
 Process tree of one worker::
 
     zygote (this file; PR_SET_CHILD_SUBREAPER, so orphans come back to it)
-    |-- cell        a one-off call: forked by the zygote, supervised by it, discarded afterwards
+    |-- template    forked before the first request; forks every one-off cell and every session's first holder
+    |               (through a middle process that exits, so that they are the zygote's children)
+    |-- cell        a one-off call: forked by the template, supervised by the zygote, discarded afterwards
     |-- holder      one per session, FROZEN (SIGSTOP) between calls: a process whose memory is the session's state
     |-- rm          the remover of ended calls' scratch directories (nice 19), frozen while a call runs
     `-- ...         nothing else survives a call: the sweep kills every other descendant
@@ -20,14 +22,18 @@ the zygote checks that B is H's own child and waits for the zygote (below), free
 the cell: it runs the model's code as the zygote's own child, so the zygote sees its exit status and CPU time. A
 cell that succeeds forks a successor S (the state after the cell, a fresh process: no CPU time, no threads),
 reports it and exits; S, checked to be the cell's child in the cell's process group and waiting for the zygote, is
-frozen and becomes the holder, and B is killed. A cell that fails leaves B as the holder. "Waiting for the zygote"
+frozen and becomes the holder, and B is killed. A cell that fails leaves B as the holder. The go is sent only to
+an H that waits for it alone (below); from the go to its report, the cell runs only code out of the reach of the
+session's earlier cells (see "Running and judging a cell" below). "Waiting for the zygote"
 (`_waiting_for_zygote`): one thread, blocked receiving on the socket the zygote gave it, and not dumpable; a
 process the model made run code of its own is never kept. So holders run no code between calls, a session's
 state is that of its successful cells only, and nothing is replayed. While the call runs, its memory includes B's.
 
-Trust. The zygote never runs model code. Cells, holders, backups and successors are untrusted: their memory may
-have been changed by model code. The zygote sends them nothing it needs back except through channels with a
-deadline, accepts a pid only after checking its parent, process group and uid, and decides the verdict itself:
+Trust. The zygote and the template never run model code, and the template never holds a request's code or a
+reply's output, so no cell inherits another call's data in its memory. Cells, holders, backups and successors are
+untrusted: their memory may have been changed by model code. The zygote sends them nothing it needs back except
+through channels with a deadline, accepts a pid only after checking its parent, process group and uid, and decides
+the verdict itself:
 - what it observed comes first: the wall clock (timeout_s), the output cap, the memory of the call's processes
   (cgroup v2, or its own watchdog), the scratch quota, death by a signal, the CPU limit, the exit status;
 - "ok" requires a clean exit (status 0) that it saw, after exactly one well-formed report from the cell;
@@ -52,12 +58,16 @@ descriptors at start). Requests: {"op": "run", "code", "filename", "session"}, {
 {"op": "fork", "session", "new"}, {"op": "exit"}; every request but exit gets exactly one reply.
 """
 
+import _io
+import _signal
+import _socket
 import builtins
 import ctypes
 import errno
 import gc
 import json
 import linecache
+import marshal
 import os
 import random
 import resource
@@ -101,8 +111,9 @@ def _prctl(option, value):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Framing: a 4-byte big-endian length, then UTF-8 JSON. The trainer is trusted (blocking reads); everything a cell
-# or holder sends is read with a deadline, a size cap and a check of its content.
+# Framing: a 4-byte big-endian length, then UTF-8 JSON (marshal for what the zygote sends its own processes:
+# _encode_private). The trainer is trusted (blocking reads); everything a cell or holder sends is read with a
+# deadline, a size cap and a check of its content.
 
 
 def _encode(obj):
@@ -171,10 +182,10 @@ def _wait_fd(fd, events, deadline):
     return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
 
 
-def _send(sock, obj, fds, deadline):
-    """Send one message (and file descriptors) to an untrusted holder without ever blocking past `deadline`.
-    False if it could not be sent in time (the holder stopped reading, closed its end, or is frozen)."""
-    data = memoryview(_encode(obj))
+def _send(sock, message, fds, deadline):
+    """Send one encoded message (and file descriptors) to an untrusted holder without ever blocking past
+    `deadline`. False if it could not be sent in time (the holder stopped reading, closed its end, or is frozen)."""
+    data = memoryview(message)
     sock.setblocking(False)
     try:
         while data:
@@ -484,32 +495,6 @@ def _enter_cell_process(cfg, uid, scratch, keep_fds, nproc_limit, cgroup_procs):
     _use_scratch(scratch)
 
 
-def _redirect_std_streams(out_fd, err_fd):
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(out_fd, 1)
-    os.dup2(err_fd, 2)
-    for fd in {devnull, out_fd, err_fd} - {0, 1, 2}:
-        os.close(fd)
-    sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = _std_streams()
-
-
-_STD_STREAMS = []
-
-
-def _std_streams():
-    """sys.stdin/stdout/stderr for cells, on fds 0-2, built once in the zygote and rebuilt if a cell closed them.
-    Line-buffered writers: output written before a kill is not lost in a buffer. Unencodable characters are
-    escaped (as CPython does for stderr) instead of raising inside the model's print."""
-    if not _STD_STREAMS or any(stream.closed for stream in _STD_STREAMS):
-        _STD_STREAMS[:] = [
-            open(0, "r", closefd=False),
-            open(1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False),
-            open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False),
-        ]
-    return _STD_STREAMS
-
-
 def _detach_std_streams():
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -525,43 +510,6 @@ def _print_exception(exc, skip_frames):
         traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - e.g. MemoryError while formatting; keep the last line at least
         os.write(2, f"{type(exc).__name__}\n".encode())
-
-
-def _exit_is_clean(code):
-    """As CPython at the end of a script: SystemExit(None) or an int equal to 0 (False included) ends cleanly; any
-    other value (0.0, '0', an object whose == says 0) does not. No method of the model's object is called."""
-    return code is None or (issubclass(type(code), int) and int.__eq__(code, 0))
-
-
-def _error_type(exc):
-    """The exception's class name, or that of its nearest ancestor whose name is a short identifier."""
-    for cls in type(exc).__mro__:
-        if cls.__name__.isidentifier() and len(cls.__name__) <= _MAX_ERROR_TYPE_CHARS:
-            return cls.__name__
-    return "BaseException"
-
-
-def _run_cell_code(code, filename, namespace):
-    """Execute model code in `namespace`. Returns (status, error_type). The traceback goes to stderr, like an
-    uncaught exception in a script, without this function's frame."""
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    try:
-        exec(compile(code, filename, "exec", dont_inherit=True), namespace)
-    except SystemExit as exc:
-        if _exit_is_clean(exc.code):
-            return "ok", None
-        try:
-            print(f"SystemExit: {exc.code}", file=sys.stderr)
-        except BaseException:  # noqa: BLE001 - a code whose str() raises, or a broken stderr
-            os.write(2, b"SystemExit\n")
-        return "error", "SystemExit"
-    except MemoryError as exc:
-        _print_exception(exc, 1)
-        return "memory_limit", None
-    except BaseException as exc:  # noqa: BLE001 - whatever the model raised is its result
-        _print_exception(exc, 1)
-        return "error", _error_type(exc)
-    return "ok", None
 
 
 def _join_threads():
@@ -586,64 +534,215 @@ def _finish_streams():
             pass
 
 
-def _cell(code, filename, namespace, out_fd, err_fd):
-    """Body of a cell process: run the code with fds 1 and 2 on the given pipes. Returns (status, error_type);
-    the caller reports it and decides what the process does next."""
-    cell_pid = os.getpid()
-    _redirect_std_streams(out_fd, err_fd)
-    status, error_type = _run_cell_code(code, filename, namespace)
+def _after_cell(caught, code, filename):
+    """What follows a cell, as at the end of a script: its traceback on stderr, its threads joined, its streams
+    flushed. This may run code the model changed (the traceback module, a thread), so for a cell that failed it
+    runs only once the failure is reported."""
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)  # for this and later tracebacks
+    if caught is not None:
+        if isinstance(caught, SystemExit):
+            try:
+                print(f"SystemExit: {caught.code}", file=sys.stderr)
+            except BaseException:  # noqa: BLE001 - a code whose str() raises, or a broken stderr
+                os.write(2, b"SystemExit\n")
+        else:
+            _print_exception(caught, 1)
     _join_threads()
     _finish_streams()
-    if os.getpid() != cell_pid:  # a process the model forked ran off the end of the cell: end it quietly
-        os._exit(0)
-    return status, error_type
-
-
-def _report_and_exit(result_fd, message):
-    """The cell's last act: one report, then a clean exit (which the zygote must see for an `ok`)."""
-    try:
-        _write_all(result_fd, _encode(message))
-    finally:
-        os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Holders: a session's state lives in the memory of one process. It runs only while the zygote talks to it.
+# Running and judging a cell where the model's earlier code cannot reach.
+#
+# A session's cell runs in a process its session's earlier cells ran in. They may have replaced builtins, patched
+# any module, left signal handlers, timers, gc callbacks or garbage with finalizers, or walked the frames to the
+# code below and rewritten this module's globals. So from the zygote's "go" until the cell's report is written,
+# a holder runs only the functions from here to _report_cell, and they read nothing but their own variables: their
+# arguments, and built-in functions, types and tuples bound as default values when this module was loaded in the
+# zygote, before any cell. CPython (<= 3.12, the package's range) gives no code a way to rebind a running
+# function's variables from outside it, or to swap a function's code or defaults, except through a tracer, ctypes,
+# crafted code objects or setting __code__/__defaults__, all refused in sessions by _session_audit_hook. Before the
+# cell, the interpreter's implicit entry points (signal handlers, timers, the signal mask, exception hooks, gc
+# callbacks, the builtins, the standard streams) are put back as they were in the zygote, and what earlier cells
+# left to collect is frozen (gc.freeze) so that no finalizer of theirs runs during the cell. A cell that fails is
+# reported before anything model-touched runs again (_after_cell), so nothing can turn its error into "ok".
+
+_TAMPERED_EXIT = 121  # a session's process whose file descriptors were swapped between cells: it runs nothing
+_MISSING = object()
+_STD_NAMES = (("stdin", "__stdin__"), ("stdout", "__stdout__"), ("stderr", "__stderr__"))
+_SIGNAL_HANDLERS = tuple((sig, _signal.getsignal(sig)) for sig in signal.valid_signals()
+                         if sig not in (signal.SIGKILL, signal.SIGSTOP) and _signal.getsignal(sig) is not None)
+_SIGNAL_MASK = tuple(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))  # the zygote's, as a cell had it before
+_SYS_HOOKS = (("excepthook", sys.__excepthook__), ("unraisablehook", sys.__unraisablehook__),
+              ("displayhook", sys.__displayhook__), ("breakpointhook", sys.__breakpointhook__))
 
 
-def _recv_holder_request(sock):
-    """Holder side: block until the zygote's next request (the process is frozen meanwhile). Returns (message,
-    file descriptors sent with it); (None, []) at end of input."""
-    sock.setblocking(True)
-    header, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 8)
-    while header and len(header) < _HEADER.size:
-        more = sock.recv(_HEADER.size - len(header))
-        if not more:
+def _encode_private(obj):
+    """The zygote's messages to the processes it made (template, cells, holders): 4-byte length, then marshal,
+    which a holder decodes with built-ins alone (_holder_receive)."""
+    data = marshal.dumps(obj)
+    return len(data).to_bytes(_HEADER.size, "big") + data
+
+
+def _holder_receive(sock, _recvmsg=_socket.socket.recvmsg, _setblocking=_socket.socket.setblocking,
+                    _space=socket.CMSG_SPACE(8 * 4), _rights=(socket.SOL_SOCKET, socket.SCM_RIGHTS),
+                    _size=_HEADER.size, _from_bytes=int.from_bytes, _order=sys.byteorder, _loads=marshal.loads,
+                    _len=len, _range=range, _type=type, _dict=dict, _BaseException=BaseException):
+    """Block until the zygote's next message (_encode_private) on `sock`. Returns (message, the file descriptors
+    sent with it); (None, fds) at end of input or for anything but a dict."""
+    fds = []
+    try:
+        _setblocking(sock, True)
+        header, ancillary, _flags, _addr = _recvmsg(sock, _size, _space)
+        for level, kind, data in ancillary:
+            if (level, kind) == _rights:
+                for i in _range(0, _len(data) - _len(data) % 4, 4):
+                    fds.append(_from_bytes(data[i:i + 4], _order))
+        while header and _len(header) < _size:
+            more = _recvmsg(sock, _size - _len(header))[0]
+            if not more:
+                return None, fds
+            header += more
+        if not header:
             return None, fds
-        header += more
-    if not header:
+        size = _from_bytes(header, "big")
+        body = b""
+        while _len(body) < size:
+            more = _recvmsg(sock, size - _len(body))[0]
+            if not more:
+                return None, fds
+            body += more
+        msg = _loads(body)
+    except _BaseException:  # noqa: BLE001 - a broken channel: the caller ends
         return None, fds
-    size = _HEADER.unpack(header)[0]
-    body = bytearray()
-    while len(body) < size:
-        more = sock.recv(size - len(body))
-        if not more:
-            return None, fds
-        body += more
-    return json.loads(body), fds
+    return (msg if _type(msg) is _dict else None), fds
 
 
-def _holder_loop(sock, namespace):
+def _report_cell(fd, status, error_type, holder, _join=str.join, _str=str, _encode=str.encode, _len=len,
+                 _write=os.write):
+    """The cell's one report to the zygote: JSON made of checked strings (no model object's method is called).
+    `holder`: the pid of the successor keeping a session's state after an "ok"."""
+    body = _encode(_join("", ('{"status": "', status, '", "error_type": ',
+                              "null" if error_type is None else _join("", ('"', error_type, '"')),
+                              "" if holder is None else _join("", (', "holder": ', _str(holder))), "}")), "utf-8")
+    _write(fd, _len(body).to_bytes(4, "big") + body)
+
+
+def _judged_cell(namespace, code, filename, fds, inodes, cell_pid, graveyard,
+                 _report=_report_cell, _fstat=os.fstat, _exit=os._exit, _tampered=_TAMPERED_EXIT, _setpgid=os.setpgid, _getpid=os.getpid,
+                 _open_fd=os.open, _dup2=os.dup2, _close=os.close, _devnull=(os.devnull, os.O_RDWR), _open=_io.open,
+                 _sigmask=_signal.pthread_sigmask, _setmask=_signal.SIG_SETMASK, _mask=_SIGNAL_MASK,
+                 _setitimer=_signal.setitimer,
+                 _timers=(_signal.ITIMER_REAL, _signal.ITIMER_VIRTUAL, _signal.ITIMER_PROF),
+                 _getsignal=_signal.getsignal, _signal_fn=_signal.signal, _handlers=_SIGNAL_HANDLERS,
+                 _sys_dict=sys.__dict__, _hooks=_SYS_HOOKS, _std_names=_STD_NAMES, _modules=sys.modules,
+                 _builtins=builtins, _builtins_dict=builtins.__dict__, _builtins_items=tuple(builtins.__dict__.items()),
+                 _gc_callbacks=gc.callbacks, _gc_freeze=gc.freeze, _missing=_MISSING,
+                 _compile=compile, _exec=exec, _zip=zip, _dict=dict, _type=type, _isinstance=isinstance,
+                 _issubclass=issubclass, _int=int, _int_eq=int.__eq__, _exit_code=SystemExit.__dict__["code"].__get__,
+                 _mro=type.__dict__["__mro__"].__get__, _name=type.__dict__["__name__"].__get__,
+                 _isidentifier=str.isidentifier, _str_len=str.__len__, _max_name=_MAX_ERROR_TYPE_CHARS,
+                 _BaseException=BaseException, _SystemExit=SystemExit, _MemoryError=MemoryError):
+    """Run `code` in `namespace` as this process's cell: fds are its stdout, stderr and result pipes (and, for a
+    session, its successor's socket), each checked against the inode the zygote sent. Reports a failure at once;
+    returns (status, error_type, the exception caught or None): "ok" is reported by the caller, after the cell's
+    threads and (for a session) its successor."""
+    try:
+        for fd, inode in _zip(fds, inodes):
+            if _fstat(fd).st_ino != inode:
+                _exit(_tampered)
+    except _BaseException:  # noqa: BLE001 - a descriptor closed by an earlier cell's code
+        _exit(_tampered)
+    out_fd, err_fd, result_fd = fds[0], fds[1], fds[2]
+    _setpgid(0, 0)
+    # The interpreter as the zygote left it, where code runs without the cell calling it.
+    _sigmask(_setmask, _mask)
+    for which in _timers:
+        _setitimer(which, 0)
+    for sig, handler in _handlers:
+        if _getsignal(sig) is not handler:
+            graveyard.append(_signal_fn(sig, handler))
+    for name, hook in _hooks:
+        graveyard.append(_sys_dict.get(name))
+        _sys_dict[name] = hook
+    graveyard.append(_dict(_builtins_dict))
+    _builtins_dict.clear()
+    _builtins_dict.update(_builtins_items)
+    graveyard.append(namespace.get("__builtins__"))
+    namespace["__builtins__"] = _builtins
+    graveyard.append(_gc_callbacks[:])
+    _gc_callbacks.clear()
+    _gc_freeze()  # garbage earlier cells left is never collected during this one: none of its finalizers runs
+    # fds 0-2 and the std streams: new objects on the call's pipes (line-buffered, so output written before a kill
+    # is not lost in a buffer; unencodable characters escaped, as CPython does for stderr).
+    devnull = _open_fd(*_devnull)
+    _dup2(devnull, 0)
+    _dup2(out_fd, 1)
+    _dup2(err_fd, 2)
+    for fd in (devnull, out_fd, err_fd):
+        if fd > 2:
+            _close(fd)
+    streams = (_open(0, "r", closefd=False),
+               _open(1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False),
+               _open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False))
+    for (name, dunder), stream in _zip(_std_names, streams):
+        graveyard.append(_sys_dict.get(name))
+        _sys_dict[name] = _sys_dict[dunder] = stream
+    # Compiled with the warnings module out of sight, so that a SyntaxWarning is shown by the interpreter's own C
+    # code and not through Python code an earlier cell could have changed.
+    caught = None
+    warnings_module = _modules.get("warnings", _missing)
+    _modules["warnings"] = None
+    try:
+        compiled = _compile(code, filename, "exec", dont_inherit=True)
+    except _BaseException as exc:  # noqa: BLE001 - a SyntaxError, or a RecursionError/MemoryError on huge code
+        compiled, caught = None, exc
+    if warnings_module is _missing:
+        _modules.pop("warnings", None)
+    else:
+        _modules["warnings"] = warnings_module
+    if compiled is not None:
+        try:
+            _exec(compiled, namespace)
+        except _BaseException as exc:  # noqa: BLE001 - whatever the model raised is its result
+            caught = exc
+    if _getpid() != cell_pid:  # a process the model forked ran off the end of the cell: end it quietly
+        _exit(0)
+    if caught is None:
+        return "ok", None, None
+    if _isinstance(caught, _SystemExit):
+        exit_code = _exit_code(caught)
+        if exit_code is None or (_issubclass(_type(exit_code), _int) and _int_eq(exit_code, 0)):
+            return "ok", None, None  # as CPython at the end of a script: SystemExit(None) or an int equal to 0
+        status, error_type = "error", "SystemExit"
+    elif _isinstance(caught, _MemoryError):
+        status, error_type = "memory_limit", None
+    else:  # the exception's class name, or that of its nearest ancestor whose name is a short identifier
+        status, error_type = "error", "BaseException"
+        for cls in _mro(_type(caught)):
+            name = _name(cls)
+            if _isidentifier(name) and _str_len(name) <= _max_name:
+                error_type = name
+                break
+    _report(result_fd, status, error_type, None)
+    return status, error_type, caught
+
+
+def _holder_loop(sock, namespace, _receive=_holder_receive, _judge=_judged_cell, _report=_report_cell,
+                 _fork=os.fork, _getpid=os.getpid, _exit=os._exit, _OSError=OSError):
     """A holder's life: wait for requests (frozen meanwhile); answer a fork; for a run, fork the backup, wait for
     the go, then become the cell (run the code; on success fork the successor, which goes on with this loop as the
-    session's new holder). This runs in a process whose memory model code has touched, so it may misbehave: the
-    zygote checks all it says, gives it deadlines, and resets the session if it fails."""
+    session's new holder). Until the go this is a process whose memory model code has touched, so it may
+    misbehave: the zygote checks all it says, gives it deadlines, resets the session if it fails, and sends the
+    go only to a holder that waits for it alone (one thread, blocked on its socket). From the go to the report,
+    only this function's own variables are used (see above)."""
+    graveyard = []  # what the last cell's set-up took out of use: freed here, before the next one
     while True:
-        msg, fds = _recv_holder_request(sock)
-        if msg is None or msg.get("op") not in ("run", "fork"):
-            os._exit(0)
-        if msg["op"] == "fork":  # a copy for a new session, forked through a middle process that exits, so
-            (copy_sock,) = fds    # that the copy is the zygote's child (it must see the copy's cells end)
+        graveyard.clear()
+        msg, fds = _receive(sock)
+        op = None if msg is None else msg.get("op")
+        if op == "fork":  # a copy for a new session, forked through a middle process that exits, so
+            (copy_sock,) = fds  # that the copy is the zygote's child (it must see the copy's cells end)
             pid_r, pid_w = os.pipe()
             middle = os.fork()
             if middle == 0:
@@ -663,8 +762,12 @@ def _holder_loop(sock, namespace):
             os.waitpid(middle, 0)
             sock.sendall(_encode({"pid": int(copy or 0)}))
             continue
+        if op != "run":
+            _exit(0)
+        code, filename, inodes = msg["code"], msg["filename"], msg["inodes"]
         out_fd, err_fd, result_fd, successor_sock, backup_sock = fds
-        pid = os.fork()
+        _use_scratch(msg["scratch"])
+        pid = _fork()
         if pid == 0:  # the backup: the state before this cell, kept in case the cell fails
             sock.close()
             for fd in (out_fd, err_fd, result_fd, successor_sock):
@@ -674,28 +777,55 @@ def _holder_loop(sock, namespace):
         os.setpgid(pid, pid)  # its own group (set here, by the parent, before the zygote hears of it)
         os.close(backup_sock)
         sock.sendall(_encode({"pid": pid}))
-        go, _fds = _recv_holder_request(sock)
-        sock.close()
+        go, _fds = _receive(sock)
         if go is None or go.get("op") != "go":
-            os._exit(0)
+            _exit(0)
         # This process is the cell now, and a child of the zygote (as its holder was).
-        os.setpgid(0, 0)
-        _use_scratch(msg["scratch"])
-        status, error_type = _cell(msg["code"], msg["filename"], namespace, out_fd, err_fd)
-        if status != "ok":
-            _report_and_exit(result_fd, {"status": status, "error_type": error_type})
+        cell_pid = _getpid()
+        status, _error_type, caught = _judge(namespace, code, filename,
+                                             (out_fd, err_fd, result_fd, successor_sock), inodes, cell_pid, graveyard)
+        _after_cell(caught, code, filename)
+        if status != "ok" or _getpid() != cell_pid:
+            _exit(0)
         # Success: a fork of this process, in its process group, is the session's new state.
         try:
-            successor = os.fork()
-        except OSError:  # the zygote then keeps the state from before this cell
+            successor = _fork()
+        except _OSError:  # the zygote then keeps the state from before this cell
             successor = None
         if successor == 0:
             os.close(result_fd)
             _detach_std_streams()
             sock = socket.socket(fileno=successor_sock)
             continue
-        os.close(successor_sock)
-        _report_and_exit(result_fd, {"status": "ok", "error_type": None, "holder": successor})
+        _report(result_fd, "ok", None, successor)
+        _exit(0)
+
+
+def _session_audit_hook(event, args, _own_globals=globals(), _function=types.FunctionType, _type=type,
+                        _str=str, _bytes=bytes, _int=int, _fspath=os.fspath, _startswith=str.startswith,
+                        _split=str.split, _split_bytes=bytes.split, _join=str.join, _error=PermissionError,
+                        _refused=frozenset({"sys.addaudithook", "sys.settrace", "sys.setprofile", "code.__new__",
+                                            "sys.monitoring.register_callback"})):
+    """Installed in every session's process before its first cell, and so in all of them (Python has no way to
+    remove an audit hook). Refuses, with PermissionError, what would let a cell reach the code that runs and judges
+    its session's later cells: another audit hook, a tracer or profiler (which can rebind a running function's
+    variables), sys.monitoring callbacks, ctypes, building code objects, setting __code__ or __defaults__ of this
+    module's functions, and opening (or linking to) a path through a file named `mem` (/proc/self/mem: its own
+    memory)."""
+    if event in _refused or _startswith(event, "ctypes."):
+        raise _error(_join("", ("refused in a sandbox session: ", event)))
+    if event == "object.__setattr__":
+        if _type(args[0]) is _function and args[0].__globals__ is _own_globals:
+            raise _error("refused in a sandbox session: changing the sandbox's own functions")
+    elif event == "open" or event == "os.symlink":
+        path = args[0]
+        if _type(path) is _int:
+            return
+        if _type(path) is not _str and _type(path) is not _bytes:
+            path = _fspath(path)
+        parts = _split_bytes(path, b"/") if _type(path) is _bytes else _split(path, "/")
+        if "mem" in parts or b"mem" in parts:
+            raise _error("refused in a sandbox session: a path through a file named 'mem'")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -710,7 +840,7 @@ def _template_loop(cfg, sock):
     reads only these requests (a kind, a uid, a path, numbers) and the file descriptors sent with them."""
     zygote = os.getppid()
     while True:
-        msg, fds = _recv_holder_request(sock)
+        msg, fds = _holder_receive(sock)
         if msg is None:
             os._exit(0)
         pid_r, pid_w = os.pipe()
@@ -744,13 +874,18 @@ def _become(cfg, msg, fds):
         _enter_cell_process(cfg, msg["uid"], msg["scratch"], set(fds), msg["nproc"], msg["cgroup_procs"])
         if msg["kind"] == "holder":
             _detach_std_streams()
+            sys.addaudithook(_session_audit_hook)
             _holder_loop(socket.socket(fileno=fds[0]), _fresh_main_module())
         out_w, err_w, res_w, code_fd = fds
         with socket.socket(fileno=code_fd) as code_sock:
-            request, _fds = _recv_holder_request(code_sock)
+            request, _fds = _holder_receive(code_sock)
         if request is not None:
-            status, error_type = _cell(request["code"], request["filename"], _fresh_main_module(), out_w, err_w)
-            _report_and_exit(res_w, {"status": status, "error_type": error_type})
+            code, filename = request["code"], request["filename"]
+            status, _error_type, caught = _judged_cell(_fresh_main_module(), code, filename, (out_w, err_w, res_w),
+                                                       request["inodes"], os.getpid(), [])
+            _after_cell(caught, code, filename)
+            if status == "ok":
+                _report_cell(res_w, "ok", None, None)
     finally:
         os._exit(0)
 
@@ -778,7 +913,7 @@ class _Template:
         its uid), the worker ends and the pool starts a new one."""
         msg = {"kind": kind, "uid": uid, "scratch": scratch, "nproc": nproc, "cgroup_procs": cgroup_procs}
         answer = None
-        if _send(self.sock, msg, fds, time.monotonic() + _GRACE_S):
+        if _send(self.sock, _encode_private(msg), fds, time.monotonic() + _GRACE_S):
             answer = _recv(self.sock, time.monotonic() + _GRACE_S)
         if answer is None or type(answer.get("pid")) is not int or answer["pid"] <= 1:
             os.write(2, b"cleaner.sandbox: the template process is gone; the worker ends\n")
@@ -853,8 +988,9 @@ class _Cgroups:
 class _Holder:
     """A session's frozen state process, known by a pidfd (so a reused pid is never mistaken for it)."""
 
-    def __init__(self, pid, sock, uid, scratch, pidfd=None, scratch_bytes=0):
+    def __init__(self, pid, sock, inode, uid, scratch, pidfd=None, scratch_bytes=0):
         self.pid, self.sock, self.uid, self.scratch = pid, sock, uid, scratch
+        self.inode = inode  # of its end of `sock`: the socket it waits on (_waiting_for_zygote)
         self.pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
         self.scratch_bytes = scratch_bytes  # what its scratch directory holds (bytes + _INODE_BYTES per file)
         self.signal(signal.SIGSTOP)  # frozen from the start: it runs only while the zygote talks to it
@@ -1235,6 +1371,11 @@ class Zygote:
             name = _signal_name(sig)
             return "error", name, f"{name}: the cell's process was killed by signal {name}"
         code = os.WEXITSTATUS(exit_status)
+        if code == _TAMPERED_EXIT and report is None and not sup["reported"]:
+            return "error", "SessionTampered", (
+                "SessionTampered: the cell did not run: the file descriptors the sandbox gave the session's process "
+                "were replaced before the cell could start (by code an earlier cell left running); the session "
+                "keeps its state from before this cell")
         if code != 0:
             return "error", "SystemExit", f"SystemExit: the process exited with status {code} before the cell finished"
         if report is None and not sup["reported"]:
@@ -1273,6 +1414,7 @@ class Zygote:
         started = time.monotonic()
         procs = None if call["cgroup"] is None else os.path.join(call["cgroup"], "cgroup.procs")
         code_ours, code_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        inodes = [os.fstat(fd).st_ino for fd in (out_w, err_w, res_w)]
         pid = self.template.spawn("cell", uid, scratch, self._nproc_limit(False), procs,
                                   [out_w, err_w, res_w, code_theirs.fileno()])
         for fd in (out_w, err_w, res_w):
@@ -1281,7 +1423,8 @@ class Zygote:
         pidfd = os.pidfd_open(pid)
         # The code goes to the cell itself, never through the template. A cell that died before reading it
         # (a setup failure) is seen by the supervision below.
-        _send(code_ours, {"code": code, "filename": filename}, [], started + self.cfg["timeout_s"])
+        _send(code_ours, _encode_private({"code": code, "filename": filename, "inodes": inodes}), [],
+              started + self.cfg["timeout_s"])
         code_ours.close()
         sup = self._supervise(pid, pidfd, out_r, err_r, res_r, started, call)
         _kill_group(pid)
@@ -1302,11 +1445,12 @@ class Zygote:
 
     def _spawn_holder(self, uid, scratch):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        inode = os.fstat(theirs.fileno()).st_ino
         pid = self.template.spawn("holder", uid, scratch, self._nproc_limit(True), None, [theirs.fileno()])
         theirs.close()
         if self.cgroups is not None:  # by the zygote: the holder is frozen at once, maybe before its own setup
             _Cgroups.move(self.cgroups.holders, pid)
-        return _Holder(pid, ours, uid, scratch)
+        return _Holder(pid, ours, inode, uid, scratch)
 
     def _reset_session(self, session_id, holder):
         """Give the session a fresh, empty state (its files stay), after its holder died or misbehaved."""
@@ -1338,7 +1482,9 @@ class Zygote:
         call_deadline = started + self.cfg["timeout_s"]
         holder.signal(signal.SIGCONT)
         control_deadline = min(started + _GRACE_S, call_deadline)
-        sent = _send(holder.sock, {"op": "run", "code": code, "filename": filename, "scratch": holder.scratch},
+        inodes = [os.fstat(fd).st_ino for fd in (out_w, err_w, res_w)] + [successor_inode]
+        sent = _send(holder.sock, _encode_private({"op": "run", "code": code, "filename": filename,
+                                                   "scratch": holder.scratch, "inodes": inodes}),
                      [out_w, err_w, res_w, successor_theirs.fileno(), backup_theirs.fileno()], control_deadline)
         for fd in (out_w, err_w, res_w):
             os.close(fd)
@@ -1352,12 +1498,16 @@ class Zygote:
             os.close(backup_pidfd)  # it runs code of its own instead of waiting for the zygote
             backup_pidfd = None
         if backup_pidfd is not None:
-            backup = _Holder(backup_pid, backup_ours, holder.uid, holder.scratch, backup_pidfd, holder.scratch_bytes)
+            backup = _Holder(backup_pid, backup_ours, backup_inode, holder.uid, holder.scratch, backup_pidfd,
+                             holder.scratch_bytes)
             call["descend"] = {backup.pid}  # its children, if any, are the call's
             call["counted"] = {backup.pid}  # and its memory too: the call made it
             if call["cgroup"] is not None:  # out of the call's cgroup, which an OOM kills as a whole
                 _Cgroups.move(self.cgroups.holders, backup.pid)
-        if backup_pidfd is None or not _send(holder.sock, {"op": "go"}, [], control_deadline):
+        # The go goes only to a holder that waits for it alone: no thread or timer-driven code of an earlier
+        # cell's may run beside the cell (see _judged_cell).
+        if backup_pidfd is None or not _waiting_for_zygote(holder.pid, holder.inode, control_deadline, holder.uid) \
+                or not _send(holder.sock, _encode_private({"op": "go"}), [], control_deadline):
             for fd in (out_r, err_r, res_r):
                 os.close(fd)
             successor_ours.close()
@@ -1397,8 +1547,8 @@ class Zygote:
                     "cell")
         _kill_group(cell_pid)
         if successor_pidfd is not None:
-            self.holders[session_id] = _Holder(successor_pid, successor_ours, holder.uid, holder.scratch,
-                                               successor_pidfd, holder.scratch_bytes)
+            self.holders[session_id] = _Holder(successor_pid, successor_ours, successor_inode, holder.uid,
+                                               holder.scratch, successor_pidfd, holder.scratch_bytes)
             backup.drop()
         else:
             successor_ours.close()
@@ -1451,7 +1601,7 @@ class Zygote:
         copy_inode = os.fstat(copy_theirs.fileno()).st_ino
         holder.signal(signal.SIGCONT)
         deadline = time.monotonic() + _GRACE_S
-        sent = _send(holder.sock, {"op": "fork"}, [copy_theirs.fileno()], deadline)
+        sent = _send(holder.sock, _encode_private({"op": "fork"}), [copy_theirs.fileno()], deadline)
         copy_theirs.close()
         answer = _recv(holder.sock, deadline) if sent else None
         copy_pid = answer.get("pid") if answer else None
@@ -1466,7 +1616,7 @@ class Zygote:
             self._remove_scratch(scratch)
             self.after_reply = lambda: self._sweep(holder.uid)
             return {"ok": False, "error": "the session's interpreter process did not answer"}
-        copy = _Holder(copy_pid, copy_ours, holder.uid, scratch, pidfd, holder.scratch_bytes)
+        copy = _Holder(copy_pid, copy_ours, copy_inode, holder.uid, scratch, pidfd, holder.scratch_bytes)
         if self.cgroups is not None:
             _Cgroups.move(self.cgroups.holders, copy.pid)
         self.holders[new_id] = copy
@@ -1620,7 +1770,6 @@ def main():
             __import__(name)
         _preload(cfg["preload_modules"])
         seccomp = _install_seccomp()
-        _std_streams()
         # The first compile() in a process builds the interpreter's AST types (about 1 ms and 140 page faults):
         # done once here, every cell would otherwise pay it.
         compile("pass", "<warm-up>", "exec", dont_inherit=True)

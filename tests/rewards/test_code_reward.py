@@ -3,6 +3,8 @@ programs that fail by time-out, exception, early exit or output forgery."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import pytest_asyncio
 
@@ -154,3 +156,33 @@ async def test_bad_problems_are_errors(pool):
         await code_reward(TWO_SUM, TWO_SUM_TESTS, pool, func_name="twoSum(); import os")
     with pytest.raises(ValueError, match="unknown testtype 'stdio'; valid: stdin, functional"):
         await code_reward("print(1)", [{"input": "", "output": "1", "testtype": "stdio"}], pool)
+
+
+# Prints, as its answer, the first "answer: " + 12 digits found in its own memory (the prefix is built at run time,
+# so that this code holds no match itself).
+MEMORY_SCANNER = """
+import ctypes, re
+pattern = re.compile(bytes.fromhex('616e737765723a20') + rb'[0-9]{12}')
+found = set()
+for line in open('/proc/self/maps').read().splitlines():
+    fields = line.split()
+    if fields[1].startswith('rw') and (len(fields) == 5 or fields[5] == '[heap]'):
+        low, high = (int(x, 16) for x in fields[0].split('-'))
+        found.update(pattern.findall(ctypes.string_at(low, high - low)))
+print(min(found).decode() if found else 'answer: 000000000000')
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_solution_cannot_copy_a_siblings_answer_from_memory(pool):
+    """GRPO samples siblings of one problem side by side: an honest one passes a hidden test whose answer (12
+    random digits) only it can produce (its code holds them reversed); a "solution" that only scans its own memory
+    must not pass the same test right after. (Whether the old design leaked here depended on the allocator: with
+    cells forked from the process that relayed the sibling's output, this pair passed here, while the same
+    scan found another call's output in test_hostile_2, which also checks every process of the worker from the
+    host.)"""
+    answer = f"answer: {random.randrange(10 ** 11, 10 ** 12)}"
+    tests = [{"input": "\n", "output": answer + "\n", "testtype": "stdin"}]
+    assert (await code_reward(f"print({answer[::-1]!r}[::-1])", tests, pool))["passed"]
+    assert await code_reward(MEMORY_SCANNER, tests, pool) == {
+        "passed": False, "tests": 1, "failed_at": 0, "status": "wrong_answer"}

@@ -31,11 +31,11 @@ from cleaner.saar import SaarConfig
 from cleaner.sandbox import SandboxConfig, SandboxPool, open_pool, pool as local_pool, remote
 from cleaner.trajectory import Provenance, excluded_from_loss
 
-MARK = "cleaner-kill"  # a cell that gives its process this name asks the host to kill its supervisor
-KILL_ME = ("import ctypes, time\n"
-           f"assert ctypes.CDLL(None).prctl(15, b'{MARK}', 0, 0, 0) == 0  # PR_SET_NAME\n"
-           "time.sleep(1)\n"
-           "ctypes.CDLL(None).prctl(15, b'cell', 0, 0, 0)  # unmarked again: the state the session keeps is not\n"
+MARK = "cleaner-kill"  # a cell that runs a process of this name asks the host to kill its supervisor
+KILL_ME = ("import os, subprocess\n"
+           f"if not os.path.lexists('{MARK}'):\n"
+           f"    os.symlink('/bin/sleep', '{MARK}')\n"
+           f"subprocess.run(['./{MARK}', '1'])\n"
            "print('real output')")
 MESSAGES = [{"role": "user", "content": "q"}]
 
@@ -45,7 +45,7 @@ def say(reasoning: str, code: str | None = None) -> str:
 
 
 class Killer:
-    """Host side: watches the pool's processes; the first cell named MARK gets its worker's supervisor (the first
+    """Host side: watches the pool's processes; the first process named MARK gets its worker's supervisor (the first
     process of the worker's tree that is not bubblewrap) SIGKILLed, once. Counts every marked process it sees, so
     a test knows how many times the cell ran."""
 

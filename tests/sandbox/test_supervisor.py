@@ -70,23 +70,20 @@ async def test_bwrap_a_forged_successor_pid_is_refused_and_does_not_survive(
 
 
 async def test_bwrap_holders_run_no_code_between_calls(bwrap_pool, host):
-    """A profile hook set by a cell runs in the process that takes over the session's state, and there spins
-    forever: it used to burn a CPU between calls. Holders are frozen between calls, so the sandbox uses no CPU
-    while idle, and a would-be holder that does not wait for the supervisor (one thread blocked on its socket) is
-    refused at the end of the cell that made it (before, the next call found it not answering): the
-    cell is an error, the session keeps its state from before, the bystander is untouched and nothing runs.
+    """A fork hook set by a cell runs in the process that takes over the session's state, and there spins
+    forever: it used to burn a CPU between calls (a profile hook did the same, before sessions refused them).
+    Holders are frozen between calls, so the sandbox uses no CPU while idle, and a would-be holder that does not
+    wait for the supervisor (one thread blocked on its socket) is refused at the end of the cell that made it
+    (before, the next call found it not answering): the cell is an error, the session keeps its state from before, the bystander is untouched and nothing runs.
     Breakages checked: no SIGSTOP of holders (neither when made nor by the sweep: the idle sandbox used a CPU), no
     deadline on the holder's answer (the call hung until the pool's backstop: infra_error; the handshake's
     deadline is now test_hostile_2's wall-time test)."""
     spin = (
-        "import os, sys\n"
-        "cell = os.getpid()\n"
-        "def hook(frame, event, arg):\n"
-        "    if os.getpid() != cell:\n"
-        "        sys.setprofile(None)\n"
-        "        while True:\n"
-        "            pass\n"
-        "sys.setprofile(hook)\n"
+        "import os\n"
+        "def spin():\n"
+        "    while True:\n"
+        "        pass\n"
+        "os.register_at_fork(after_in_child=spin)\n"
     )
     async with bwrap_pool.session() as session, bwrap_pool.session() as bystander:
         await bystander.run("kept = 'intact'")

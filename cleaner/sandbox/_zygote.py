@@ -91,6 +91,7 @@ _PR_SET_SECCOMP = 22
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_PYTHON_LIBC = ctypes.PyDLL(None, use_errno=True)  # the C library, called without releasing the GIL
 _SWEEP_ROUNDS = 1000
 _MAX_FD = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # no fd of ours can be above it
 if _MAX_FD == resource.RLIM_INFINITY:
@@ -834,37 +835,74 @@ def _session_audit_hook(event, args, _own_globals=globals(), _function=types.Fun
 # cell forked from the zygote itself could read earlier calls' code and output from what it inherits.
 
 
-def _template_loop(cfg, sock):
-    """The template's life: for each request of the zygote, fork the process asked for, through a middle process
-    that exits so that the new process is the zygote's child (the zygote must see it end), and answer its pid. It
-    reads only these requests (a kind, a uid, a path, numbers) and the file descriptors sent with them."""
+_CLONE_PARENT = 0x00008000
+_PYTHON_C_API = ctypes.pythonapi  # its calls keep the GIL, as Python's own fork steps require
+
+
+def _fork_sibling():
+    """fork(), except that the child's parent is this process's parent (clone with CLONE_PARENT): what the template
+    forks is the zygote's child, as the zygote needs (it must see its cells end, wait4), without a middle process
+    that forks again and exits, which cost as much as the rest of a trivial call. Python's own steps around a fork
+    run as os.fork runs them (PyOS_BeforeFork, PyOS_AfterFork_Child/_Parent: the C API's way to fork outside
+    os.fork; they reseed `random` and run os.register_at_fork hooks). The C library's own fork steps do not run:
+    safe here, in a single-threaded process that holds none of its locks. Returns 0 in the child, its pid in the
+    parent. Where the clone call's number is not known (other architectures): a fork through a middle process."""
+    machine = os.uname().machine
+    if machine not in _AUDIT_ARCH:
+        return _fork_through_middle()
+    _PYTHON_C_API.PyOS_BeforeFork()
+    pid = _PYTHON_LIBC.syscall(_CLONE[_AUDIT_ARCH[machine][0]], _CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        _PYTHON_C_API.PyOS_AfterFork_Child()
+        return 0
+    _PYTHON_C_API.PyOS_AfterFork_Parent()
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return pid
+
+
+def _fork_through_middle():
+    """_fork_sibling where clone cannot be called directly: a middle process forks the child and exits, and the
+    child, an orphan, comes to the zygote (a subreaper)."""
     zygote = os.getppid()
+    pid_r, pid_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        child = os.fork()
+        if child == 0:
+            os.close(pid_r)
+            os.close(pid_w)
+            deadline = time.monotonic() + _GRACE_S
+            while os.getppid() != zygote:  # the middle is exiting: its death signal would be ours (PDEATHSIG)
+                if time.monotonic() > deadline:  # the zygote is gone
+                    os._exit(1)
+                time.sleep(0.00005)
+            return 0
+        os.write(pid_w, str(child).encode())
+        os._exit(0)
+    os.close(pid_w)
+    pid = os.read(pid_r, 32)
+    os.close(pid_r)
+    os.waitpid(middle, 0)
+    return int(pid or 0)
+
+
+def _template_loop(cfg, sock):
+    """The template's life: for each request of the zygote, fork the process asked for (a child of the zygote:
+    _fork_sibling) and answer its pid. It reads only these requests (a kind, a uid, a path, numbers) and the file
+    descriptors sent with them."""
     while True:
         msg, fds = _holder_receive(sock)
         if msg is None:
             os._exit(0)
-        pid_r, pid_w = os.pipe()
-        middle = os.fork()
-        if middle == 0:
-            child = os.fork()
-            if child == 0:
-                for fd in (pid_r, pid_w, sock.fileno()):
-                    os.close(fd)
-                deadline = time.monotonic() + _GRACE_S
-                while os.getppid() != zygote:  # the middle process is exiting: its death signal would be ours
-                    if time.monotonic() > deadline:  # the zygote is gone
-                        os._exit(1)
-                    time.sleep(0.00005)
-                _become(cfg, msg, fds)
-            os.write(pid_w, str(child).encode())
-            os._exit(0)
-        os.close(pid_w)
+        pid = _fork_sibling()
+        if pid == 0:
+            sock.close()
+            _become(cfg, msg, fds)
         for fd in fds:
             os.close(fd)
-        pid = os.read(pid_r, 32)
-        os.close(pid_r)
-        os.waitpid(middle, 0)
-        sock.sendall(_encode({"pid": int(pid or 0)}))
+        sock.sendall(_encode({"pid": pid}))
 
 
 def _become(cfg, msg, fds):

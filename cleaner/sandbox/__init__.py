@@ -10,7 +10,7 @@
 How it runs. Each worker is one bubblewrap sandbox (see `backends` for what it shows and how) holding a small
 supervisor, the zygote (`_zygote`): the real interpreter started with `-I -S`, standard library only unless
 `preload_modules` asks for more. Each call forks a process from its template (forked by the zygote before its first
-request, it never holds a request's code or a reply's output), so a call costs two forks, not an interpreter start, no
+request, it never holds a request's code or a reply's output), so a call costs a fork, not an interpreter start, no
 call inherits another's data in its memory, and the trainer itself never forks. The zygote alone decides each call's
 result: what it observes (the wall clock, the output cap, the memory of all the call's processes, the scratch quota,
 signals, the exit status) comes first; "ok" needs a clean exit it saw; a cell's report says only what a script can

@@ -10,7 +10,7 @@ Process tree of one worker::
 
     zygote (this file; PR_SET_CHILD_SUBREAPER, so orphans come back to it)
     |-- template    forked before the first request; forks every one-off cell and every session's first holder
-    |               (through a middle process that exits, so that they are the zygote's children)
+    |               (as the zygote's children: _fork_sibling)
     |-- cell        a one-off call: forked by the template, supervised by the zygote, discarded afterwards
     |-- holder      one per session, FROZEN (SIGSTOP) between calls: a process whose memory is the session's state
     |-- rm          the remover of ended calls' scratch directories (nice 19), frozen while a call runs

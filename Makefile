@@ -44,6 +44,7 @@ comparison: sandbox-check
 purify: $(STAMP)
 	$(PY) -m cleaner.purify cleaner/examples/tool_errors.jsonl results/purify/tool_errors.purified.jsonl --tokenizer lab
 	$(PY) -m cleaner.purify cleaner/examples/fenced_code.jsonl results/purify/fenced_code.purified.jsonl --format markdown --error-pattern '^Error:' --tokenizer smollm2
+	for f in cleaner/examples/formats/*; do n=$$(basename $$f); $(PY) -m cleaner.purify $$f results/purify/formats/$${n%.*}.purified.jsonl || exit 1; done
 
 sft: sandbox-check
 	$(PY) -m cleaner.lab.sft --out results/lab/sft

@@ -122,7 +122,7 @@ def test_cli_entry_point_prints_the_summary(tmp_path):
     rows = {ln[:40].strip(): ln[40:].strip() for ln in lines_[1:]}
     assert (rows["trajectories"], rows["records rejected"], rows["rollbacks triggered"], rows["splices shallow"],
             rows["splices deep"]) == ("9", "0", "8", "8", "2")
-    assert rows["tokens removed"].endswith("%)")
+    assert rows["tokens"] == "not counted: no --tokenizer"  # the default is stated: nothing is tokenized
 
 
 # -- the fenced-code log: outputs in user turns, one-shot demonstrations, the real-log invocation -------------------
@@ -431,7 +431,9 @@ def test_classify_output(output, status, error_type):
         ("Error:\n```output\nname 'x' is not defined\n```", "error", None),
         ("Error:\n```output\nNameError: name 'x' is not defined\n```", "error", "NameError"),
         ("Error:\n```output\nExecution timed out\n```", "timeout", "Timeout"),
-        ("Output:\n```output\nKeyError: 'x' printed on purpose\n```", "ok", None),  # the pattern alone decides
+        # the pattern adds to the traceback search, which reads the printed line as a failure (a known limit)
+        ("Output:\n```output\nKeyError: 'x' printed on purpose\n```", "error", "KeyError"),
+        ("Output:\n```output\n42\n```", "ok", None),
         ("The Error: is in a sentence", "ok", None),  # ^ anchors at a line start
     ],
 )
@@ -507,7 +509,9 @@ def test_strict_refuses_the_file_and_writes_nothing(tmp_path, capsys):
     code, out = run_cli(tmp_path, src, "--strict")
     assert code == 2
     assert capsys.readouterr().err == f'error: {src}:2: no trajectory: expected {{"messages": [...]}}, ' \
-        '{"prompt": [...], "completion": [...]}, or {"input_prompt": "...", "output_response": "..."}\n'
+        '{"prompt": [...], "completion": [...]}, {"input_prompt": "...", "output_response": "..."}, ' \
+        '{"input": "...", "output": "...", "score": ..., "step": ...} or ' \
+        '{"conversations": [{"from": ..., "value": ...}]}\n'
     assert out.read_text() == "previous result\n" and not out.with_name("out.rejected.jsonl").exists()
 
 
@@ -551,11 +555,15 @@ records = structured | st.fixed_dictionaries({}, optional={"id": json_values, "m
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(record=records, fmt=st.sampled_from(["hermes", "markdown"]))
 def test_any_json_record_is_read_or_rejected_never_a_traceback(tmp_path, tok, record, fmt):
-    """Breakages checked: a non-string `status` (unhashable, TypeError), null content outside an assistant
-    message with tool_calls."""
+    """Read, rejected, or (a first record no reader knows) the file refused with one line. Breakages checked: a
+    non-string `status` (unhashable, TypeError), null content outside an assistant message with tool_calls."""
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps(record) + "\n")
-    items, rejected = purify.read_items(src, tok, purify.ReadOptions(chat.get_format(fmt)), strict=False)
+    try:
+        items, rejected = purify.read_items(src, tok, purify.ReadOptions(chat.get_format(fmt)), strict=False)
+    except purify.PurifyFileError as e:
+        assert "no reader knows" in str(e) and "\n" not in str(e)
+        return
     assert len(items) + len(rejected) == 1
 
 

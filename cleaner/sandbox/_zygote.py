@@ -742,26 +742,15 @@ def _holder_loop(sock, namespace, _receive=_holder_receive, _judge=_judged_cell,
         graveyard.clear()
         msg, fds = _receive(sock)
         op = None if msg is None else msg.get("op")
-        if op == "fork":  # a copy for a new session, forked through a middle process that exits, so
-            (copy_sock,) = fds  # that the copy is the zygote's child (it must see the copy's cells end)
-            pid_r, pid_w = os.pipe()
-            middle = os.fork()
-            if middle == 0:
-                copy = os.fork()
-                if copy == 0:  # the copy: it serves its own session from here
-                    os.close(pid_r)
-                    os.close(pid_w)
-                    sock.close()
-                    sock = socket.socket(fileno=copy_sock)
-                    continue
-                os.write(pid_w, str(copy).encode())
-                os._exit(0)
-            os.close(pid_w)
+        if op == "fork":  # a copy for a new session, the zygote's child (it must see the copy's cells end)
+            (copy_sock,) = fds
+            copy = _fork_through_middle()
+            if copy == 0:  # the copy: it serves its own session from here
+                sock.close()
+                sock = socket.socket(fileno=copy_sock)
+                continue
             os.close(copy_sock)
-            copy = os.read(pid_r, 32)
-            os.close(pid_r)
-            os.waitpid(middle, 0)
-            sock.sendall(_encode({"pid": int(copy or 0)}))
+            sock.sendall(_encode({"pid": copy}))
             continue
         if op != "run":
             _exit(0)
@@ -863,8 +852,9 @@ def _fork_sibling():
 
 
 def _fork_through_middle():
-    """_fork_sibling where clone cannot be called directly: a middle process forks the child and exits, and the
-    child, an orphan, comes to the zygote (a subreaper)."""
+    """_fork_sibling where clone cannot be called directly (another architecture, or a session's process, where
+    ctypes is refused): a middle process forks the child and exits, and the child, an orphan, comes to the zygote
+    (a subreaper)."""
     zygote = os.getppid()
     pid_r, pid_w = os.pipe()
     middle = os.fork()

@@ -29,8 +29,7 @@ Where this departs from the paper and the authors' code, and why:
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -105,24 +104,26 @@ def splice(in_place: Turn, retry: Turn, decision: SpliceDecision) -> Turn:
         mark = Provenance.SPLICED_DEEP
         reasoning = retry.reasoning.with_provenance(mark)
     assert retry.call is not None and in_place.result is not None
-    new = Turn(
-        reasoning=reasoning,
-        call=retry.call.with_provenance(mark),
-        stop=retry.stop.with_provenance(mark),
-        code=retry.code,
-        result=retry.result,
-        observation=retry.observation,
-        meta=retry.meta,
-    )
+    call, stop = retry.call.with_provenance(mark), retry.stop.with_provenance(mark)
+    kept = len(reasoning) + len(call) + len(stop) + (0 if retry.observation is None else len(retry.observation))
     record = SpliceRecord(
         mode=decision.mode,
         similarity=decision.similarity,
         replaced_code=in_place.code,
         replaced_status=in_place.result.status,
         replaced_error_type=in_place.result.error_type,
-        tokens_removed=in_place.num_tokens + retry.num_tokens - new.num_tokens,
+        tokens_removed=in_place.num_tokens + retry.num_tokens - kept,  # kept: the new turn's tokens
     )
-    return replace(new, splices=in_place.splices + (record,))
+    return Turn(
+        reasoning=reasoning,
+        call=call,
+        stop=stop,
+        code=retry.code,
+        result=retry.result,
+        observation=retry.observation,
+        splices=in_place.splices + (record,),
+        meta=retry.meta,
+    )
 
 
 class Outcome(StrEnum):
@@ -255,9 +256,14 @@ class SaarStats:
         for stats in many:
             for k, v in stats.items():
                 if isinstance(v, dict):
-                    out[k] = dict(sorted((Counter(out.get(k, {})) + Counter(v)).items()))
+                    counts = out.setdefault(k, {})
+                    for name, n in v.items():
+                        counts[name] = counts.get(name, 0) + n
                 else:
                     out[k] = out.get(k, 0) + int(v)
+        for k, v in out.items():  # as Counter addition leaves them: sorted, counts above zero only
+            if isinstance(v, dict):
+                out[k] = {name: n for name, n in sorted(v.items()) if n > 0}
         return out
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,10 @@ class Span:
     logprobs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "provenance", Provenance(self.provenance))
-        object.__setattr__(self, "ids", tuple(self.ids))
+        if type(self.provenance) is not Provenance:  # convert only what needs it: most spans come typed
+            object.__setattr__(self, "provenance", Provenance(self.provenance))
+        if type(self.ids) is not tuple:
+            object.__setattr__(self, "ids", tuple(self.ids))
         if self.logprobs is not None:
             object.__setattr__(self, "logprobs", tuple(float(x) for x in self.logprobs))
             if len(self.logprobs) != len(self.ids):
@@ -65,7 +67,7 @@ class Span:
         return len(self.ids)
 
     def with_provenance(self, provenance: Provenance) -> Span:
-        return replace(self, provenance=provenance)
+        return Span(provenance, self.ids, self.text, self.logprobs)
 
     def to_dict(self) -> dict[str, Any]:
         return {

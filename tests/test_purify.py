@@ -1,8 +1,11 @@
 """The offline purifier: the bundled logs in every accepted shape, the two SAAR bugs, multi-byte text under the lab
-(ByteLevel) and SmolLM2 GGUF (`Sequence` decoder) tokenizers, error detection, and bad input that loses nothing."""
+(ByteLevel), SmolLM2 (ByteLevel) and a GGUF-converted (`Sequence` decoder) tokenizer, SmolLM2's own chat template,
+error detection, and bad input that loses nothing."""
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import re
 import subprocess
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 
 from cleaner import chat, purify
 from cleaner.purify import __main__ as purify_cli
+from cleaner.purify.template import ChatTemplate
 from cleaner.models import load_tokenizer
 from cleaner.trajectory import Provenance as P
 from cleaner.trajectory import read_jsonl
@@ -39,9 +43,22 @@ def run_cli(tmp_path: Path, src: Path, *options: str, name: str = "out.jsonl") -
 
 @pytest.fixture(scope="session")
 def smol():
-    """The bundled SmolLM2-135M-Instruct tokenizer, built by transformers from the GGUF file (a `Sequence`
-    decoder: ByteFallback, Fuse, Replace, ByteLevel)."""
+    """The bundled SmolLM2-135M-Instruct tokenizer, built from the GGUF file's vocabulary and merges with the real
+    pre-tokenizer (`cleaner.smollm2`; a ByteLevel decoder)."""
     return load_tokenizer("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smol_sequence(smol):
+    """SmolLM2's tokenizer with the `Sequence` decoder transformers builds from a llama-architecture GGUF file
+    (ByteFallback, Fuse, Replace, ByteLevel), which `chat.token_bytes` must read as byte-level too."""
+    from tokenizers import decoders
+
+    tokenizer = copy.deepcopy(smol)
+    tokenizer.backend_tokenizer.decoder = decoders.Sequence([
+        decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("▁", " "),
+        decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True)])
+    return tokenizer
 
 
 # -- the bundled hermes log (tool role) ---------------------------------------------------------------------------
@@ -252,6 +269,30 @@ def test_prefill_tokens_are_context_not_sampled(fenced, tok, expect):
                                                        "prefill": "```python\n"}
 
 
+def test_a_run_leaves_nothing_for_the_garbage_collector_and_switches_it_back_on(tmp_path, tok):
+    """`run` pauses the cyclic garbage collector (its records hold no cycles, so reference counting frees them):
+    every bundled log, with and without a tokenizer, rejected records included, leaves no garbage for it, and the
+    collector is on again after a run, also after one that raised. Breakages checked: a reference cycle per
+    record (an item pointing at itself); the collector left off."""
+    logs = [(FENCED, {"fmt": "markdown", "error_pattern": "^Error:"}), (EXAMPLE, {}), (SHAPES, {})]
+    logs += [(path, {}) for path in sorted((EXAMPLES / "formats").glob("*.jsonl"))]
+    gc.collect()
+    for src, options in logs:
+        for tokenizer in (None, tok):
+            gc.disable()
+            try:
+                purify.run(src, tmp_path / "out.jsonl", purify.saar.SaarConfig(), tokenizer, **options)
+                garbage = gc.collect()
+            finally:
+                gc.enable()
+            assert garbage == 0, src
+    purify.run(FENCED, tmp_path / "out.jsonl", purify.saar.SaarConfig(), fmt="markdown")
+    assert gc.isenabled()
+    with pytest.raises(purify.PurifyFileError):
+        purify.run(FENCED, tmp_path / "out.jsonl", purify.saar.SaarConfig(), fmt="markdown", strict=True)
+    assert gc.isenabled()
+
+
 def test_round_trip_with_saar_off_returns_every_record_byte_identical(tmp_path):
     """p = 0: every readable line of every bundled log comes back byte for byte, multi-byte text included, with
     only `purification` and `read_as` appended (the logs are written as `json.dumps(ensure_ascii=False)` writes).
@@ -266,16 +307,17 @@ def test_round_trip_with_saar_off_returns_every_record_byte_identical(tmp_path):
             assert again.startswith(line[:-1] + b', "purification": {')
 
 
-# -- multi-byte text under ByteLevel and the GGUF Sequence decoder -----------------------------------------------------
+# -- multi-byte text under ByteLevel and a GGUF Sequence decoder -----------------------------------------------------
 
 
 MULTIBYTE = "We need n ≡ 3 (mod 7) and n ≠ 10 → 中文 é …"
 
 
-def test_token_bytes_are_exact_under_both_decoders(tok, smol):
-    """Breakages checked: `token_bytes` treating only a plain ByteLevel decoder as byte-level (SmolLM2's tokens
-    that hold part of "≡" decode to U+FFFD)."""
-    for tokenizer in (tok, smol):
+def test_token_bytes_are_exact_under_both_decoders(tok, smol, smol_sequence):
+    """Breakages checked: `token_bytes` treating only a plain ByteLevel decoder as byte-level (the tokens of the
+    GGUF-converted decoder that hold part of "≡" decode to U+FFFD)."""
+    assert chat._decoder_steps(smol_sequence) == ["ByteFallback", "Fuse", "Replace", "ByteLevel"]
+    for tokenizer in (tok, smol, smol_sequence):
         ids = tokenizer.encode(MULTIBYTE, add_special_tokens=False)
         assert chat.decode(tokenizer, ids) == MULTIBYTE
         table = chat.token_bytes(tokenizer)
@@ -309,6 +351,68 @@ def test_batched_encoding_equals_one_call_per_text(tok, smol):
             texts += purify.texts_to_encode(prompt_text, turns)
     for tokenizer in (tok, smol):
         assert purify.encode_texts(tokenizer, texts) == [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+# -- SmolLM2's own chat template -----------------------------------------------------------------------------------
+
+SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+SMOL_CALL = '<tool_call>\n{"name": "python", "arguments": {"code": "print(6 * x)"}}\n</tool_call>'
+SMOL_FIX = SMOL_CALL.replace("x", "7")
+
+
+def test_smollm2_template_renders_prompt_and_tool_turns(smol):
+    """With SmolLM2's template the prompt gets its default system prompt (the log has none) and a tool output is a
+    `tool` turn holding the output unwrapped, not a user turn with `<tool_response>`. The texts, joined, are the
+    template's rendering of the whole conversation, written out by hand. Breakages checked: the template ignored
+    (ChatML's user turn); the observation cut one character late (the newline after `<|im_end|>` lost)."""
+    messages = [{"role": "user", "content": "What is 6 * 7?"},
+                {"role": "assistant", "content": "Compute it.\n" + SMOL_CALL},
+                {"role": "tool", "content": "NameError: name 'x' is not defined"},
+                {"role": "assistant", "content": "Fix.\n" + SMOL_FIX},
+                {"role": "tool", "content": "42"},
+                {"role": "assistant", "content": "\\boxed{42}"}]
+    opts = purify.ReadOptions(chat.get_format("hermes"), template=ChatTemplate(smol.chat_template))
+    prompt_text, turns, _ = purify.read_log(purify.Log(messages, 1), opts)
+    assert prompt_text == SMOL_SYSTEM + "<|im_start|>user\nWhat is 6 * 7?<|im_end|>\n<|im_start|>assistant\n"
+    assert [t.observation for t in turns] == [
+        "\n<|im_start|>tool\nNameError: name 'x' is not defined<|im_end|>\n<|im_start|>assistant\n",
+        "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n", None]
+    whole = prompt_text + "".join(t.sampled + chat.IM_END + (t.observation or "") for t in turns)
+    assert whole == (SMOL_SYSTEM + "<|im_start|>user\nWhat is 6 * 7?<|im_end|>\n"
+                     "<|im_start|>assistant\nCompute it.\n" + SMOL_CALL + "<|im_end|>\n"
+                     "<|im_start|>tool\nNameError: name 'x' is not defined<|im_end|>\n"
+                     "<|im_start|>assistant\nFix.\n" + SMOL_FIX + "<|im_end|>\n"
+                     "<|im_start|>tool\n42<|im_end|>\n"
+                     "<|im_start|>assistant\n\\boxed{42}<|im_end|>")
+    assert whole + "\n" == smol.apply_chat_template(messages, tokenize=False)
+
+
+def test_smollm2_cli_renders_with_the_template_and_lab_keeps_chatml(tmp_path, smol):
+    """`--tokenizer smollm2` renders the token file's texts with SmolLM2's template (a system message of the log
+    kept, so no default one; tool outputs in `tool` turns), ids the encoding of those texts; `--tokenizer lab`
+    keeps ChatML with `<tool_response>`; the records written are the same. Breakages checked: the CLI not passing
+    the tokenizer's template."""
+    code, out = run_cli(tmp_path, EXAMPLE, "--tokenizer", "smollm2", name="smol.jsonl")
+    code_lab, out_lab = run_cli(tmp_path, EXAMPLE, "--tokenizer", "lab", name="lab.jsonl")
+    assert (code, code_lab) == (0, 0)
+    assert [r["messages"] for r in lines(out)] == [r["messages"] for r in lines(out_lab)]
+    smol_traj = {t.id: t for t in read_jsonl(tmp_path / "smol.tokens.jsonl")}["nameerror-fixed"]
+    lab_traj = {t.id: t for t in read_jsonl(tmp_path / "lab.tokens.jsonl")}["nameerror-fixed"]
+    assert smol_traj.prompt.text.startswith("<|im_start|>system\nYou are a helpful assistant that solves")
+    assert smol_traj.turns[0].observation.text == "\n<|im_start|>tool\n338350<|im_end|>\n<|im_start|>assistant\n"
+    assert lab_traj.turns[0].observation.text == (
+        "\n<|im_start|>user\n<tool_response>\n338350\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    for span in (smol_traj.prompt, smol_traj.turns[0].observation):
+        assert list(span.ids) == smol.encode(span.text, add_special_tokens=False)
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused():
+    """A template whose rendering of a conversation's start changes as it goes on cannot be cut into deltas."""
+    template = ChatTemplate("{% for m in messages %}{% if loop.last %}{{ m['role'] }}:{% endif %}{{ m['content'] }}"
+                            "<|im_end|>{% endfor %}")
+    with pytest.raises(ValueError, match="renders a conversation's start differently"):
+        template.observation([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                              {"role": "tool", "content": "1"}])
 
 
 # -- other shapes, outputs and wrappers --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from cleaner import chat, saar
 from cleaner.purify import purify, purify_turns
-from cleaner.saar import Outcome, SaarConfig
+from cleaner.saar import Outcome, SaarConfig, SaarStats
 from cleaner.trajectory import Provenance as P
 from cleaner.trajectory import Trajectory
 
@@ -239,3 +239,18 @@ def test_the_purifier_honours_p_per_trajectory(make):
         assert out.stats["saar_applied"] == applied[-1]
         assert len(out.turns) == (1 if applied[-1] else 2)  # the failure spliced away, or kept
     assert 0 < sum(applied) < len(applied)
+
+
+def test_stats_total_sums_counts_and_classes_sorted():
+    """The run's summary sums per-trajectory stats: counts added, `saar_applied` counted, classes merged and
+    sorted, the inputs untouched. Breakages checked: classes left in the order met; the first trajectory's class
+    dict updated in place."""
+    a = {"saar_applied": True, "rollbacks_triggered": 2, "final_failures_by_class": {"SyntaxError": 1, "NameError": 1}}
+    b = {"saar_applied": False, "rollbacks_triggered": 1, "final_failures_by_class": {"NameError": 1, "KeyError": 2}}
+    c = {"saar_applied": True, "rollbacks_triggered": 0, "final_failures_by_class": {}}
+    total = SaarStats.total([a, b, c])
+    assert total == {"saar_applied": 2, "rollbacks_triggered": 3,
+                     "final_failures_by_class": {"KeyError": 2, "NameError": 2, "SyntaxError": 1}}
+    assert list(total["final_failures_by_class"]) == ["KeyError", "NameError", "SyntaxError"]
+    assert a["final_failures_by_class"] == {"SyntaxError": 1, "NameError": 1}
+    assert SaarStats.total([]) == {} and SaarStats.total([c]) == {**c, "saar_applied": 1}

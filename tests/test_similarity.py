@@ -50,3 +50,40 @@ def test_every_measure_is_one_on_identical_and_symmetric_in_range():
 def test_unknown_measure_lists_the_valid_ones():
     with pytest.raises(ValueError, match="ast, difflib_code, difflib_segment, token"):
         similarity.get("cosine")
+
+
+def _pairs() -> list[tuple[object, object]]:
+    """Random strings and lists: short; 200 elements or more with popular elements (difflib's autojunk drops them
+    as match starts); 200 characters or more with none (a wide alphabet); and the code of every call in the
+    bundled fenced-code log against every other (real code, real near-misses)."""
+    import json
+    import random
+    from pathlib import Path
+
+    from cleaner import chat
+
+    rng = random.Random(0)
+    out: list[tuple[object, object]] = []
+    for alphabet, sizes, count in (("ab", (0, 12), 400), ("abc \n", (0, 60), 400), ("abcdefgh", (150, 400), 60),
+                                   ([chr(c) for c in range(0x4E00, 0x4E00 + 2000)], (200, 300), 60)):
+        for _ in range(count):
+            a, b = ([rng.choice(alphabet) for _ in range(rng.randrange(*sizes))] for _ in range(2))
+            out += [("".join(a), "".join(b)), (a, b)]
+    log = Path(similarity.__file__).parent / "examples" / "fenced_code.jsonl"
+    codes = [call.code for line in log.read_text().splitlines() for m in json.loads(line)["messages"]
+             if m["role"] == "assistant" and (call := chat.parse_markdown(m["content"])) is not None]
+    assert len(codes) > 20
+    out += [(a, b) for a in codes for b in codes]
+    out += [(similarity._LEXEME.findall(a), similarity._LEXEME.findall(b)) for a, b in zip(codes, codes[1:])]
+    return out
+
+
+def test_ratio_is_difflibs_exactly():
+    """`_ratio` computes difflib's `SequenceMatcher(None, a, b).ratio()` without difflib (faster); it must be the
+    same float on every pair, whichever match difflib picks among equally long ones. Breakages checked: the
+    longest match searched from the last start in a (ties broken the other way); autojunk ignored (popular
+    characters start matches)."""
+    import difflib
+
+    for a, b in _pairs():
+        assert similarity._ratio(a, b) == difflib.SequenceMatcher(None, a, b).ratio(), (a, b)

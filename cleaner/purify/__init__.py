@@ -35,15 +35,17 @@ turn is cut at the character where its call starts, nothing is tokenized and tok
 Output: the same records, unrelated fields kept, the generated messages purified, `purification` holding the stats
 (`cleaner.saar.SaarStats`) and `read_as` how the record was read. A message that no splice touched is written as it
 was. Tool outputs are shown to the model as the format wraps them (`<tool_response>`, ```output) unless they
-already carry that wrapper; outputs in user messages are shown as they are. A record that cannot be read goes to
-`<OUT stem>.rejected.jsonl` with its place and one-line reason, and the others are purified; `--strict` refuses
-the whole file instead. Records stream through in chunks (`CHUNK_RECORDS`), so memory does not grow with the file
-(but for the hashes of the ids seen); files are replaced atomically when the run ends. A record no splice changed
-is written as its input line with the two keys appended, byte for byte.
+already carry that wrapper; outputs in user messages are shown as they are. With SmolLM2's tokenizer the prompt
+and outputs are rendered by its own chat template instead (`cleaner.purify.template`). A record that cannot be
+read goes to `<OUT stem>.rejected.jsonl` with its place and one-line reason, and the others are purified;
+`--strict` refuses the whole file instead. Records stream through in chunks (`CHUNK_RECORDS`), so memory does not
+grow with the file (but for the hashes of the ids seen); files are replaced atomically when the run ends. A record
+no splice changed is written as its input line with the two keys appended, byte for byte.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from collections import Counter
@@ -57,6 +59,7 @@ from cleaner.purify import formats, sources
 from cleaner.purify.detect import (  # noqa: F401 (classify_output and STATUS_ALIASES: the module's API)
     STATUS_ALIASES, classify_output, classify_text, log_mark)
 from cleaner.purify.log import Log, PurifyInputError, content_text, model_text, with_text
+from cleaner.purify.template import ChatTemplate
 from cleaner.trajectory import Provenance, Span, ToolResult, Trajectory, Turn
 
 OUTPUT_ROLES = {"auto": ("tool", "user"), "tool": ("tool",), "user": ("user",)}  # --outputs-in -> roles read
@@ -172,6 +175,7 @@ class ReadOptions:
     error_pattern: re.Pattern[str] | None = None  # an output it matches failed too (besides a traceback)
     code_argument: str | None = None  # the call argument holding the code; None: the tools schema's, else "code"
     prompt_messages: int | None = None  # --prompt-messages: the first N messages of every record are prompt
+    template: ChatTemplate | None = None  # the tokenizer's own chat template; None: ChatML (`cleaner.chat`)
 
 
 @dataclass(frozen=True)
@@ -226,9 +230,10 @@ def read_log(log: Log, opts: ReadOptions) -> tuple[str, list[LoggedTurn], dict[s
     def prefill(k: int) -> str:
         return messages[k].get("prefill", "") if k < len(messages) else ""
 
-    prompt_text = chat.render_prompt([
-        {"role": m["role"], "content": _assistant_text(m, f"message {k}", code_argument)[0]
-         if m["role"] == "assistant" else content_text(m)} for k, m in enumerate(messages[:n])]) + prefill(n)
+    rendered = [{"role": m["role"], "content": _assistant_text(m, f"message {k}", code_argument)[0]
+                 if m["role"] == "assistant" else content_text(m)} for k, m in enumerate(messages[:n])]
+    template = opts.template
+    prompt_text = (chat.render_prompt(rendered) if template is None else template.prompt(rendered)) + prefill(n)
     turns, calls, roles, k = [], [], set(), n
     while k < len(messages):
         m, where = messages[k], f"message {k}"
@@ -239,7 +244,7 @@ def read_log(log: Log, opts: ReadOptions) -> tuple[str, list[LoggedTurn], dict[s
             call = _content_call(text, opts.fmt, code_argument)
         parsed, nxt = call.parsed, messages[k + 1] if k + 1 < len(messages) else None
         cut = nxt is None and (log.last_cut if log.last_cut is not None else parsed is not None and parsed.unterminated)
-        turn = LoggedTurn(k, prefill(k), text[len(prefill(k)):], call, not cut, None, None)
+        result, observation = None, None  # of a call whose output follows
         if parsed is None and call.tool is None:
             if nxt is not None:
                 raise PurifyInputError(f"{where} makes no tool call ({opts.fmt.name} format), so it must be the last "
@@ -256,15 +261,21 @@ def read_log(log: Log, opts: ReadOptions) -> tuple[str, list[LoggedTurn], dict[s
             else:
                 result, by = _classify(nxt, parsed, opts.error_pattern, f"message {k + 1}")
                 calls.append({"message": k, "status": result.status, "error_type": result.error_type, "by": by})
-            shown = output
-            if nxt["role"] == "tool" and opts.fmt.response_open.strip() not in shown:
-                shown = opts.fmt.tool_response(shown)
-            turn = replace(turn, result=result, observation=chat.user_turn_text(shown) + prefill(k + 2))
+            if template is None:
+                shown = output
+                if nxt["role"] == "tool" and opts.fmt.response_open.strip() not in shown:
+                    shown = opts.fmt.tool_response(shown)
+                observation = chat.user_turn_text(shown)
+            else:
+                rendered += [{"role": "assistant", "content": text}, {"role": nxt["role"], "content": output}]
+                observation = template.observation(rendered)
+            observation += prefill(k + 2)
         else:
             raise PurifyInputError(f"{where} makes a tool call, so message {k + 1} must hold its output "
                                    f"({' or '.join(OUTPUT_ROLES[opts.outputs_in])} role), not role {nxt['role']!r}")
-        turns.append(turn)
-        k += 2 if turn.observation is not None else 1
+        start = prefill(k)
+        turns.append(LoggedTurn(k, start, text[len(start):], call, not cut, result, observation))
+        k += 2 if observation is not None else 1
     if len(roles) > 1:
         raise PurifyInputError("outputs come in both tool and user messages; use one role per record")
     return prompt_text, turns, {"prompt_messages": n, "outputs_in": next(iter(roles), None), "calls": calls}
@@ -305,23 +316,24 @@ def build_trajectory(trajectory_id: str, prompt_text: str, turns: list[LoggedTur
 
 def text_trajectory(trajectory_id: str, prompt_text: str, turns: list[LoggedTurn], meta: dict[str, Any]) -> Trajectory:
     """The trajectory of a read record without tokens: each turn cut at the character where its call starts
-    (at the start of the sampled text when the call begins inside the prefill); spans hold text and no ids."""
-    def span(provenance: Provenance, text: str) -> Span:
-        return Span(provenance, (), text)
-
+    (at the start of the sampled text when the call begins inside the prefill); spans hold text and no ids. The
+    two stop spans are shared (spans are immutable)."""
+    original, observed = Provenance.ORIGINAL, Provenance.OBSERVATION
     out = []
     for t in turns:
-        stop = span(Provenance.ORIGINAL, chat.IM_END if t.stop else "")
-        observation = None if t.observation is None else span(Provenance.OBSERVATION, t.observation)
-        meta_turn = {"message": t.message}
+        stop = _TEXT_STOP if t.stop else _TEXT_NO_STOP
+        observation = None if t.observation is None else Span(observed, (), t.observation)
         parsed = t.call.parsed
         if parsed is None:
-            out.append(Turn(span(Provenance.ORIGINAL, t.sampled), stop, observation=observation, meta=meta_turn))
+            out.append(Turn(Span(original, (), t.sampled), stop, observation=observation, meta={"message": t.message}))
             continue
         cut = max(parsed.start - len(t.prefill), 0)
-        out.append(Turn(span(Provenance.ORIGINAL, t.sampled[:cut]), stop, span(Provenance.ORIGINAL, t.sampled[cut:]),
-                        parsed.code, t.result, observation, meta=meta_turn))
-    return Trajectory(trajectory_id, span(Provenance.PROMPT, prompt_text), tuple(out), meta=meta)
+        out.append(Turn(Span(original, (), t.sampled[:cut]), stop, Span(original, (), t.sampled[cut:]),
+                        parsed.code, t.result, observation, meta={"message": t.message}))
+    return Trajectory(trajectory_id, Span(Provenance.PROMPT, (), prompt_text), tuple(out), meta=meta)
+
+
+_TEXT_STOP, _TEXT_NO_STOP = Span(Provenance.ORIGINAL, (), chat.IM_END), Span(Provenance.ORIGINAL, (), "")
 
 
 def trajectory_from_messages(record: dict[str, Any], tokenizer: Any, fmt: chat.ChatFormat) -> Trajectory:
@@ -639,6 +651,7 @@ def iter_items(path: Path, opts: ReadOptions, strict: bool = False, input_format
             item.line = raw if where == "line" and isinstance(raw, str) else None
             yield item
         except PurifyInputError as e:
+            e.__traceback__ = None  # it holds this frame, which holds `value` (a source's error): a reference cycle
             if strict:
                 raise PurifyFileError(f"{path}:{place}: {e}") from None
             record = value if isinstance(value, dict) else raw
@@ -667,7 +680,7 @@ def with_keys(line: str, record: dict[str, Any], added: dict[str, Any]) -> str |
     head = body[:-1].rstrip()
     if any(key in record for key in added) or not body.endswith("}") or head.endswith("{"):
         return None
-    return head + "".join(f', "{key}": {json.dumps(v, ensure_ascii=False)}' for key, v in added.items()) + "}"
+    return head + ", " + json.dumps(added, ensure_ascii=False)[1:]  # '{"k": v, ...}' less its brace
 
 
 def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -691,6 +704,14 @@ def _trajectories(chunk: list[Item], tokenizer: Any | None) -> list[Trajectory]:
     return [build_trajectory(item.id, item.prompt_text, item.turns, ids, tokenizer, meta(item)) for item in chunk]
 
 
+# Why `run` pauses Python's cyclic garbage collector while records stream through: what it builds per record
+# (dicts, lists, spans, turns) holds no reference cycle, so reference counting frees each chunk once it is written
+# (tests/test_purify.py checks that a run leaves nothing for the collector). The collector would only walk every
+# object the process holds (a loaded tokenizer's and transformers' are some 200,000) each time a chunk's objects
+# are promoted to its oldest generation: 15-20% of the run's CPU time beside the lab tokenizer, none of it freeing
+# anything. It is switched back on when the run ends, whatever way it ends.
+
+
 def run(
     src: Path,
     dst: Path,
@@ -707,21 +728,25 @@ def run(
     code_argument: str | None = None,
     prompt_messages: int | None = None,
     chunk_records: int = CHUNK_RECORDS,
+    template: str | None = None,
 ) -> Report:
     """Purify the log `src` into `dst` (module docstring), streaming `chunk_records` records at a time. With a
     `tokenizer` (named `tokenizer_name` in the report; the CLI loads it) turns are cut at token boundaries and
     tokens counted, and `write_tokens` writes the token-level trajectories beside `dst`; without one the
-    purification is text-level and tokens are not counted. `PurifyFileError` when the file cannot be read at all
-    (then nothing is written)."""
+    purification is text-level and tokens are not counted. `template`: a chat template (Jinja) the prompt and
+    observation texts are rendered with (`cleaner.purify.template`; the CLI gives SmolLM2's with its tokenizer);
+    None: ChatML. `PurifyFileError` when the file cannot be read at all (then nothing is written)."""
     if input_format is not None:
         formats.READERS[input_format]  # an unknown name fails listing the valid ones
     if write_tokens and tokenizer is None:
         raise ValueError("the token file needs a tokenizer")
     opts = ReadOptions(chat.get_format(fmt), outputs_in, None if error_pattern is None else _compile(error_pattern),
-                       code_argument, prompt_messages)
+                       code_argument, prompt_messages, None if template is None else ChatTemplate(template))
     tally, rejected = Tally(), []
     outputs = _Outputs(dst, write_tokens)
     tally_stats: list[dict[str, Any]] = []
+    collecting = gc.isenabled()
+    gc.disable()  # why: the note above `run`
     try:
         for chunk in _chunks(iter_items(src, opts, strict, input_format, rejected), chunk_records):
             for r in rejected:
@@ -732,15 +757,16 @@ def run(
             for item, original in zip(chunk, originals):
                 traj = purify(original, cfg, seed)
                 added = {"purification": traj.stats, "read_as": item.read_as}
-                line = None if item.line is None else with_keys(item.line, item.record, added)
                 if any(t.splices for t in traj.turns):
                     tally.purified += 1
                     text = response_text(tokenizer, traj.turns)
                     record = item.reader.write(item.record, item.log, to_messages(item.log, traj.turns, tokenizer),
                                                text)
                     line = json.dumps({**record, **added}, ensure_ascii=False)
-                elif line is None:
-                    line = json.dumps({**item.record, **added}, ensure_ascii=False)
+                else:
+                    line = None if item.line is None else with_keys(item.line, item.record, added)
+                    if line is None:
+                        line = json.dumps({**item.record, **added}, ensure_ascii=False)
                 outputs.write("out", line)
                 if write_tokens:
                     outputs.write("tokens", json.dumps(traj.to_dict(), ensure_ascii=False))
@@ -758,6 +784,9 @@ def run(
     except BaseException:
         outputs.discard()
         raise
+    finally:
+        if collecting:
+            gc.enable()
     outputs.commit()
     n_rejected = sum(tally.rejected.values())
     return Report(

@@ -1,6 +1,8 @@
 """`python -m cleaner.purify`: the command line of the purifier (`cleaner.purify`), which loads the tokenizer by
 name when one is asked for: `lab` (the lab's own, `cleaner.lab.tokenizer`), or for `cleaner.models.load_tokenizer`
 a bundled model's, a folder or a GGUF file. Without `--tokenizer` nothing is tokenized (the summary says so).
+With SmolLM2's tokenizer (`smollm2`, or a GGUF file of its pre-tokenizer type) the prompt and tool outputs are
+rendered with SmolLM2's own chat template (`cleaner.purify.template`).
 
 Exit status: 0; 1 when more than half of the records (or all) were rejected; 2 for bad options, a file whose
 format no reader knows, or a bad record under `--strict` (one line on stderr, nothing written)."""
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         report = purify.run(args.src, args.dst, cfg, tokenizer, args.tokenizer, args.seed, args.format,
                             args.outputs_in, args.error_pattern, args.strict, write_tokens=tokenizer is not None,
                             input_format=input_format, code_argument=args.code_argument,
-                            prompt_messages=args.prompt_messages)
+                            prompt_messages=args.prompt_messages, template=_own_template(tokenizer))
     except (purify.PurifyInputError, ValueError, OSError) as e:  # bad input or options: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,6 +76,16 @@ def _load_tokenizer(name: str):
     from cleaner.models import load_tokenizer
 
     return lab_tokenizer() if name == "lab" else load_tokenizer(name, names=("lab",))
+
+
+def _own_template(tokenizer) -> str | None:
+    """The chat template the prompt and tool outputs are rendered with: SmolLM2's own (from its GGUF file, with a
+    tokenizer `cleaner.smollm2` built), else None (ChatML, as the lab's and Qwen's templates render it)."""
+    from cleaner import smollm2
+
+    if tokenizer is None or getattr(tokenizer, "gguf_pre", None) not in smollm2.PRE_TYPES:
+        return None
+    return tokenizer.chat_template
 
 
 if __name__ == "__main__":

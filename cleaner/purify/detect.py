@@ -36,6 +36,7 @@ _RESULT_KEYS = ("stdout", "stderr", "exit_code", "returncode", "ename", "evalue"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _LABEL = r"(?:[A-Za-z][\w .-]{0,30}:\s*|\[[\w .-]{1,30}\]\s*)?"  # `Error: `, `stderr: `, `[stderr] `
 _EXCEPTION_LINE = re.compile(rf"^{_LABEL}(?:[A-Za-z_]\w*\.)*([A-Z]\w*(?:Error|Exception|Exit|Interrupt))\b(?::.*)?$")
+_EXCEPTION_WORDS = ("Error", "Exception", "Exit", "Interrupt")  # one is in every line _EXCEPTION_LINE matches
 _TIMEOUT = re.compile(r"(?i)\b(timed out|time limit exceeded|execution timeout)\b")
 _TRACEBACK = "Traceback (most recent call last)"
 
@@ -49,7 +50,8 @@ def _lines_of(output: str) -> str:
 def traceback_failure(output: str) -> ToolResult | None:
     """The failure a traceback, an exception line or a time-out message anywhere in `output` shows; else None."""
     text = _lines_of(output)
-    exceptions = [m.group(1) for ln in text.splitlines() if (m := _EXCEPTION_LINE.match(ln.strip()))]
+    exceptions = [m.group(1) for ln in text.splitlines() if (m := _EXCEPTION_LINE.match(ln.strip()))] \
+        if any(word in text for word in _EXCEPTION_WORDS) else []
     if exceptions:
         name = exceptions[-1]
         status = {"TimeoutError": "timeout", "MemoryError": "memory_limit"}.get(name, "error")

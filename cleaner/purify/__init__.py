@@ -622,9 +622,9 @@ def _read_entry(place: str, value: dict[str, Any], reader: formats.Reader, opts:
 
 
 def iter_items(path: Path, opts: ReadOptions, strict: bool = False, input_format: str | None = None,
-               rejected: list[Rejected] | None = None) -> Iterator[Item]:
+               rejected: list[Rejected] | _RejectedSink | None = None) -> Iterator[Item]:
     """The readable records of `path`, one at a time; those that cannot be read are appended to `rejected` with
-    why. Each record is read by `input_format`'s reader, else by the first reader that claims it (`formats`); a
+    why (as they come). Each record is read by `input_format`'s reader, else by the first reader that claims it (`formats`); a
     first JSON object that no reader knows raises `PurifyFileError` (the file's format is unknown: nothing is
     read as another format), as does a bad record with `strict`. Duplicate ids are found by their 64-bit hashes
     (so memory stays small; two different ids sharing a hash are reported as duplicates, about one chance in 10^7
@@ -681,6 +681,18 @@ def with_keys(line: str, record: dict[str, Any], added: dict[str, Any]) -> str |
     if any(key in record for key in added) or not body.endswith("}") or head.endswith("{"):
         return None
     return head + ", " + json.dumps(added, ensure_ascii=False)[1:]  # '{"k": v, ...}' less its brace
+
+
+class _RejectedSink:
+    """`iter_items`' rejections during `run`: each written out as it comes, so that a file of rejected records
+    (a whole log in a format read wrongly) streams in constant memory too."""
+
+    def __init__(self, outputs: _Outputs, tally: Tally):
+        self.outputs, self.tally = outputs, tally
+
+    def append(self, r: Rejected) -> None:
+        self.outputs.write("rejected", json.dumps(r.to_dict(), ensure_ascii=False))
+        self.tally.rejected[_reason_kind(r.reason)] += 1
 
 
 def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -742,17 +754,14 @@ def run(
         raise ValueError("the token file needs a tokenizer")
     opts = ReadOptions(chat.get_format(fmt), outputs_in, None if error_pattern is None else _compile(error_pattern),
                        code_argument, prompt_messages, None if template is None else ChatTemplate(template))
-    tally, rejected = Tally(), []
+    tally = Tally()
     outputs = _Outputs(dst, write_tokens)
+    rejected = _RejectedSink(outputs, tally)
     tally_stats: list[dict[str, Any]] = []
     collecting = gc.isenabled()
     gc.disable()  # why: the note above `run`
     try:
         for chunk in _chunks(iter_items(src, opts, strict, input_format, rejected), chunk_records):
-            for r in rejected:
-                outputs.write("rejected", json.dumps(r.to_dict(), ensure_ascii=False))
-                tally.rejected[_reason_kind(r.reason)] += 1
-            rejected.clear()
             originals = _trajectories(chunk, tokenizer)
             for item, original in zip(chunk, originals):
                 traj = purify(original, cfg, seed)
@@ -778,9 +787,6 @@ def run(
                 tally_stats.append(traj.stats)
             tally.stats = saar.SaarStats.total([tally.stats, *tally_stats])
             tally_stats.clear()
-        for r in rejected:
-            outputs.write("rejected", json.dumps(r.to_dict(), ensure_ascii=False))
-            tally.rejected[_reason_kind(r.reason)] += 1
     except BaseException:
         outputs.discard()
         raise

@@ -118,6 +118,13 @@ def test_peak_memory_does_not_grow_with_the_file(benchmark, tmp_path):
     print(f"\npeak resident memory: {small:.0f} MB for 2,000 records, {large:.0f} MB for 20,000")
     benchmark.extra_info.update(peak_mb_2k=round(small, 1), peak_mb_20k=round(large, 1))
     assert large - small < 10, (small, large)  # the whole-file purifier grew ~130 KB per record: +2.3 GB here
+    # every record rejected (the log read in the wrong format): rejections stream too (they piled up: +99 MB here)
+    small_rejected = peak_rss_mb(tmp_path / "small.jsonl", tmp_path / "small.rejected-all.jsonl")
+    large_rejected = peak_rss_mb(large_log, tmp_path / "large.rejected-all.jsonl")
+    benchmark.extra_info.update(peak_mb_2k_all_rejected=round(small_rejected, 1),
+                                peak_mb_20k_all_rejected=round(large_rejected, 1))
+    print(f"every record rejected: {small_rejected:.0f} MB for 2,000 records, {large_rejected:.0f} MB for 20,000")
+    assert large_rejected - small_rejected < 10, (small_rejected, large_rejected)
 
 
 def test_smollm2_tokenizer_load_seconds(benchmark):

@@ -10,6 +10,10 @@ context that held the error; recomputing gives them the log-probs of the context
 ratio starts at 1 for them as for every other token. The gap between sampled and recomputed log-probs is logged
 separately for spliced and untouched tokens.
 
+Each mini-batch's log-probs are computed in length-grouped micro-batches, each cut to its longest row
+(`_log_probs`); the loss is one aggregation over the whole mini-batch's tensor and one backward, so loss and
+gradient are those of one padded forward up to float order (`tests/lab/test_update_microbatches.py`).
+
 A run folder holds `metrics.jsonl` (one line per step), `checkpoint/` (model, optimizer, step; written after each
 step, atomically) and `summary.json`, whose presence means finished. Rerunning the same folder resumes after the
 last finished step; lines of a step that did not finish are dropped, so no step is counted twice. The folder is
@@ -57,7 +61,7 @@ from cleaner.rl.dapo import groups_with_signal, shaped_rewards
 from cleaner.rl.losses import policy_loss
 from cleaner.rollout.drivers import rollout
 from cleaner.rollout.engines import SamplingParams, transformers_engine
-from cleaner.rollout.recompute import logprob_gap, recompute
+from cleaner.rollout.recompute import length_chunks, logprob_gap, recompute
 from cleaner.saar import SaarConfig
 from cleaner.sandbox import open_pool
 from cleaner.tracking import Tracker
@@ -92,8 +96,22 @@ def _batch(trajs: list[Trajectory], recomputed: list[list[float]], pad_id: int) 
 
 
 def _log_probs(model: Any, ids: torch.Tensor, attention: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float() / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, L - 1]
+    """Log-probs of ids[:, 1:] [B, L - 1], the rows run in length-grouped micro-batches, each cut to its longest
+    row: the padding a whole right-padded mini-batch would run is not run (past a row's end the values are its
+    micro-batch's padding's, or 0; the loss mask is 0 there). Each row's values are those of the whole batch's
+    forward up to float order (right padding: a row never attends to what follows it), and the loss is aggregated
+    over the assembled [B, L - 1] tensor, so the one backward reaches each micro-batch's graph with the gradient of
+    the mini-batch's loss."""
+    lengths = attention.sum(-1).tolist()  # right-padded rows
+    out = torch.zeros((ids.shape[0], ids.shape[1] - 1), device=ids.device)
+    for rows in length_chunks(lengths):
+        index = torch.tensor(rows, device=ids.device)
+        width = max(lengths[i] for i in rows)
+        chunk, mask = ids[index, :width], attention[index, :width]
+        logits = model(input_ids=chunk, attention_mask=mask).logits[:, :-1].float() / temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, chunk[:, 1:].unsqueeze(-1)).squeeze(-1)
+        out = out.index_put((index[:, None], torch.arange(width - 1, device=ids.device)), logp)
+    return out  # [B, L - 1]
 
 
 def _append_line(path: Path, row: dict[str, Any]) -> None:

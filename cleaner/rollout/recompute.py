@@ -9,6 +9,9 @@ recomputed ones on spliced and on untouched tokens. `rescore_spliced` is the ser
 re-scores each trajectory from its first spliced token, reusing its radix cache for the prefix before it.
 
 Log-probs are taken at `temperature` (logits divided by it), as the engines report them.
+
+`length_chunks` groups rows of a batch by length so that a forward runs little padding; `recompute`, the lab
+trainer's update and the transformers engine's prefill use it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,27 @@ def _pad_right(rows: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+CHUNK_OVERHEAD_TOKENS = 64  # what one more forward costs, in padded tokens (the lab model on one CPU thread)
+
+
+def length_chunks(lengths: list[int], overhead_tokens: int = CHUNK_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Rows grouped by length for the forward: the row indices sorted by length (stable), cut into runs that
+    minimise the padded tokens of all runs plus `overhead_tokens` per run (dynamic programming over the cuts)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j sorted rows
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):  # rows i..j-1 in one run, padded to the longest, the last
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], len(order)
+    while j:
+        runs.append(order[cut[j]:j])
+        j = cut[j]
+    return runs[::-1]
+
+
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits [B, T, V] predicting targets [B, T] -> log-probs [B, T]."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -65,26 +89,33 @@ def full_recompute(model: Any, trajectories: list[Trajectory], pad_id: int,
 
 @torch.no_grad()
 def recompute(model: Any, trajectories: list[Trajectory], pad_id: int, temperature: float = 1.0) -> list[list[float]]:
-    """Same result as `full_recompute`, running each distinct prompt once and its responses on its cache."""
+    """Same result as `full_recompute`, running each distinct prompt once and its responses on its cache, the
+    responses of a prompt in groups of like lengths (`length_chunks`), each padded to its longest only."""
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, t in enumerate(trajectories):
         groups[t.prompt.ids].append(i)
     out: list[list[float]] = [[] for _ in trajectories]
+    device = _device(model)
     for prompt, members in groups.items():
-        cache, device = DynamicCache(), _device(model)
-        last = model(input_ids=torch.tensor([prompt], device=device), past_key_values=cache,
+        prompt_cache = DynamicCache()
+        last = model(input_ids=torch.tensor([prompt], device=device), past_key_values=prompt_cache,
                      use_cache=True).logits[:, -1:]
-        cache.batch_repeat_interleave(len(members))
         responses = [tuple(trajectories[i].ids[len(prompt):]) for i in members]
-        ids, mask = (x.to(device) for x in _pad_right(responses, pad_id))
-        full_mask = torch.cat([torch.ones((len(members), len(prompt)), dtype=torch.long, device=device), mask], dim=1)
-        positions = torch.arange(len(prompt), len(prompt) + ids.shape[1], device=device).expand(len(members), -1)
-        logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True).logits
-        logits = torch.cat([last.expand(len(members), -1, -1), logits[:, :-1]], dim=1)  # predictions of ids
-        logp = _token_logprobs(logits, ids, temperature)
-        for row, i in enumerate(members):
-            out[i] = logp[row, : len(responses[row])].tolist()
+        for chunk in length_chunks([len(r) for r in responses]):
+            cache = DynamicCache()
+            for layer, kept in enumerate(prompt_cache.layers):  # the prompt's cache, once per row of the chunk
+                cache.update(kept.keys.repeat_interleave(len(chunk), 0), kept.values.repeat_interleave(len(chunk), 0),
+                             layer)
+            ids, mask = (x.to(device) for x in _pad_right([responses[k] for k in chunk], pad_id))
+            full_mask = torch.cat([torch.ones((len(chunk), len(prompt)), dtype=torch.long, device=device), mask],
+                                  dim=1)
+            positions = torch.arange(len(prompt), len(prompt) + ids.shape[1], device=device).expand(len(chunk), -1)
+            logits = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+                           use_cache=True).logits
+            logits = torch.cat([last.expand(len(chunk), -1, -1), logits[:, :-1]], dim=1)  # predictions of ids
+            logp = _token_logprobs(logits, ids, temperature)
+            for row, k in enumerate(chunk):
+                out[members[k]] = logp[row, : len(responses[k])].tolist()
     return out
 
 

@@ -13,7 +13,7 @@ CLEANER = Path(__file__).resolve().parents[1] / "cleaner"
 
 LAYERS = [
     {"trajectory", "registry", "stats", "seeds"},
-    {"chat", "data", "similarity", "rewards", "rl", "tracking"},
+    {"chat", "data", "similarity", "rewards", "rl", "tracking", "smollm2"},
     {"saar", "sandbox"},
     {"rollout", "metrics", "purify"},
     {"recipe"},

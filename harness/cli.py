@@ -147,7 +147,10 @@ def hold_interrupts() -> None:
     """In a sweep's driver: Ctrl-C, which the terminal sends to every process of the sweep, reaches only the driver
     (this thread, then KeyboardInterrupt in the main one) and the jobs (`main` unblocks it there), not submitit's
     job controllers between them, which would each print a traceback. SIGINT blocked here stays blocked in the
-    processes started from here."""
+    processes started from here. A driver started with SIGINT ignored (`command &` in a script) keeps ignoring it,
+    as its jobs do: Python installs no handler then, and `interrupt_main` would do nothing."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
 
     def wait() -> None:

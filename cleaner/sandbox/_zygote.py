@@ -321,6 +321,23 @@ def _stat(pid):
     return stat[stat.rfind(b")") + 2:].split()
 
 
+_PF_EXITING = 0x4  # in the flags field of /proc/<pid>/stat
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)  # in the SigPnd/ShdPnd masks of /proc/<pid>/status
+
+
+def _frozen(pid):
+    """Whether `pid` sleeps (stopped, or blocked in a call) with no SIGKILL pending and is not exiting."""
+    fields = _stat(pid)
+    if fields is None or fields[0] not in (b"T", b"t", b"S") or int(fields[6]) & _PF_EXITING:
+        return False
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            pending = [int(line.split()[1], 16) for line in f if line.startswith((b"SigPnd:", b"ShdPnd:"))]
+    except OSError:
+        return False
+    return len(pending) == 2 and not any(mask & _SIGKILL_BIT for mask in pending)
+
+
 def _real_uid(pid):
     """The real uid of `pid` (from status: /proc/<pid> itself is root's for a non-dumpable process), or None."""
     try:
@@ -1033,6 +1050,19 @@ class _Holder:
     def alive(self):
         return not _wait_fd(self.pidfd, select.POLLIN, 0)  # a pidfd is readable once its process has exited
 
+    def intact(self, deadline):
+        """Alive and not being killed. `alive()` alone is not enough right after a cell sent SIGKILL: the process
+        exits only once it is scheduled. A SIGKILL wakes a sleeping process at once, for good, so a holder that
+        sleeps (stopped, or on its socket) with no SIGKILL pending and not exiting was not killed; one still on its
+        way to the stop it was sent is given until `deadline`."""
+        while self.alive():
+            if _frozen(self.pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.0005)
+        return False
+
     def drop(self):
         """Kill it and release what the zygote holds of it (it is reaped by the next _reap)."""
         self.signal(signal.SIGKILL)
@@ -1580,7 +1610,7 @@ class Zygote:
             backup.drop()
         else:
             successor_ours.close()
-            if not backup.alive():  # the cell killed it: the state from before the cell is gone too
+            if not backup.intact(time.monotonic() + _SETTLE_S):  # the cell killed it: the state from before the cell is gone too
                 self._reset_session(session_id, backup)
                 note += ("\n" if note else "") + ("SessionLost: the cell killed the copy of its session's state; "
                                                   "the next cell starts from an empty state")

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness.records import REPO
@@ -116,6 +117,18 @@ def test_sweep_records_rerun_skips_and_a_killed_sweep_resumes_to_the_same_record
             assert [i["finished"] for i in rec["env"]["invocations"]] == [False, True]
 
 
+@pytest.mark.parametrize("disposition, held", [("default_int_handler", True), ("SIG_IGN", False)])
+def test_a_sweep_driver_takes_ctrl_c_over_unless_it_was_started_ignoring_it(disposition, held):
+    """With SIGINT ignored from the start (a background job of a script) Python's Ctrl-C machinery is off, and the
+    driver leaves SIGINT as it found it rather than block it for a waiter that could never interrupt anything."""
+    code = (f"import signal, threading\nsignal.signal(signal.SIGINT, signal.{disposition})\n"
+            "from harness import cli\ncli.hold_interrupts()\n"
+            "print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), threading.active_count())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split() == (["True", "2"] if held else ["False", "1"]), done.stderr
+
+
 def test_a_sweep_off_a_terminal_reports_progress_and_reuse_and_leaves_the_committed_report_alone(tmp_path):
     """What a user sees of a real sweep whose output goes to a file, then the report, a corrupt record, a baseline
     evaluated at two gammas and Ctrl-C. Breakage checked, item by item: nothing was printed between Hydra's lines
@@ -175,9 +188,15 @@ def test_a_sweep_off_a_terminal_reports_progress_and_reuse_and_leaves_the_commit
     assert len(sorted((runs / baseline).glob("samples-*.jsonl"))) == 2
 
     # Ctrl-C (SIGINT to the whole process group, as a terminal sends it): one line, exit 130
+    # started as a terminal's shell starts a command, with SIGINT at its default: where these tests run as a
+    # background job of a script, SIGINT is ignored here, and a command started with it ignored keeps ignoring it
     longer = [c.replace("algo.steps=2", "algo.steps=30") for c in command]
-    proc = subprocess.Popen([*longer, f"hydra.sweep.dir={tmp_path / 'sweep3'}"], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # the child gets SIG_DFL at its exec
+    try:
+        proc = subprocess.Popen([*longer, f"hydra.sweep.dir={tmp_path / 'sweep3'}"], cwd=REPO, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, outer)
     deadline = time.monotonic() + 600
     while sum(1 for p in runs.glob("*/metrics.jsonl") if p.read_text().strip()) < 3:  # one step of a new run
         assert time.monotonic() < deadline and proc.poll() is None, "no step was recorded"

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
+
+from cleaner.sandbox import _zygote
 
 pytestmark = pytest.mark.asyncio
 
@@ -85,6 +92,34 @@ async def test_bwrap_a_cell_that_kills_every_process_it_can_reach_breaks_at_most
         after = await session.run("print('a' in globals())")
         assert (after.status, after.stdout) == ("ok", "False\n")
         assert (await bystander.run("print(kept)")).stdout == "intact\n"
+
+
+async def test_a_copy_of_state_counts_as_kept_only_while_it_sleeps_with_no_kill_on_the_way():
+    """After a failed cell the supervisor keeps the copy made before it only if the cell did not kill it; a SIGKILL
+    takes effect once the process is scheduled, so "not exited yet" is not the test (under load the copy was kept
+    while it died, and the next cell lost the session). A SIGKILL wakes a sleeping process at once: the copy is
+    kept only while it still sleeps (stopped or blocked) with no SIGKILL pending."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while _zygote._stat(sleeper.pid)[0] != b"S" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _zygote._frozen(sleeper.pid)
+        sleeper.send_signal(signal.SIGSTOP)
+        while _zygote._stat(sleeper.pid)[0] != b"T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _zygote._frozen(sleeper.pid)
+        assert not _zygote._frozen(spinner.pid)  # running, as a killed process is until it exits
+        sleeper.kill()
+        while _zygote._stat(sleeper.pid)[0] != b"Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _zygote._frozen(sleeper.pid)
+    finally:
+        for process in (sleeper, spinner):
+            process.kill()
+            process.wait()
+    assert not _zygote._frozen(sleeper.pid)  # reaped: gone
 
 
 async def test_bwrap_fork_copies_the_state_without_re_execution(bwrap_pool):

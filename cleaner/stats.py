@@ -1,5 +1,6 @@
 """Numbers for result tables: pass@k, a mean with its standard error, paired differences with their t interval
-and p-value, and the first step a learning curve reaches a level."""
+and p-value, the first step a learning curve reaches a level, and whether a search's best value is at the edge of
+the values it tried."""
 
 from __future__ import annotations
 
@@ -95,3 +96,14 @@ def first_step_reaching(curve, threshold: float) -> int | None:
     """The first step of `curve` ((step, value) pairs, in step order) whose value is at least `threshold`; None
     when none is."""
     return next((step for step, value in curve if value >= threshold), None)
+
+
+def at_the_edge(best: dict, tried: list[dict]) -> dict[str, str]:
+    """The keys whose best value is the lowest or the highest any finished trial tried ("lowest", "highest"): there,
+    the optimum may lie beyond what was explored, and the choice is not tuning but a bound."""
+    edges = {}
+    for key, value in best.items():
+        values = [params[key] for params in tried if key in params]
+        if len(set(values)) > 1 and value in (min(values), max(values)):
+            edges[key] = "lowest" if value == min(values) else "highest"
+    return edges

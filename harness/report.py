@@ -40,6 +40,7 @@ import dataclasses
 import html
 import io
 import json
+import math
 import os
 import shutil
 import statistics
@@ -54,7 +55,7 @@ from omegaconf import OmegaConf
 
 from cleaner.purify import purify
 from cleaner.saar import SaarConfig
-from cleaner.stats import first_step_reaching, mean_stderr, paired_difference
+from cleaner.stats import at_the_edge, first_step_reaching, mean_stderr, paired_difference
 from cleaner.trajectory import Trajectory, read_jsonl
 from harness.records import hashed_part, record_problem
 
@@ -180,7 +181,9 @@ def label(r: Record) -> str:
     if not r.saar:
         return f"{model} DAPO baseline"
     s = r.config["saar"]
-    return f"{model} CLEANER (γ {s['gamma']}, K {s['max_retries']}, rollback prob. {s['rollback_probability']})"
+    start = f", SAAR from step {s['from_step'] + 1}" if s.get("from_step") else ""  # older records have no from_step
+    return (f"{model} CLEANER (γ {s['gamma']}, K {s['max_retries']}, rollback prob. {s['rollback_probability']}"
+            f"{start})")
 
 
 def groups(records: Iterable[Record]) -> list[list[Record]]:
@@ -549,9 +552,10 @@ def latency(records: list[Record]) -> Table | None:
 
 
 def tuning(trials: list[Record], records_dir: str) -> Table | None:
-    """The learning-rate searches (`sweeps/tune_lr.yaml`, one Optuna study per method): every trial's lr and
-    validation Pass@1, in the order the trials started, the best of each method marked (Optuna's choice: the
-    first trial with the highest value)."""
+    """The learning-rate searches (`sweeps/tune_lr.yaml`, one Optuna study per method): every trial's lr, its order
+    of start and validation Pass@1, by lr within each method, the best marked (Optuna's choice: the first trial with
+    the highest value; "at the edge" when its lr is the lowest or highest tried), and each trial's difference to the
+    best with a 95% interval (normal, from the two stderrs over problems), "within noise" when it holds 0."""
     def started(r: Record) -> str:
         env = r.path / "env.json"
         return _read(env, json.loads)["invocations"][0]["started"] if env.exists() else ""
@@ -564,18 +568,31 @@ def tuning(trials: list[Record], records_dir: str) -> Table | None:
     rows = []
     for g in sorted(studies.values(), key=lambda g: (g[0].saar, label(g[0]))):
         g = sorted(g, key=started)
+        order = {r.name: i for i, r in enumerate(g)}
         best = max(g, key=lambda r: r.summary["eval"]["accuracy"])  # max keeps the first of equal values
-        for i, r in enumerate(g):
+        lrs = [r.config["algo"]["lr"] for r in g]
+        edge = at_the_edge({"lr": best.config["algo"]["lr"]}, [{"lr": lr} for lr in lrs])
+        b = best.summary["eval"]
+        for r in sorted(g, key=lambda r: r.config["algo"]["lr"]):
             e = r.summary["eval"]
-            rows.append((Cell(label(r)), Cell(str(i)), Cell(f"{r.config['algo']['lr']:.3g}"), Cell(str(r.steps)),
-                         Cell(f"{100 * e['accuracy']:.1f} ± {100 * e['accuracy_stderr']:.1f}"),
-                         Cell(str(e["problems"])), Cell("chosen" if r is best else ""), Cell(r.name)))
+            delta, half = e["accuracy"] - b["accuracy"], 1.96 * math.hypot(e["accuracy_stderr"], b["accuracy_stderr"])
+            versus = "" if r is best else (f"{100 * delta:+.1f} [{100 * (delta - half):+.1f}, "
+                                           f"{100 * (delta + half):+.1f}]" + (" within noise" if delta + half >= 0
+                                                                               else ""))
+            mark = ("chosen" + (f", at the edge ({edge['lr']} lr tried)" if edge else "")) if r is best else ""
+            rows.append((Cell(label(r)), Cell(str(order[r.name])), Cell(f"{r.config['algo']['lr']:.3g}"),
+                         Cell(str(r.steps)), Cell(f"{100 * e['accuracy']:.1f} ± {100 * e['accuracy_stderr']:.1f}"),
+                         Cell(str(e["problems"])), Cell(versus), Cell(mark), Cell(r.name)))
     if not rows:
         return None
     return Table("tuning", "Learning-rate search per method, on the validation split", ("method", "trial", "lr",
-                 "RL steps", "val Pass@1 (%)", "val problems", "", "source"), tuple(rows),
-                 ("Optuna (TPE) over lr in [1e-5, 1e-3] (log scale), the same budget per method; Pass@1 on the "
-                  "lab's validation split (never the test split), ± stderr over problems.",), records_dir)
+                 "RL steps", "val Pass@1 (%)", "val problems", "Δ to the chosen (points) [95%]", "", "source"),
+                 tuple(rows),
+                 ("Optuna (TPE) over lr on a log scale, the same budget per method; Pass@1 on the lab's validation "
+                  "split (never the test split), ± stderr over problems. Rows by lr; trial: the order of start.",
+                  "Δ: the trial's Pass@1 minus the chosen one's, with a normal 95% interval from the two stderrs "
+                  "(unpaired, though the problems are the same: wider than a paired one); within noise: the "
+                  "interval holds 0."), records_dir)
 
 
 def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:

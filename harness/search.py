@@ -33,6 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cleaner.stats import at_the_edge
 from harness import cli, schema
 from harness.train import check, run
 
@@ -185,6 +186,12 @@ def search(cfg: DictConfig, launcher: dict[str, Any], log=print) -> Any:
         time.sleep(1.0)
     best = study.best_trial
     log(f"best trial {best.number}: {spec.metric} = {best.value:.4f} with {best.params}")
+    tried = [t.params for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    for key, edge in at_the_edge(best.params, tried).items():
+        values = [params[key] for params in tried]
+        log(f"the best {key} = {best.params[key]:g} is the {edge} value tried ({min(values):g} to {max(values):g}): "
+            f"not inside the explored range; widen search.space.{key} past it, raise search.trials and rerun the "
+            "same command (the study keeps its trials)")
     return study
 
 

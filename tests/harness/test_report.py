@@ -461,12 +461,14 @@ def test_strict_refuses_records_not_made_at_one_clean_commit(runs, tmp_path):
     assert cli().returncode == 0 and (tmp_path / "out" / "tables.md").exists()
 
 
-def test_the_tuning_table_lists_each_trial_in_order_and_marks_the_first_best(tmp_path):
-    """Trials of two studies, started in the order 2, 0, 1 (baseline) and 0, 1 (CLEANER): rows in that order, the
-    best of each marked; of two equal bests, the one that started first (Optuna's choice). Breakage checked: the
-    last of equal values marked instead."""
+def test_the_tuning_table_lists_trials_by_lr_marks_the_first_best_its_edge_and_what_is_within_noise(tmp_path):
+    """Trials of two studies, started in the order 2, 0, 1 (baseline) and 0, 1, 2 (CLEANER): rows by lr, the start
+    order in the trial column; the best of each marked, of two equal bests the one that started first (Optuna's
+    choice), "at the edge" when its lr is the highest or lowest tried; each other trial's Δ to it with a 95%
+    interval (stderr 2 points each: ±1.96·√2·2 = ±5.5 points), "within noise" when it holds 0. Breakage checked:
+    the last of equal values marked, the edge judged against the space's bounds, within noise judged on Δ alone."""
     trials = {"b0": (False, 1e-4, 0.90, "08:10"), "b1": (False, 3e-5, 0.95, "08:20"), "b2": (False, 4e-4, 0.95, "08:00"),
-              "c0": (True, 1e-4, 0.80, "08:00"), "c1": (True, 2e-5, 0.85, "08:30")}
+              "c0": (True, 1e-4, 0.70, "08:00"), "c1": (True, 2e-5, 0.85, "08:30"), "c2": (True, 5e-6, 0.75, "08:40")}
     for name, (saar, lr, accuracy, started) in trials.items():
         run = write_record(tmp_path / "tuning", name, steps=20, saar=saar,
                            summary_eval={"accuracy": accuracy, "accuracy_stderr": 0.02, "problems": 100})
@@ -475,10 +477,12 @@ def test_the_tuning_table_lists_each_trial_in_order_and_marks_the_first_best(tmp
         (run / "config.yaml").write_text(yaml.safe_dump(config))
         (run / "env.json").write_text(json.dumps({"invocations": [{"started": f"2026-12-05T{started}:00+0000"}]}))
     table = report.tuning(report.load_records(tmp_path / "tuning"), "../tuning")
+    base, cleaner = "lab DAPO baseline", "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)"
     assert [[c.text for c in row] for row in table.rows] == [
-        ["lab DAPO baseline", "0", "0.0004", "20", "95.0 ± 2.0", "100", "chosen", "b2"],
-        ["lab DAPO baseline", "1", "0.0001", "20", "90.0 ± 2.0", "100", "", "b0"],
-        ["lab DAPO baseline", "2", "3e-05", "20", "95.0 ± 2.0", "100", "", "b1"],
-        ["lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)", "0", "0.0001", "20", "80.0 ± 2.0", "100", "", "c0"],
-        ["lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)", "1", "2e-05", "20", "85.0 ± 2.0", "100", "chosen", "c1"]]
+        [base, "2", "3e-05", "20", "95.0 ± 2.0", "100", "+0.0 [-5.5, +5.5] within noise", "", "b1"],
+        [base, "1", "0.0001", "20", "90.0 ± 2.0", "100", "-5.0 [-10.5, +0.5] within noise", "", "b0"],
+        [base, "0", "0.0004", "20", "95.0 ± 2.0", "100", "", "chosen, at the edge (highest lr tried)", "b2"],
+        [cleaner, "2", "5e-06", "20", "75.0 ± 2.0", "100", "-10.0 [-15.5, -4.5]", "", "c2"],
+        [cleaner, "1", "2e-05", "20", "85.0 ± 2.0", "100", "", "chosen", "c1"],
+        [cleaner, "0", "0.0001", "20", "70.0 ± 2.0", "100", "-15.0 [-20.5, -9.5]", "", "c0"]]
     assert "[`b2`](../tuning/b2/)" in report.to_markdown(table)

@@ -121,6 +121,34 @@ def test_a_repeated_point_is_reported_not_run_and_an_exhausted_space_ends_the_se
     assert run_folders(tmp_path / "runs") == []
 
 
+def test_a_search_whose_choice_is_the_lowest_value_tried_says_to_widen_the_range(tmp_path):
+    """A finished study (its trials added by hand) whose best lr is the lowest it tried: the driver's last line says
+    so and how to widen. Checked red: the line dropped; the line given for the best of an inside choice too."""
+    cfg, launcher = composed_search(tmp_path, trials=3)
+    with open_dict(cfg):
+        cfg.search.space = {"algo.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}
+    (tmp_path / "runs" / "optuna").mkdir(parents=True)
+    study = optuna.create_study(study_name="saar_lab", storage=f"sqlite:///{tmp_path / 'runs/optuna/saar_lab.db'}",
+                                direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
+    for value, score in ((2e-5, 0.9), (1e-4, 0.8), (5e-4, 0.5)):
+        study.add_trial(optuna.trial.create_trial(params={"algo.lr": value}, value=score,
+                                                  distributions={"algo.lr": lr}))
+    log = []
+    search.search(cfg, launcher, log=log.append)
+    assert log[1:] == ["best trial 0: eval.accuracy = 0.9000 with {'algo.lr': 2e-05}",
+                       "the best algo.lr = 2e-05 is the lowest value tried (2e-05 to 0.0005): not inside the explored "
+                       "range; widen search.space.algo.lr past it, raise search.trials and rerun the same command "
+                       "(the study keeps its trials)"]
+    study.add_trial(optuna.trial.create_trial(params={"algo.lr": 1e-5}, value=0.7, distributions={"algo.lr": lr}))
+    log.clear()
+    with open_dict(cfg):
+        cfg.search.trials = 4
+    search.search(cfg, launcher, log=log.append)
+    assert log[1:] == ["best trial 0: eval.accuracy = 0.9000 with {'algo.lr': 2e-05}"]
+    assert run_folders(tmp_path / "runs") == []
+
+
 def test_space_size_counts_integer_points_and_a_float_key_makes_it_infinite():
     """Checked red: `high - low` (each range one short), a float key counted as one point."""
     assert search.space_size({"a": {"type": "int", "low": 1, "high": 5},

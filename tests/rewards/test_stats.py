@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cleaner.stats import (first_step_reaching, mean_stderr, paired_difference, pass_at_k,
+from cleaner.stats import (at_the_edge, first_step_reaching, mean_stderr, paired_difference, pass_at_k,
                            student_t_quantile)
 
 
@@ -75,3 +75,13 @@ def test_first_step_reaching_a_level():
     curve = [(0, 0.5), (10, 0.7), (20, 0.65), (30, 0.8)]
     assert (first_step_reaching(curve, 0.7), first_step_reaching(curve, 0.8), first_step_reaching(curve, 0.9)) == (
         10, 30, None)
+
+
+def test_a_best_value_at_the_edge_of_the_values_tried_is_named():
+    """Hand-made trials: lr's best is the lowest tried, K's best lies between its tried values. Checked red: the
+    bounds of the space compared instead of the values tried, a single value tried counted as an edge."""
+    tried = [{"lr": 1e-5, "k": 1}, {"lr": 3e-5, "k": 3}, {"lr": 1e-4, "k": 2}]
+    assert at_the_edge({"lr": 1e-5, "k": 2}, tried) == {"lr": "lowest"}
+    assert at_the_edge({"lr": 1e-4, "k": 3}, tried) == {"lr": "highest", "k": "highest"}
+    assert at_the_edge({"lr": 3e-5, "k": 2}, tried) == {}
+    assert at_the_edge({"lr": 1e-5}, [{"lr": 1e-5}, {"lr": 1e-5}]) == {}  # one value: no range to be inside

@@ -59,3 +59,18 @@ def rollout_metrics(trajs: list[Trajectory], correct: list[bool]) -> dict[str, A
         reasons[t.meta["finish_reason"]] = reasons.get(t.meta["finish_reason"], 0) + 1
     out["finish_reasons"] = dict(sorted(reasons.items()))
     return out
+
+
+def advantage_failure_covariance(advantages: list[float], failed: list[bool]) -> dict[str, float | None]:
+    """How a step's advantages treat trajectories whose first attempt at some call failed: the population covariance
+    between a trajectory's advantage and that indicator (`adv_failure_cov`, which is P(failed) times the gap between
+    the failed ones' mean advantage and the mean), and the failed ones' mean advantage (`adv_mean_failed`, None
+    without any). Negative: the update pushes against trajectories that made an error. Over the trained
+    trajectories; with SAAR the failure is the one made before the splice, whatever the trained sequence shows."""
+    n = len(advantages)
+    if n == 0:
+        return {"adv_failure_cov": 0.0, "adv_mean_failed": None}
+    mean_a, share = sum(advantages) / n, sum(failed) / n
+    cov = sum((a - mean_a) * (float(f) - share) for a, f in zip(advantages, failed)) / n
+    hit = [a for a, f in zip(advantages, failed) if f]
+    return {"adv_failure_cov": cov, "adv_mean_failed": sum(hit) / len(hit) if hit else None}

@@ -29,7 +29,7 @@ Where this departs from the paper and the authors' code, and why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -52,13 +52,23 @@ def error_class(result: ToolResult) -> str:
 
 @dataclass(frozen=True)
 class SaarConfig:
-    """SAAR settings. Defaults are the paper's (Table 5 and section 3)."""
+    """SAAR settings. Defaults are the paper's (Table 5 and section 3).
+
+    `from_step` is for the paper's post-hoc experiment (SAAR switched on at step 200 of a DAPO baseline): with
+    `enabled`, SAAR applies to the rollout of training step `step` (0-based) only when `step >= from_step`, so
+    from_step=200 trains steps 1 to 200 (as the metrics count them) as the baseline and SAAR is on from step 201.
+    0 (the default): every step, as before. It is a training schedule, resolved per step by `at_step`: evaluation
+    does not read it (SAAR at test time is the caller's `enabled`). Where a caller cannot know the step (verl's
+    legacy agent-loop worker), from_step > 0 is refused rather than ignored (`active`). It does not load the
+    baseline's checkpoint: the run trains its first from_step steps itself, which on the lab path are the
+    baseline's exactly given the same seed and thread count (docs/harness.md)."""
 
     enabled: bool = True  # SAAR on; off reproduces the DAPO-with-tools baseline
     gamma: float = 0.5  # shallow splice when similarity >= gamma, else deep ("gamma = 0.5", paper section 3.2)
     max_retries: int = 3  # K, lookahead retries per failure event ("K = 3")
     rollback_probability: float = 1.0  # p, chance SAAR applies to a trajectory (1.0 for Qwen3-4B, 0.7 for 7B)
     similarity: str = "difflib_code"  # a key of cleaner.similarity.SIMILARITIES
+    from_step: int = 0  # 0-based training step from which SAAR applies; earlier steps are the baseline (0: all)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
@@ -68,6 +78,25 @@ class SaarConfig:
         if not 0.0 <= self.rollback_probability <= 1.0:
             raise ValueError(f"saar.rollback_probability (p) must be in [0, 1], got {self.rollback_probability}")
         similarity.get(self.similarity)
+        if self.from_step < 0:
+            raise ValueError(f"saar.from_step must be >= 0, got {self.from_step}")
+
+
+def active(cfg: SaarConfig, step: int | None) -> bool:
+    """Whether SAAR is on for the rollout of training step `step` (0-based; None: the caller does not know it):
+    `enabled`, and `step >= from_step`. With from_step 0 the step is not needed; with from_step > 0 an unknown step
+    is an error, never a silent "always on"."""
+    if cfg.from_step == 0 or not cfg.enabled:
+        return cfg.enabled
+    if step is None:
+        raise ValueError(f"saar.from_step={cfg.from_step} needs the training step, which this rollout is not given")
+    return step >= cfg.from_step
+
+
+def at_step(cfg: SaarConfig, step: int | None) -> SaarConfig:
+    """SAAR as the rollout of training step `step` runs it: `enabled` set by `active`, the schedule resolved
+    (from_step 0)."""
+    return replace(cfg, enabled=active(cfg, step), from_step=0)
 
 
 def applies_to(cfg: SaarConfig, seed: int, trajectory_id: str) -> bool:

@@ -91,8 +91,8 @@ async def off_and_on(evaluate_side: Callable[[bool], Awaitable[tuple[dict[str, A
 
 def saar_at_test_time(saar: SaarConfig, on: bool) -> SaarConfig:
     """SAAR as evaluated: "on" applies SAAR with the run's gamma, K and p even to a baseline, whose own config has
-    it off (its parameters are then the defaults, the paper's)."""
-    return replace(saar, enabled=on)
+    it off (its parameters are then the defaults, the paper's). `from_step`, a training schedule, does not apply."""
+    return replace(saar, enabled=on, from_step=0)
 
 
 def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
@@ -251,9 +251,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def test_time_saar(cfg: DictConfig) -> dict[str, Any]:
     """SAAR's parameters on the evaluation's "on" side: the run's own (for a baseline, those of its command line,
-    by default the paper's)."""
+    by default the paper's); not `from_step`, which only schedules training."""
     saar = OmegaConf.to_container(cfg.saar, resolve=True)
     saar.pop("enabled")
+    saar.pop("from_step")
     return saar
 
 

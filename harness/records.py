@@ -95,12 +95,13 @@ def evaluation_name(cfg: DictConfig) -> str:
     """The name of an evaluation record in its run's folder (`harness.eval`): `eval` when SAAR's parameters at test
     time are those the run's name covers (a CLEANER run's own; a baseline's at the schema's defaults, the paper's),
     else `eval-<8 hex>`, named by the parameters that differ. A baseline's name leaves SAAR's parameters out (they do
-    not change its training), but SAAR at test time uses them: two gammas, two records."""
+    not change its training), but SAAR at test time uses them: two gammas, two records (not `from_step`, which only
+    schedules training)."""
     if cfg.saar.enabled:
         return "eval"
     defaults = schema_defaults()["saar"]
     delta = {k: v for k, v in OmegaConf.to_container(cfg.saar, resolve=True).items()
-             if k != "enabled" and v != defaults[k]}
+             if k not in ("enabled", "from_step") and v != defaults[k]}
     return f"eval-{hashlib.sha256(json.dumps(delta, sort_keys=True).encode()).hexdigest()[:8]}" if delta else "eval"
 
 

@@ -162,10 +162,10 @@ def _override(key: str, value: Any) -> str:
 def agent_loop_entries(cfg: DictConfig, test_time_saar: bool | None) -> list[dict]:
     """The agent-loop YAML's content: the plugin's entry for our loop with this run's rollout and sandbox settings;
     SAAR as trained, or switched as asked when evaluating at test time (a baseline evaluated with SAAR on gets the
-    paper's SAAR parameters)."""
+    paper's SAAR parameters; `from_step`, a training schedule, does not apply at test time)."""
     rollout = schema.rollout_config(cfg)
     if test_time_saar is not None:
-        rollout = replace(rollout, saar=replace(rollout.saar, enabled=test_time_saar))
+        rollout = replace(rollout, saar=replace(rollout.saar, enabled=test_time_saar, from_step=0))
     sandbox = replace(schema.sandbox_config(cfg), workers=sandbox_workers(cfg, job_cpus()))
     return verl_plugin.agent_loop_config(rollout, sandbox)
 

@@ -195,7 +195,8 @@ def test_step_reports_each_outcome(make):
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"gamma": 1.5}, "gamma"), ({"gamma": -0.1}, "gamma"), ({"max_retries": -1}, "max_retries"),
-     ({"rollback_probability": 1.01}, "rollback_probability"), ({"similarity": "cosine"}, "similarity")],
+     ({"rollback_probability": 1.01}, "rollback_probability"), ({"similarity": "cosine"}, "similarity"),
+     ({"from_step": -1}, "from_step")],
 )
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -254,3 +255,22 @@ def test_stats_total_sums_counts_and_classes_sorted():
     assert list(total["final_failures_by_class"]) == ["KeyError", "NameError", "SyntaxError"]
     assert a["final_failures_by_class"] == {"SyntaxError": 1, "NameError": 1}
     assert SaarStats.total([]) == {} and SaarStats.total([c]) == {**c, "saar_applied": 1}
+
+
+@pytest.mark.parametrize("enabled, from_step, step, expected", [
+    (True, 0, 0, True), (True, 0, None, True),  # the default: every step; the step is not needed
+    (True, 3, 2, False), (True, 3, 3, True), (True, 3, 4, True),  # 0-based: steps 0-2 are the baseline
+    (False, 0, 5, False), (False, 3, 5, False), (False, 3, None, False),  # off stays off, whatever the step
+])
+def test_from_step_switches_saar_on_at_that_0_based_step(enabled, from_step, step, expected):
+    """Breakages checked: `step > from_step` (the boundary step 3 stays baseline), `enabled` ignored after the
+    switch, the step compared with from_step - 1."""
+    cfg = SaarConfig(enabled=enabled, from_step=from_step)
+    assert saar.active(cfg, step) is expected
+    assert saar.at_step(cfg, step) == SaarConfig(enabled=expected)  # the schedule resolved: from_step back to 0
+
+
+def test_from_step_refuses_an_unknown_step():
+    """Not "always on" when the caller does not know the step. Breakage checked: `step is None` read as on."""
+    with pytest.raises(ValueError, match=r"^saar.from_step=3 needs the training step"):
+        saar.active(SaarConfig(from_step=3), None)

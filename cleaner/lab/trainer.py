@@ -2,7 +2,10 @@
 bottom: rollout, rewards, advantages, old log-probs, mini-batch updates, metrics, evaluation, checkpoint.
 
 Baseline and CLEANER differ only in `TrainConfig.saar` (enabled or not, and its gamma, K, p). The recipe is
-`cleaner.recipe.AlgoConfig`, which the harness's `algo` config group mirrors.
+`cleaner.recipe.AlgoConfig`, which the harness's `algo` config group mirrors. `saar.from_step` switches SAAR on at a
+given step (the paper's post-hoc experiment): the rollout of step `step` (0-based) runs `cleaner.saar.at_step(cfg.saar,
+step)`, and each metrics line says whether SAAR was on (`saar_active`). A resumed run resolves it from the same step
+index, so it switches at the same step; held-out evaluation keeps SAAR off whatever the step.
 
 Old log-probs are recomputed under the policy before the updates, on the final purified sequences, with the
 prompt's KV cache shared by its group (`cleaner.rollout.recompute`). Spliced tokens were sampled in a lookahead
@@ -62,7 +65,7 @@ from cleaner.rl.losses import policy_loss
 from cleaner.rollout.drivers import rollout
 from cleaner.rollout.engines import SamplingParams, transformers_engine
 from cleaner.rollout.recompute import length_chunks, logprob_gap, recompute
-from cleaner.saar import SaarConfig
+from cleaner.saar import SaarConfig, at_step
 from cleaner.sandbox import open_pool
 from cleaner.tracking import Tracker
 from cleaner.trajectory import Trajectory, excluded_from_loss, write_lines_atomic
@@ -190,10 +193,12 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
     async with open_pool(cfg.sandbox) as pool:
         for step in range(start_step, algo.steps):
             t0 = time.perf_counter()
-            # 1. rollout: G samples of each of this step's problems, SAAR as configured
+            # 1. rollout: G samples of each of this step's problems, SAAR as configured for this step (saar.from_step)
             problems = task.problems("train", algo.prompts_per_step, seed=seeds.derive(cfg.seed, "step", step))
+            step_saar = at_step(cfg.saar, step)
             model.eval()
-            trajs = await rollout(engine, tokenizer, task.prompts(problems), algo.group_size, cfg.rollout, sampling,
+            trajs = await rollout(engine, tokenizer, task.prompts(problems), algo.group_size,
+                                  replace(cfg.rollout, saar=step_saar), sampling,
                                   seeds.derive(cfg.seed, "rollout", step), pool)
             t_rollout = time.perf_counter() - t0
             # 2. rewards: +1 / -1 outcome, plus DAPO's overlong penalty
@@ -242,6 +247,7 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             t_update = time.perf_counter() - t2
             # 6. metrics
             row: dict[str, Any] = {"step": step + 1, "reward": float(rewards.mean()), **rollout_metrics(trajs, correct)}
+            row["saar_active"] = step_saar.enabled  # SAAR on for this step's rollout (saar.enabled, saar.from_step)
             for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "grad_norm", "loss"):
                 row[key] = sum(m[key] for m in update_metrics) / max(1, len(update_metrics))
             spliced = sum(g["spliced_tokens"] for g in gaps)

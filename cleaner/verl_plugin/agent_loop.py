@@ -18,6 +18,20 @@ once per trajectory. They arrive as plain values or omegaconf containers; both a
 sampling settings (temperature, top_p, top_k, `calculate_log_probs`, validation overrides) come from verl as
 `sampling_params`, unchanged.
 
+Training step (`saar.from_step`). SAAR applies from a given training step on (`cleaner.saar.at_step`), so the loop
+needs the step: verl 0.9.1's V1 trainer (`trainer.use_v1=true`, its default, which `harness.verl` runs) sets
+`global_steps` on each batch it hands the agent loops (`tu.assign_non_tensor_data(batch, "global_steps",
+self.global_steps)` in `verl/trainer/ppo/v1/trainer_base.py`, for training, validation and re-issued prompts), and
+`AgentLoopWorkerTQ.generate_sequences` (`verl/trainer/ppo/v1/agent_loop_tq.py`) copies every key of the batch into
+each prompt's keyword arguments, which `AgentLoopWorker._run_agent_loop` passes to `run()`: so `run()` gets
+`global_steps=<int>`. verl counts training steps from 1 (`self.global_steps += 1` before the first), so the 0-based
+step is `global_steps - 1`; the validation before training has `global_steps` 0 (SAAR off when from_step > 0), and
+one after step g has g (SAAR as for step g). A resumed verl run restores `global_steps` from its checkpoint folder,
+so it switches at the same step. verl's legacy worker (`trainer.use_v1=false`,
+`verl/experimental/agent_loop/agent_loop.py`) keeps the step in `batch.meta_info["global_steps"]` and passes only
+`non_tensor_batch` to `run()`: there, from_step > 0 is refused by `run()` with one line (`rollout_for_step`).
+Read in the installed verl 0.9.1 (the version pinned in pyproject.toml), not in another.
+
 Token budget. The final trajectory never exceeds verl's `rollout.response_length`: the episode runs with
 `max_response_tokens = min(rollout.max_response_tokens, response_length)`, and the episode guarantees that its
 final trajectory fits that budget (a tool output that does not fit is cut and the episode ends `length`). Each
@@ -73,8 +87,8 @@ Departures from the authors' code and the paper, and what this does not do:
   keep the log-probs they had in the lookahead context, and verl's actor recomputes `old_log_prob` on the final,
   purified sequence (the paper's recompute step).
 - Validation runs through the same entry (verl does not tell an agent loop that it is validating), so SAAR at test
-  time follows `rollout.saar.enabled`. To validate with SAAR switched the other way, the harness evaluates a
-  finished run with its own entry (`test_time_saar`).
+  time follows `rollout.saar.enabled` (and `from_step`, at the step verl passes). To validate with SAAR switched
+  the other way, the harness evaluates a finished run with its own entry (`test_time_saar`, from_step 0).
 - Not supported: multimodal prompts, partial rollouts / fully-async training (no `global_steps` bookkeeping),
   routed-expert replay, rewards computed inside the loop.
 - Not verified: no GPU run, no SGLang or vLLM server (whether they keep the stop token in `token_ids`, as the
@@ -102,7 +116,7 @@ from cleaner import chat
 from cleaner.rollout.episode import Done, Episode, Execute, Generate, RolloutConfig
 from cleaner.rollout.recompute import first_spliced, logprob_gap, rescore_spliced
 from cleaner.rollout.tools import SandboxTools
-from cleaner.saar import SaarConfig
+from cleaner.saar import SaarConfig, at_step
 from cleaner.sandbox import SandboxConfig, open_pool
 from cleaner.trajectory import Trajectory, excluded_from_loss
 
@@ -141,6 +155,17 @@ def loop_settings(rollout: Mapping, sandbox: Mapping) -> tuple[RolloutConfig, Sa
     rollout["saar"] = _dataclass_from(SaarConfig, dict(rollout.get("saar", {})), "agent loop rollout.saar")
     return (_dataclass_from(RolloutConfig, rollout, "agent loop rollout"),
             _dataclass_from(SandboxConfig, dict(sandbox), "agent loop sandbox"))
+
+
+def rollout_for_step(cfg: RolloutConfig, global_steps: Any) -> RolloutConfig:
+    """The rollout config for the trajectory of verl's training step `global_steps` (1-based; None when verl did not
+    pass it): SAAR resolved by `cleaner.saar.at_step` at the 0-based step `global_steps - 1` (module docstring)."""
+    if global_steps is None and cfg.saar.enabled and cfg.saar.from_step > 0:
+        raise ValueError(f"saar.from_step={cfg.saar.from_step} needs the training step, but verl passed no "
+                         "global_steps to the agent loop (its legacy worker does not; run verl's V1 trainer, "
+                         "trainer.use_v1=true)")
+    step = None if global_steps is None else int(global_steps) - 1
+    return replace(cfg, saar=at_step(cfg.saar, step))
 
 
 def _prompt_messages(raw_prompt: Any) -> list[dict[str, str]]:
@@ -273,7 +298,9 @@ class CleanerAgentLoop(AgentLoopBase):
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds actor_rollout_ref.rollout.prompt_length="
                              f"{self.prompt_length}; raise it or filter long prompts (data.filter_overlong_prompts)")
         trajectory_id = uuid.uuid4().hex
-        episode = Episode(trajectory_id, prompt, self.tokenizer, self.rollout_cfg, seed=0)
+        step = kwargs.get("global_steps")  # V1 passes the step with each prompt; the legacy worker does not
+        rollout_cfg = rollout_for_step(self.rollout_cfg, step)
+        episode = Episode(trajectory_id, prompt, self.tokenizer, rollout_cfg, seed=0)
         want_logprobs = bool(sampling_params.get("logprobs"))
         stop = sorted(set(sampling_params.get("stop_token_ids") or []) | {self.stop_id})
         tools = SandboxTools(await sandbox_pool(self.sandbox_cfg), self.rollout_cfg.infra_retries)
@@ -308,8 +335,8 @@ class CleanerAgentLoop(AgentLoopBase):
             gap = logprob_gap(trajectory, rescored)
         output = to_output(trajectory, generate_s, tool_s, server_fields, rescored)
         assert len(output.response_ids) <= self.response_length, "the episode exceeded its token budget"
-        step = kwargs.get("global_steps")  # V1 passes the step with each prompt; the legacy worker does not
         log_trajectory({"global_steps": None if step is None else int(step), "uid": kwargs.get("uid"),
+                        "saar_active": rollout_cfg.saar.enabled,
                         "split": (kwargs.get("extra_info") or {}).get("split"),
                         "trajectory_id": trajectory_id, "finish_reason": trajectory.meta["finish_reason"],
                         "weights": [server_fields.get("min_global_steps"), server_fields.get("max_global_steps")],

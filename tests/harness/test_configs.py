@@ -144,9 +144,10 @@ def test_mirrored_groups_match_the_cleaner_dataclasses(mirror, source):
 
 def test_lab_translation_is_exact(composed):
     cfg = composed(["algo.prompts_per_step=8", "algo.ppo_mini_batch_size=2", "saar.gamma=0.3", "seed=7",
-                    "sandbox.timeout_s=2.5"])
+                    "sandbox.timeout_s=2.5", "saar.from_step=100"])
     t = schema.lab_train_config(cfg)
     assert (t.algo.mini_batches, t.rollout.saar.gamma, t.seed, t.sandbox.timeout_s) == (4, 0.3, 7, 2.5)
+    assert t.saar.from_step == 100
     assert (t.rollout.max_turns, t.rollout.max_response_tokens, t.algo.loss_config().clip_ratio_high) == (4, 320, 0.28)
     assert t.sandbox.cpu_time_s == 2.5  # the CPU-time limit follows the wall-clock one unless set
 

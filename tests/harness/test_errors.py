@@ -36,7 +36,7 @@ def test_unknown_key_exits_2_listing_the_valid_keys():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: unknown key 'saar.gama': saar has no 'gama'; valid keys: enabled, gamma, "
-                                   "max_retries, rollback_probability, similarity")
+                                   "max_retries, rollback_probability, similarity, from_step")
 
 
 @pytest.mark.parametrize("key, expected", [
@@ -57,6 +57,7 @@ def test_unknown_key_messages(key, expected):
     ("saar.rollback_probability=1.2", "saar.rollback_probability (p) must be in [0, 1], got 1.2"),
     ("saar.gamma=-0.1", "saar.gamma must be in [0, 1], got -0.1"),
     ("saar.similarity=jaccard", "unknown similarity 'jaccard'; valid: "),
+    ("saar.from_step=-1", "saar.from_step must be >= 0, got -1"),
     ("algo.ppo_mini_batch_size=3", "algo.ppo_mini_batch_size=3 must be >= 1 and divide algo.prompts_per_step=8"),
     ("algo.group_size=0", "algo.group_size must be >= 1, got 0"),  # from AlgoConfig's own checks, as the next ones
     ("algo.lr=0", "algo.lr and algo.max_grad_norm must be > 0 and algo.lr_warmup_steps, algo.eval_every >= 0; got 0"),

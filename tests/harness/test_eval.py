@@ -22,6 +22,19 @@ def test_saar_on_at_test_time_applies_to_a_baseline_with_the_runs_parameters():
     assert saar_at_test_time(on, True) == on and saar_at_test_time(on, False) == baseline
 
 
+def test_saar_from_step_schedules_training_only(composed):
+    """A run with saar.from_step is evaluated with SAAR on (or off) from the start, under the same record name and
+    test-time setting as without it, so evaluations made before the key existed stay current. Breakages caught:
+    `from_step` kept in `saar_at_test_time`, in `test_time_saar`'s record, in `evaluation_name`'s delta."""
+    from harness.eval import test_time_saar
+    from harness.records import evaluation_name
+
+    assert saar_at_test_time(SaarConfig(from_step=5), True) == SaarConfig()
+    assert test_time_saar(composed(["saar.from_step=5"])) == test_time_saar(composed())
+    assert "from_step" not in test_time_saar(composed())
+    assert evaluation_name(composed(["saar=baseline", "saar.from_step=5"])) == "eval"
+
+
 def test_compare_reports_the_difference_and_the_overhead():
     side = {"problems": 8, "generated_tokens": 100, "retry_tokens": 0}
     result = compare({**side, "accuracy": 0.5, "wall_s": 40.0}, {**side, "accuracy": 0.625, "wall_s": 44.0})

@@ -19,13 +19,15 @@ def test_the_hash_ignores_where_results_go_and_verbosity_but_nothing_else(compos
     assert len(base) == 12
     for same in (["quiet=true"], [f"runs_root={tmp_path}"], ["strict=true"], ["launcher=local"]):
         assert records.config_hash(composed(same)) == base, same
-    for different in (["seed=1"], ["saar.gamma=0.3"], ["algo.lr=2e-4"], ["sandbox.timeout_s=3"], ["model.path=x"]):
+    for different in (["seed=1"], ["saar.gamma=0.3"], ["algo.lr=2e-4"], ["sandbox.timeout_s=3"], ["model.path=x"],
+                      ["saar.from_step=100"]):
         assert records.config_hash(composed(different)) != base, different
 
 
 def test_a_baseline_is_one_run_whatever_its_unused_saar_parameters(composed):
     off = [records.config_hash(composed(["saar=baseline", f"saar.gamma={g}"])) for g in (0.3, 0.5, 0.7)]
     assert len(set(off)) == 1
+    assert records.config_hash(composed(["saar=baseline", "saar.from_step=100"])) == off[0]
     on = [records.config_hash(composed([f"saar.gamma={g}"])) for g in (0.3, 0.5, 0.7)]
     assert len(set(on)) == 3
 

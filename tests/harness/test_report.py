@@ -486,3 +486,14 @@ def test_the_tuning_table_lists_trials_by_lr_marks_the_first_best_its_edge_and_w
         [cleaner, "1", "2e-05", "20", "85.0 ± 2.0", "100", "", "chosen", "c1"],
         [cleaner, "0", "0.0001", "20", "70.0 ± 2.0", "100", "-15.0 [-20.5, -9.5]", "", "c0"]]
     assert "[`b2`](../tuning/b2/)" in report.to_markdown(table)
+
+
+def test_a_run_with_saar_from_step_is_labelled_with_the_step_saar_starts_at():
+    """`saar.from_step=200` (0-based): SAAR from step 201 as the metrics count steps; a record made before the key
+    existed, or with from_step 0, is labelled as before. Breakage caught: the suffix left out of `label`."""
+    from types import SimpleNamespace
+
+    saar = {"enabled": True, "gamma": 0.5, "max_retries": 3, "rollback_probability": 1.0}
+    label = lambda s: report.label(SimpleNamespace(config={"model": {"name": "lab"}, "saar": s}, steps=300, saar=True))
+    assert label({**saar, "from_step": 200}) == "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0, SAAR from step 201)"
+    assert label(saar) == label({**saar, "from_step": 0}) == "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)"

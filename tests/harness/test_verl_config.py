@@ -293,6 +293,19 @@ def test_evaluation_at_test_time_loads_the_last_checkpoint_with_saar_as_asked(ru
     assert t["trainer.experiment_name"] == f"{t.run_dir.name}-{t.job.name.replace('_', '-')}"
 
 
+def test_saar_from_step_reaches_the_agent_loop_and_not_its_test_time_evaluation(runs):
+    """The post-hoc run (`saar.from_step=200`): a run of its own, whose agent loop gets the step to switch at
+    (`CleanerAgentLoop` resolves it per verl step); evaluated at test time, SAAR is on from the start. Breakages
+    caught: `from_step` dropped from the agent-loop YAML; kept at test time (`agent_loop_entries` without
+    `from_step=0`)."""
+    post, cleaner = runs("preset=qwen3_4b", "saar.from_step=200"), runs("preset=qwen3_4b")
+    assert post.run_dir != cleaner.run_dir
+    assert (post.agent["rollout"]["saar"]["from_step"], cleaner.agent["rollout"]["saar"]["from_step"]) == (200, 0)
+    on = runs("preset=qwen3_4b", "saar.from_step=200", "test_time_saar=true")
+    assert on.run_dir == post.run_dir and on.agent["rollout"]["saar"] == {**post.agent["rollout"]["saar"],
+                                                                          "from_step": 0}
+
+
 def test_translation_refuses_what_verl_cannot_run(files):
     cases = ((["engine=transformers"], "engine.kind='transformers': cluster=verl supports sglang"),
              (["cluster.gpus_per_node=3", "verl.rollout_tp=2"], "cluster.gpus_per_node=3 must"),

@@ -13,7 +13,7 @@ Deliberate bugs each test was seen to catch (each made by hand in `cleaner/lab/t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -105,3 +105,21 @@ def test_a_killed_run_resumes_at_its_last_finished_step_as_if_never_killed(tmp_p
     timing = ("rollout_s", "recompute_s", "update_s", "step_s", "lookahead_time_share")
     strip = [{k: v for k, v in r.items() if k not in timing} for r in rows(killed)]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in rows(whole)]
+
+
+def test_a_run_with_saar_from_step_samples_the_baselines_steps_before_it(tmp_path, init, monkeypatch):
+    """The lab's own sampling (not a script): with saar.from_step=1, step 1 is the baseline run's step 1 exactly
+    (same seed, one thread), and SAAR is on from step 2 (this task makes no calls, so SAAR is drawn for every
+    trajectory but has nothing to roll back). Breakage caught: the trainer's rollout given `cfg.rollout` (SAAR drawn
+    in step 1: `saar_applied` 32, not 0)."""
+    monkeypatch.setenv("CLEANER_THREADS", "1")
+    init_dir, solved = init
+    algo = replace(CFG.algo, steps=2)
+    for name, saar in (("base", SaarConfig(enabled=False)), ("post", SaarConfig(from_step=1))):
+        train_sync(TrainConfig(algo, saar=saar), init_dir, tmp_path / name, log=lambda s: None,
+                   task=FirstTokenTask(solved))
+    timing = ("rollout_s", "recompute_s", "update_s", "step_s", "lookahead_time_share")
+    base, post = ([{k: v for k, v in r.items() if k not in timing} for r in rows(tmp_path / name)]
+                  for name in ("base", "post"))
+    assert post[0] == base[0] and post[0]["saar_applied"] == 0 and post[0]["saar_active"] is False
+    assert post[1]["saar_active"] is True and post[1]["saar_applied"] == 32

@@ -164,13 +164,14 @@ def init_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run(init_dir, tmp_path, monkeypatch):
-    """`run(cfg, script=..., solved=..., pool=...) -> Probe`: one `train` call in a fresh run folder, observed;
-    `pool` replaces the sandbox pool (default: the real one, opened with `cfg.sandbox`)."""
+    """`run(cfg, script=..., solved=..., pool=..., run_dir=...) -> Probe`: one `train` call in a fresh run folder
+    (or in `run_dir`, to resume one), observed; `pool` replaces the sandbox pool (default: the real one, opened
+    with `cfg.sandbox`)."""
     monkeypatch.setenv("CLEANER_THREADS", "1")
     counter = iter(range(1000))
 
     def go(cfg: TrainConfig, script: Script = answer_at_once, solved: Callable[[str], bool] = first_two,
-           pool: Callable[[SandboxConfig], Any] | None = None) -> Probe:
+           pool: Callable[[SandboxConfig], Any] | None = None, run_dir: Path | None = None) -> Probe:
         probe = Probe(ScriptTask(solved))
         real_rollout, real_log_probs, real_loss, real_pool = (trainer.rollout, trainer._log_probs,
                                                               trainer.policy_loss, trainer.open_pool)
@@ -217,7 +218,7 @@ def run(init_dir, tmp_path, monkeypatch):
             m.setattr(trainer, "policy_loss", policy_loss)
             m.setattr(trainer, "open_pool", open_pool)
             m.setattr(torch.optim, "AdamW", AdamW)
-            run_dir = tmp_path / f"run{next(counter)}"
+            run_dir = run_dir or tmp_path / f"run{next(counter)}"
             probe.summary = trainer.train_sync(cfg, init_dir, run_dir, log=lambda s: None, task=probe.task)
         probe.rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         return probe
@@ -592,6 +593,56 @@ def test_rollback_probability_draws_the_trajectories_saar_applies_to(run):
     assert len(drawn) == 13
     assert {t.id for t in trajs if t.stats["splices_deep"]} == drawn
     assert {t.id for t in trajs if t.stats["final_failures"]} == {t.id for t in trajs} - drawn
+
+
+TIMING = ("rollout_s", "recompute_s", "update_s", "step_s", "lookahead_time_share")
+
+
+def untimed(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_from_step_runs_the_baseline_until_that_step_then_saar(run):
+    """saar.from_step=1 over 2 steps, a failed call and its fix in every trajectory: step 1 is the baseline's step 1
+    exactly (same seed, one thread: every metric equal, the failure kept, no rollback, `saar_active` false), and
+    step 2 has SAAR (the fix spliced over every failure). The baseline's step 2 keeps its failures. Breakages
+    caught: the trainer's rollout given `cfg.rollout` (SAAR from step 1: step 1 differs from the baseline's);
+    `saar.active` comparing `step > from_step` (step 2 stays the baseline); `saar_active` not written."""
+    algo = tiny_algo(**{**SPLICE, "steps": 2})
+    post = run(TrainConfig(algo, saar=SaarConfig(from_step=1)), script=bug_then_fix)
+    base = run(TrainConfig(algo, saar=SaarConfig(enabled=False)), script=bug_then_fix)
+    assert [r["saar_active"] for r in post.rows] == [False, True]
+    assert [r["saar_active"] for r in base.rows] == [False, False]
+    assert [c.saar.enabled for _, _, c, *_ in post.train_rollouts] == [False, True]
+    assert untimed(post.rows)[0] == untimed(base.rows)[0]
+    assert post.rows[0]["rollbacks_triggered_per_traj"] == 0 and post.rows[0]["final_failures_per_traj"] == 1
+    assert post.rows[1]["rollbacks_triggered_per_traj"] == 1 and post.rows[1]["final_failures_per_traj"] == 0
+    assert post.rows[1]["saar_applied"] == 4 and post.rows[1]["spliced_tokens"] > 0
+    assert base.rows[1]["rollbacks_triggered_per_traj"] == 0 and base.rows[1]["final_failures_per_traj"] == 1
+
+
+def test_from_step_holds_across_a_resume(run, tmp_path, monkeypatch):
+    """saar.from_step=1 over 2 steps, killed right after step 1's checkpoint, then rerun in the same folder: step 2
+    runs once, with SAAR, and every metrics line equals that of a run never killed. Breakage caught: the step
+    counted from the resume (`at_step(cfg.saar, step - start_step)`: the resumed step 2 runs without SAAR)."""
+    cfg = TrainConfig(tiny_algo(**{**SPLICE, "steps": 2}), saar=SaarConfig(from_step=1))
+    whole = run(cfg, script=bug_then_fix)
+    killed = tmp_path / "killed"
+    save = trainer._save_checkpoint
+
+    def save_then_die(run_dir, model, tokenizer, opt, step):
+        save(run_dir, model, tokenizer, opt, step)
+        if step == 1:
+            raise KeyboardInterrupt("killed")  # as a SIGINT would, between steps 1 and 2
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "_save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, script=bug_then_fix, run_dir=killed)
+    resumed = run(cfg, script=bug_then_fix, run_dir=killed)
+    assert [c.saar.enabled for _, _, c, *_ in resumed.train_rollouts] == [True]  # step 2 only, with SAAR
+    assert [r["saar_active"] for r in resumed.rows] == [False, True]
+    assert untimed(resumed.rows) == untimed(whole.rows)
 
 
 def test_gamma_and_similarity_choose_shallow_or_deep(run):

@@ -13,6 +13,7 @@ from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
 from cleaner import chat
 from cleaner.rollout.episode import RolloutConfig
 from cleaner.rollout.recompute import score
+from cleaner.saar import SaarConfig
 from cleaner.verl_plugin import AGENT_NAME
 from cleaner.verl_plugin.agent_loop import CleanerAgentLoop, loop_settings
 
@@ -235,6 +236,55 @@ async def test_tiny_model_rollouts_are_tokens_in_tokens_out(tok, tiny_model, mak
         sampled = [i for i, m in enumerate(got["mask"]) if m]
         assert len(sampled) > 0
         assert [got["logprobs"][i] for i in sampled] == pytest.approx([expected[i] for i in sampled], abs=TOL)
+
+
+FAIL_THEN_FIX = [say("Compute.\n", FAILING), say("Define x first.\n", FIXED), "\\boxed{42}"]
+
+
+def saar_outcome(stats: dict) -> tuple[bool, int, int]:
+    return stats["saar_applied"], stats["rollbacks_triggered"], stats["final_failures"]
+
+
+@pytest.mark.asyncio
+async def test_from_step_applies_saar_from_verls_global_step(make_worker, scripted, batch, sandbox_pools):
+    """saar.from_step=2 (0-based): verl's training steps count from 1 and each prompt's `global_steps` reaches
+    run() as a keyword (the V1 worker copies the batch's keys into each prompt; module docstring). Steps 1 and 2
+    (0-based 0, 1 < from_step) are the baseline: the failure stays, no rollback; step 3 (0-based 2 >= from_step)
+    and later have SAAR. Run as verl's worker builds and runs the loop, and through the legacy worker's
+    generate_sequences with `global_steps` as a per-sample column (how its keywords reach run()). Breakages
+    caught: the episode given the loop's config unresolved (SAAR at every step); the step taken as 0-based
+    (`int(global_steps)`, SAAR from verl's step 2); `>` for `>=` in `saar.active` (step 3 stays the baseline)."""
+    server = scripted({X_QUESTION: FAIL_THEN_FIX * 6})
+    worker = make_worker(server, rollout=RolloutConfig(saar=SaarConfig(from_step=2)))
+    messages = [{"role": "user", "content": X_QUESTION}]
+    got = {}
+    for step in (1, 2, 3, 4):
+        out = await instantiate(worker).run(dict(SAMPLING), raw_prompt=messages, global_steps=step)
+        got[step] = saar_outcome(out.extra_fields["saar_stats"])
+    assert got == {1: (False, 0, 1), 2: (False, 0, 1), 3: (True, 1, 0), 4: (True, 1, 0)}
+    for step, expected in ((2, (False, 0, 1)), (3, (True, 1, 0))):
+        data = batch([X_QUESTION])
+        data.non_tensor_batch["global_steps"] = np.array([step])
+        out = await worker.generate_sequences(data)
+        assert saar_outcome(out.non_tensor_batch["saar_stats"][0]) == expected
+
+
+@pytest.mark.asyncio
+async def test_from_step_without_verls_global_step_is_refused(make_worker, scripted, batch, sandbox_pools):
+    """verl's legacy worker keeps the step in `meta_info` and never passes it to run(): with from_step > 0 the loop
+    refuses in one line rather than applying SAAR at every step; from_step 0 and SAAR off need no step. Breakages
+    caught: the loop's own check removed (`saar.active`'s generic message, which does not say what verl lacks);
+    that check and `saar.active`'s both removed (no error, SAAR at every step)."""
+    messages = [{"role": "user", "content": X_QUESTION}]
+    worker = make_worker(scripted({X_QUESTION: FAIL_THEN_FIX}), rollout=RolloutConfig(saar=SaarConfig(from_step=2)))
+    with pytest.raises(ValueError, match=r"^saar.from_step=2 needs the training step, but verl passed no "
+                                         r"global_steps to the agent loop"):
+        await worker.generate_sequences(batch([X_QUESTION]))  # meta_info["global_steps"] = 1, no column
+    for saar, from_step, expected in ((True, 0, (True, 1, 0)), (False, 2, (False, 0, 1))):
+        worker = make_worker(scripted({X_QUESTION: FAIL_THEN_FIX}), saar=saar,
+                             rollout=RolloutConfig(saar=SaarConfig(from_step=from_step)))
+        out = await instantiate(worker).run(dict(SAMPLING), raw_prompt=messages)
+        assert saar_outcome(out.extra_fields["saar_stats"]) == expected
 
 
 def test_loop_settings_read_the_yaml_values_and_name_a_bad_key():

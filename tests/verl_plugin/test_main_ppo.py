@@ -10,6 +10,7 @@ which records the version and digest of the rollout server's weights with every 
   while step 3 runs, after the step-2 checkpoint; rerun, it resumes at step 3 from that checkpoint: finite losses,
   nonzero gradient norms, new weights at every step, splices, spliced log-probs re-scored to the trainer's.
 - The baseline (SAAR off), 1 step, then evaluated with SAAR on at test time (verl's val_only from its checkpoint).
+- CLEANER with `saar.from_step=1`, 2 steps: SAAR off in step 1, on in step 2, as verl's `global_steps` says.
 
 Breakages checked (each turns a test red): `CleanerAgentLoop` without the server's weight versions (the V1 step-1
 crash), a rollout server that ignores weight updates, `resume_mode=disable`, the re-scoring skipped, test-time SAAR
@@ -184,3 +185,16 @@ def test_a_baseline_never_splices_in_training_and_splices_with_saar_on_at_test_t
     assert {r["split"] for r in evaluated} == {"test"}
     summary = json.loads((folder / "eval_saar_on/summary.json").read_text())
     assert "val-core/lab/acc/mean@1" in summary["metrics"]["data"]
+
+
+def test_saar_from_step_switches_saar_on_at_verls_training_step(tmp_path):
+    """`saar.from_step=1` through verl's V1 trainer: the step reaches our agent loop as the `global_steps` of each
+    prompt (`AgentLoopWorkerTQ`; the loop refuses to run without it), step 1 (0-based 0) trains as the baseline,
+    step 2 with SAAR, and the validations follow the step they come after (0: before training, off; 2: on)."""
+    runs = tmp_path / "runs"
+    finish(harness([*COMMON, "algo.steps=2", "saar.from_step=1"], runs))
+    seen: dict[tuple[int, str], set] = {}
+    for r in records(run_dir(runs) / "verl/rollouts/1"):
+        seen.setdefault((r["global_steps"], r["split"]), set()).add((r["saar_active"], r["saar_stats"]["saar_applied"]))
+    assert seen == {(0, "test"): {(False, False)}, (1, "train"): {(False, False)}, (2, "train"): {(True, True)},
+                    (2, "test"): {(True, True)}}

@@ -22,13 +22,13 @@ LOAD_LINE = "cleaner.verl_plugin loaded: agent loop 'cleaner_agent' (cleaner.ver
 
 def test_agent_loop_config_is_one_plain_yaml_entry_that_round_trips():
     rollout = RolloutConfig(max_turns=8, max_response_tokens=4096,
-                            saar=SaarConfig(enabled=False, gamma=0.6, rollback_probability=0.7))
+                            saar=SaarConfig(enabled=False, gamma=0.6, rollback_probability=0.7, from_step=5))
     sandbox = SandboxConfig(timeout_s=3.0, workers=4, python_paths=("/opt/site-packages",))
     [entry] = yaml.safe_load(yaml.safe_dump(agent_loop_config(rollout, sandbox)))
     assert entry["name"] == AGENT_NAME == "cleaner_agent"
     assert entry["_target_"] == "cleaner.verl_plugin.agent_loop.CleanerAgentLoop"
     assert entry["rollout"]["saar"] == {"enabled": False, "gamma": 0.6, "max_retries": 3, "rollback_probability": 0.7,
-                                        "similarity": "difflib_code"}
+                                        "similarity": "difflib_code", "from_step": 5}
     assert entry["sandbox"]["python_paths"] == ["/opt/site-packages"]
     assert set(entry) == {"name", "_target_", "rollout", "sandbox"}
     assert loop_settings(entry["rollout"], entry["sandbox"]) == (rollout, sandbox)

@@ -58,7 +58,7 @@ from cleaner import seeds
 from cleaner.lab import tasks
 from cleaner.lab.config import TrainConfig
 from cleaner.lab.sft import idle_threads
-from cleaner.metrics import rollout_metrics
+from cleaner.metrics import advantage_failure_covariance, rollout_metrics
 from cleaner.rl.advantages import compute_advantages
 from cleaner.rl.dapo import groups_with_signal, shaped_rewards
 from cleaner.rl.losses import policy_loss
@@ -248,6 +248,10 @@ async def train(cfg: TrainConfig, init_dir: Path, run_dir: Path, log: Callable[[
             # 6. metrics
             row: dict[str, Any] = {"step": step + 1, "reward": float(rewards.mean()), **rollout_metrics(trajs, correct)}
             row["saar_active"] = step_saar.enabled  # SAAR on for this step's rollout (saar.enabled, saar.from_step)
+            # how the update treats trajectories that made an error (before any splice): over those it trained on
+            per_traj = advantages.sum(-1) / batch["mask"].sum(-1).clamp(min=1)  # [B]: each token carries the same
+            row.update(advantage_failure_covariance([float(per_traj[i]) for i in order],
+                                                    [trajs[i].stats["first_attempt_failures"] > 0 for i in order]))
             for key in ("pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "grad_norm", "loss"):
                 row[key] = sum(m[key] for m in update_metrics) / max(1, len(update_metrics))
             spliced = sum(g["spliced_tokens"] for g in gaps)

@@ -621,6 +621,23 @@ def test_from_step_runs_the_baseline_until_that_step_then_saar(run):
     assert base.rows[1]["rollbacks_triggered_per_traj"] == 0 and base.rows[1]["final_failures_per_traj"] == 1
 
 
+@pytest.mark.parametrize("enabled", [False, True], ids=["baseline", "cleaner"])
+def test_each_step_records_how_advantages_cover_first_attempt_failures(run, enabled):
+    """Samples 0 and 1 of each group fail a call, fix it and solve; 2 and 3 answer at once and fail: GRPO
+    advantages a, a, -a, -a (a = 1 / (sqrt(4/3) + 1e-6)) against failures 1, 1, 0, 0, so the covariance is
+    (a/2 + a/2 + a/2 + a/2) / 4 = a/2 and the failed ones' mean advantage is a, with SAAR as without: its failures
+    are those made before the splice. Breakages caught: the metric taken over the sequence after splicing (CLEANER's
+    failures vanish: covariance 0), the advantage summed over tokens instead of one per trajectory."""
+    def fail_first_two(trajectory_id: str, n: int) -> str:
+        return bug_then_fix(trajectory_id, n) if sample(trajectory_id) < 2 else answer_at_once(trajectory_id, n)
+
+    a = 1 / (SQRT_4_3 + 1e-6)
+    [row] = run(TrainConfig(tiny_algo(**SPLICE), saar=SaarConfig(enabled=enabled)), script=fail_first_two).rows
+    assert row["rollbacks_triggered_per_traj"] == (0.5 if enabled else 0)
+    assert row["adv_failure_cov"] == pytest.approx(a / 2, rel=1e-6)
+    assert row["adv_mean_failed"] == pytest.approx(a, rel=1e-6)
+
+
 def test_from_step_holds_across_a_resume(run, tmp_path, monkeypatch):
     """saar.from_step=1 over 2 steps, killed right after step 1's checkpoint, then rerun in the same folder: step 2
     runs once, with SAAR, and every metrics line equals that of a run never killed. Breakage caught: the step

@@ -12,11 +12,14 @@ touches the committed report. The committed report is regenerated only on reques
 - `<table>.md`, `<table>.csv`, `<table>.tex` and all Markdown tables in `tables.md`: Table 1 (methods x benchmarks,
   RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
   / p ablation, the step budget (steps, prompts, trajectories and sampled tokens), the comparison of each CLEANER
-  setting with the baseline, paired by seed (when two or more seeds pair), SAAR's latency at test time over
-  repeated evaluations (when an evaluation was repeated), and the learning-rate searches (`--tuning`, by default
+  setting with the baseline, paired by seed (when two or more seeds pair), the 2x2 of method and overlong penalty
+  (`contrasts`, when both methods ran with the penalty on and off), the update's signal on trajectories that made
+  an error, per arm (`failure_signal`, from records that log it), SAAR's latency at test time over repeated
+  evaluations (when an evaluation was repeated), and the learning-rate searches (`--tuning`, by default
   `results/tuning`; cited in place, not copied);
-- `curves.png`: held-out Pass@1 (from the start), training accuracy and tool failures per trajectory against RL
-  step, one line per method with a band over seeds;
+- `curves.png`: held-out Pass@1 (from the start), training accuracy, tool failures per trajectory and (where
+  logged) the covariance of advantage and first-attempt failure against RL step, one line per method with a band
+  over seeds;
 - `index.html`: the tables, the figure, and sample trajectories (original and purified side by side, spliced
   spans highlighted);
 - `runs/<run>/`: a copy of each cited record, without checkpoints, so every measured cell traces to a folder in
@@ -55,7 +58,7 @@ from omegaconf import OmegaConf
 
 from cleaner.purify import purify
 from cleaner.saar import SaarConfig
-from cleaner.stats import at_the_edge, first_step_reaching, mean_stderr, paired_difference
+from cleaner.stats import at_the_edge, first_step_reaching, mean_stderr, paired_difference, student_t_quantile
 from cleaner.trajectory import Trajectory, read_jsonl
 from harness.records import hashed_part, record_problem
 
@@ -174,16 +177,25 @@ def group_key(config: dict[str, Any]) -> str:
     return json.dumps(part, sort_keys=True)
 
 
+def penalty_off(r: Record) -> bool:
+    """Whether the run trained without DAPO's overlong penalty (factor 0; absent: the recipe's default, on)."""
+    return r.config.get("algo", {}).get("overlong_penalty_factor", 1.0) == 0
+
+
+def penalty_note(r: Record) -> str:
+    return ", no overlong penalty" if penalty_off(r) else ""
+
+
 def label(r: Record) -> str:
     model = r.config["model"]["name"]
     if r.steps == 0:
         return f"{model} (no RL)"
     if not r.saar:
-        return f"{model} DAPO baseline"
+        return f"{model} DAPO baseline{penalty_note(r)}"
     s = r.config["saar"]
     start = f", SAAR from step {s['from_step'] + 1}" if s.get("from_step") else ""  # older records have no from_step
     return (f"{model} CLEANER (γ {s['gamma']}, K {s['max_retries']}, rollback prob. {s['rollback_probability']}"
-            f"{start})")
+            f"{start}){penalty_note(r)}")
 
 
 def groups(records: Iterable[Record]) -> list[list[Record]]:
@@ -523,6 +535,92 @@ def comparison(records: list[Record]) -> Table | None:
                   "the baseline's final one; - when it never does."))
 
 
+def contrasts(records: list[Record]) -> Table | None:
+    """The 2x2 of {baseline, CLEANER} x {overlong penalty on, off}: for each CLEANER setting trained with the penalty
+    on and off, beside baselines trained both ways and otherwise alike (learning rates aside), the four arms paired
+    by the seeds they share (at least two): CLEANER - baseline under each penalty, the difference of those two (the
+    interaction: how much of CLEANER's effect the penalty makes), and the penalty's effect within each method; on
+    held-out Pass@1 and tool failures per trajectory, with Student's t interval and p-value."""
+    arms: dict[str, dict[tuple[str, bool], list[Record]]] = {}
+    for g in groups(records):
+        if g[0].steps and all("eval" in r.summary for r in g):
+            rest = json.loads(group_key(g[0].config))
+            saar = json.dumps(rest.pop("saar", None), sort_keys=True)
+            rest.get("algo", {}).pop("lr", None)
+            rest.get("algo", {}).pop("overlong_penalty_factor", None)
+            arms.setdefault(json.dumps(rest, sort_keys=True), {})[(saar if g[0].saar else "", penalty_off(g[0]))] = g
+    rows = []
+    for family in arms.values():
+        if ("", False) not in family or ("", True) not in family:
+            continue
+        for saar in sorted({s for s, _ in family if s and (s, False) in family and (s, True) in family}):
+            four = {(method, off): family[(saar if method else "", off)] for method in (0, 1) for off in (False, True)}
+            seeds = sorted(set.intersection(*({r.config["seed"] for r in g} for g in four.values())))
+            if len(seeds) < 2:
+                continue
+            by_seed = {k: {r.config["seed"]: r for r in g} for k, g in four.items()}
+
+            def values(key: str, method: int, off: bool) -> list[float]:
+                return [by_seed[(method, off)][seed].summary["eval"][key] for seed in seeds]
+
+            def effect(key: str, off: bool) -> list[float]:
+                return [c - b for c, b in zip(values(key, 1, off), values(key, 0, off))]
+
+            name = label(four[(1, False)][0])
+            cited = Cell(" ".join(by_seed[k][seed].name for seed in seeds for k in sorted(four)))
+            for contrast, pair in (
+                    (f"{name} - baseline, penalty on", lambda key: (values(key, 1, False), values(key, 0, False))),
+                    (f"{name} - baseline, penalty off", lambda key: (values(key, 1, True), values(key, 0, True))),
+                    ("the two differences: on - off (interaction)", lambda key: (effect(key, False),
+                                                                                 effect(key, True))),
+                    ("penalty on - off, baseline", lambda key: (values(key, 0, False), values(key, 0, True))),
+                    ("penalty on - off, CLEANER", lambda key: (values(key, 1, False), values(key, 1, True)))):
+                acc = paired_difference(*pair("accuracy"))
+                fails = paired_difference(*pair("final_failures_per_traj"))
+                rows.append((Cell(contrast), Cell(str(len(seeds))), interval_cell(acc, 100), Cell(p_value(acc)),
+                             interval_cell(fails, digits=3), Cell(p_value(fails)), cited))
+    if not rows:
+        return None
+    return Table("contrasts", "CLEANER and the overlong penalty: the 2x2, paired by seed (held-out, SAAR off at "
+                 "test time)", ("contrast", "seeds", "Δ Pass@1 (points) [95% t]", "p-value",
+                                "Δ tool failures / traj [95% t]", "p-value", "source"), tuple(rows),
+                 ("Each contrast per seed over the seeds all four arms share, then the mean with Student's t "
+                  "interval; p-value: two-sided paired t-test. Interaction: (CLEANER - baseline with the penalty) - "
+                  "(CLEANER - baseline without it).",))
+
+
+def failure_signal(records: list[Record]) -> Table | None:
+    """Per trained group, how its updates treated trajectories whose first attempt at a call failed (before any
+    splice): the covariance of a trajectory's advantage with that failure and the failed ones' mean advantage
+    (`cleaner.metrics.advantage_failure_covariance`), each averaged over a run's steps (those with a failure, for
+    the mean), then over seeds with Student's t interval (a single seed: no interval)."""
+    rows = []
+    for g in groups(r for r in records if r.metrics and all("adv_failure_cov" in m for m in r.metrics)):
+        cov = [statistics.fmean(m["adv_failure_cov"] for m in r.metrics) for r in g]
+        failed = [[m["adv_mean_failed"] for m in r.metrics if m["adv_mean_failed"] is not None] for r in g]
+        mean_failed = [statistics.fmean(v) for v in failed if v]
+        rows.append((Cell(label(g[0])), Cell(str(len(g))), seed_interval(cov, 4), seed_interval(mean_failed, 3),
+                     Cell(" ".join(r.name for r in g))))
+    if not rows:
+        return None
+    return Table("failure_signal", "The update's signal on trajectories that made an error, per arm",
+                 ("method", "seeds", "cov(advantage, first-attempt failure) per step [95% t]",
+                  "mean advantage of failed trajectories [95% t]", "source"), tuple(rows),
+                 ("Per run, the mean over its steps (the failed ones' advantage: over steps with a failure), then "
+                  "the mean over seeds with Student's t interval. The failure is the trajectory's first attempt, "
+                  "before SAAR spliced it out: negative values mean the update pushed against trajectories that "
+                  "made an error.",))
+
+
+def seed_interval(values: list[float], digits: int) -> Cell:
+    """A mean over seeds with its 95% Student's t interval (the value alone for one seed, "-" for none)."""
+    if len(values) < 2:
+        return Cell(f"{values[0]:+.{digits}f}" if values else "-")
+    mean, stderr = mean_stderr(values)
+    half = student_t_quantile(0.975, len(values) - 1) * stderr
+    return Cell(f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]")
+
+
 def latency(records: list[Record]) -> Table | None:
     """SAAR's cost at test time, from evaluations repeated `latency_repeats` (2 or more) times, SAAR off and on
     interleaved: one row per record and benchmark."""
@@ -597,7 +695,8 @@ def tuning(trials: list[Record], records_dir: str) -> Table | None:
 
 def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
     tables = [table1(records, results), table2(records, results), table4(records, results), ablation(records),
-              budget(records, results), comparison(records), latency(records)]
+              budget(records, results), comparison(records), contrasts(records), failure_signal(records),
+              latency(records)]
     return [t for t in tables if t is not None]
 
 
@@ -657,21 +756,24 @@ def to_html_table(t: Table) -> str:
 # -- figure -------------------------------------------------------------------------------------------------------
 
 def series(group: list[Record], start: dict[str, Record]) -> tuple[list[tuple[int, float, float]], ...]:
-    """The figure's three panels for one group of seeds, as (step, mean over seeds, stderr) points: held-out Pass@1
-    (`held_out_points`: from the start, at every evaluation; none before the runs finish), training accuracy and
-    tool failures per trajectory (the policy's first attempts) at every step all seeds reached."""
+    """The figure's panels for one group of seeds, as (step, mean over seeds, stderr) points: held-out Pass@1
+    (`held_out_points`: from the start, at every evaluation; none before the runs finish), training accuracy, tool
+    failures per trajectory (the policy's first attempts) and the covariance of advantage and first-attempt
+    failure (`failure_signal`) at every step all seeds reached."""
     finished = all("eval" in r.summary for r in group)
     held_out = [(step, *mean_stderr(v)) for step, v in held_out_points(group, start)] if finished else []
     steps = min(len(r.metrics) for r in group)
-    per_step = [[(group[0].metrics[i]["step"], *mean_stderr([r.metrics[i][key] for r in group])) for i in range(steps)]
-                for key in ("accuracy", "first_attempt_failures_per_traj")]
+    per_step = [[(group[0].metrics[i]["step"], *mean_stderr([r.metrics[i][key] for r in group])) for i in range(steps)
+                 if all(key in r.metrics[i] for r in group)]  # older records have no adv_failure_cov
+                for key in ("accuracy", "first_attempt_failures_per_traj", "adv_failure_cov")]
     return (held_out, *per_step)
 
 
 def curves(records: list[Record], path: Path) -> bool:
     """One line per method (the mean over seeds, shaded ± stderr) against RL step: held-out Pass@1 (from the start,
-    at every evaluation), training accuracy, and tool failures per trajectory (the policy's first attempts) at every
-    step. False when no record has steps to plot."""
+    at every evaluation), training accuracy, tool failures per trajectory (the policy's first attempts) and, where
+    the records have it, the covariance of advantage and first-attempt failure at every step. False when no record
+    has steps to plot."""
     trained = groups(r for r in records if r.metrics)
     if not trained:
         return False
@@ -682,7 +784,8 @@ def curves(records: list[Record], path: Path) -> bool:
     from matplotlib.ticker import MaxNLocator
 
     start = starts(records)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    panels = 4 if any("adv_failure_cov" in m for r in records for m in r.metrics) else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     for g in trained:
         color = None
         for ax, points in zip(axes, series(g, start)):
@@ -699,6 +802,8 @@ def curves(records: list[Record], path: Path) -> bool:
     axes[0].set(xlabel="RL step", ylabel="held-out Pass@1", title="Held-out Pass@1 (SAAR off)")
     axes[1].set(xlabel="RL step", ylabel="training accuracy", title="Training accuracy")
     axes[2].set(xlabel="RL step", ylabel="failed tool calls / trajectory", title="Tool failures (first attempts)")
+    if panels == 4:
+        axes[3].set(xlabel="RL step", ylabel="cov(advantage, failure)", title="Advantage vs first-attempt failure")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -788,7 +893,8 @@ def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: P
         searched = tuning(load_records(tuning_root, skip), os.path.relpath(tuning_root, out))
         tables += [searched] if searched else []
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("comparison", "latency", "tuning"):  # tables written only when they have rows: no stale copy
+    # tables written only when they have rows: no stale copy
+    for stale in ("comparison", "contrasts", "failure_signal", "latency", "tuning"):
         for suffix in (".md", ".csv", ".tex"):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     for t in tables:

@@ -339,6 +339,73 @@ def test_p_values_keep_two_significant_digits():
                                                                                           "< 0.001"]
 
 
+def test_the_two_by_two_of_method_and_overlong_penalty_by_hand(tmp_path):
+    """Baseline and CLEANER, each with the overlong penalty on and off, seeds 0-2 (CLEANER with it on also on seed
+    3, unpaired; CLEANER at p = 0.7 with it on only: no 2x2). Held-out Pass@1, on: baseline .5 .6 .7, CLEANER .6 .6
+    .8 (differences .1 0 .1: mean +6.7, stderr 3.33, t = 2 on 2 df, half-width 4.303 x 3.33 = 14.3, p = 0.18); off:
+    baseline .55 .65 .75, CLEANER the same (0). The interaction is then the penalty-on difference; the penalty's
+    effect is -5 on each baseline seed, and .05 -.05 .05 for CLEANER (mean +1.7, stderr 3.33, t = 0.5, p = 0.67).
+    Failures: on, baseline .3 .2 .1 and CLEANER .2 .2 .1 (mean -0.033, t = -1, p = 0.42); off, both .3 .2 .1.
+    Breakages checked: on and off swapped in the interaction, the seeds of any arm taken instead of those all four
+    share (unpaired seed 3 kept)."""
+    def summary(accuracy, failures):
+        return {"accuracy": accuracy, "accuracy_stderr": 0.01, "final_failures_per_traj": failures}
+
+    arms = {("base", False): ((0.5, 0.6, 0.7), (0.3, 0.2, 0.1)), ("clean", False): ((0.6, 0.6, 0.8), (0.2, 0.2, 0.1)),
+            ("base", True): ((0.55, 0.65, 0.75), (0.3, 0.2, 0.1)), ("clean", True): ((0.55, 0.65, 0.75), (0.3, 0.2, 0.1))}
+    for (method, off), (accuracies, failures) in arms.items():
+        for seed, (accuracy, fails) in enumerate(zip(accuracies, failures)):
+            name = f"{method}{'_off' if off else ''}{seed}"
+            run = write_record(tmp_path, name, steps=20, saar=method == "clean", seed=seed,
+                               summary_eval=summary(accuracy, fails))
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["algo"]["overlong_penalty_factor"] = 0.0 if off else 1.0
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_record(tmp_path, "clean3", steps=20, seed=3, summary_eval=summary(0.1, 0.9))
+    for seed in range(2):
+        run = write_record(tmp_path, f"p07_{seed}", steps=20, seed=seed, summary_eval=summary(0.5, 0.5))
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["saar"]["rollback_probability"] = 0.7
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    table = report.contrasts(report.load_records(tmp_path))
+    cleaner = "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)"
+    assert [[c.text for c in row[:-1]] for row in table.rows] == [
+        [f"{cleaner} - baseline, penalty on", "3", "+6.7 [-7.7, +21.0]", "0.18", "-0.033 [-0.177, +0.110]", "0.42"],
+        [f"{cleaner} - baseline, penalty off", "3", "+0.0 [+0.0, +0.0]", "1", "+0.000 [+0.000, +0.000]", "1"],
+        ["the two differences: on - off (interaction)", "3", "+6.7 [-7.7, +21.0]", "0.18",
+         "-0.033 [-0.177, +0.110]", "0.42"],
+        ["penalty on - off, baseline", "3", "-5.0 [-5.0, -5.0]", "< 0.001", "+0.000 [+0.000, +0.000]", "1"],
+        ["penalty on - off, CLEANER", "3", "+1.7 [-12.7, +16.0]", "0.67", "-0.033 [-0.177, +0.110]", "0.42"]]
+    assert table.rows[0][-1].text.split() == ["base0", "base_off0", "clean0", "clean_off0", "base1", "base_off1",
+                                              "clean1", "clean_off1", "base2", "base_off2", "clean2", "clean_off2"]
+    labels = {report.label(r) for r in report.load_records(tmp_path)}
+    assert {"lab DAPO baseline, no overlong penalty", f"{cleaner}, no overlong penalty"} <= labels
+
+
+def test_the_failure_signal_per_arm_by_hand(tmp_path):
+    """Two seeds of CLEANER with the per-step covariance -0.1, -0.3 (mean -0.2) and 0, -0.2 (-0.1): mean -0.15,
+    stderr 0.05, t_0.975 on 1 df 12.706, so [-0.7853, +0.4853]; the failed ones' mean advantage -0.5 on each seed
+    (seed 0's second step had no failure: skipped, not counted as 0). One baseline seed: its value alone. A record
+    without the metric (made before it existed) is left out. Breakage checked: the step with no failure counted as
+    0 (seed 0's mean becomes -0.25)."""
+    write_record(tmp_path, "c0", seed=0, summary_eval={"accuracy": 0.5}, metrics=[
+        {"step": 1, "adv_failure_cov": -0.1, "adv_mean_failed": -0.5},
+        {"step": 2, "adv_failure_cov": -0.3, "adv_mean_failed": None}])
+    write_record(tmp_path, "c1", seed=1, summary_eval={"accuracy": 0.5}, metrics=[
+        {"step": 1, "adv_failure_cov": 0.0, "adv_mean_failed": -0.7},
+        {"step": 2, "adv_failure_cov": -0.2, "adv_mean_failed": -0.3}])
+    write_record(tmp_path, "b0", saar=False, seed=0, summary_eval={"accuracy": 0.5}, metrics=[
+        {"step": 1, "adv_failure_cov": -0.4, "adv_mean_failed": -1.0},
+        {"step": 2, "adv_failure_cov": -0.4, "adv_mean_failed": -1.0}])
+    write_record(tmp_path, "old", saar=False, gamma=0.3, seed=5, summary_eval={"accuracy": 0.5},
+                 metrics=[{"step": 1}, {"step": 2}])
+    table = report.failure_signal(report.load_records(tmp_path))
+    assert [[c.text for c in row] for row in table.rows] == [
+        ["lab DAPO baseline", "1", "-0.4000", "-1.000", "b0"],
+        ["lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)", "2", "-0.1500 [-0.7853, +0.4853]", "-0.500 [-0.500, -0.500]",
+         "c0 c1"]]
+
+
 def test_the_paired_comparison_by_hand(tmp_path):
     """Baseline and CLEANER on seeds 0-2 (CLEANER also on seed 3, which has no pair), 20 steps, evaluated at
     step 10 and at the end. Pass@1 differences 0.1, 0, 0.1: mean 0.0667, stderr 0.0333, t = 2.0 on 2 degrees of

@@ -13,10 +13,11 @@ touches the committed report. The committed report is regenerated only on reques
   RL steps), Table 2 (tools and SAAR, P@1 / P@k), Table 4 (SAAR at test time, with evaluation time), the gamma / K
   / p ablation, the step budget (steps, prompts, trajectories and sampled tokens), the comparison of each CLEANER
   setting with the baseline, paired by seed (when two or more seeds pair), the 2x2 of method and overlong penalty
-  (`contrasts`, when both methods ran with the penalty on and off), the update's signal on trajectories that made
-  an error, per arm (`failure_signal`, from records that log it), SAAR's latency at test time over repeated
-  evaluations (when an evaluation was repeated), and the learning-rate searches (`--tuning`, by default
-  `results/tuning`; cited in place, not copied);
+  (`contrasts`, when both methods ran with the penalty on and off), SAAR switched on mid-training beside the
+  paper's post-hoc experiment (`posthoc`, when such runs pair with their baseline), the update's signal on
+  trajectories that made an error, per arm (`failure_signal`, from records that log it), SAAR's latency at test
+  time over repeated evaluations (when an evaluation was repeated), and the learning-rate searches (`--tuning`, by
+  default `results/tuning`; cited in place, not copied);
 - `curves.png`: held-out Pass@1 (from the start), training accuracy, tool failures per trajectory and (where
   logged) the covariance of advantage and first-attempt failure against RL step, one line per method with a band
   over seeds;
@@ -48,7 +49,7 @@ import os
 import shutil
 import statistics
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -481,13 +482,11 @@ def p_value(d: dict[str, float]) -> str:
     return "< 0.001" if d["p_value"] < 0.001 else f"{d['p_value']:.2g}"
 
 
-def comparison(records: list[Record]) -> Table | None:
-    """Each CLEANER group against each baseline that differs from it only in SAAR and the learning rate (each
-    method's own, when tuned), paired by seed (at least two common seeds): the seed-mean held-out Pass@1 of the
-    start (when evaluated), the baseline and CLEANER; the differences of held-out Pass@1 and of tool failures per
-    trajectory with Student's t interval and the paired t-test's p-value (no bootstrap: with a handful of seeds its
-    percentile interval is far too narrow); and the steps each method took to reach the baseline's final held-out
-    Pass@1 (on the seed-mean curve of evaluations every `eval_every` steps, from the start)."""
+def paired_with_baselines(records: list[Record]) -> Iterator[tuple[list[Record], list[Record],
+                                                                   list[tuple[Record, Record]]]]:
+    """(CLEANER group, baseline group, their (CLEANER, baseline) records paired by seed) for every finished CLEANER
+    group and every finished baseline that differs from it only in SAAR and the learning rate (each method's own,
+    when tuned), where at least two seeds pair."""
     pooled: dict[str, list[list[Record]]] = {}
     for g in groups(records):
         if g[0].steps and all("eval" in r.summary for r in g):
@@ -495,32 +494,43 @@ def comparison(records: list[Record]) -> Table | None:
             rest.pop("saar", None)
             rest.get("algo", {}).pop("lr", None)  # each method may have its own tuned learning rate
             pooled.setdefault(json.dumps(rest, sort_keys=True), []).append(g)
-    start = starts(records)
-    rows = []
     for family in pooled.values():
         bases = [g for g in family if not g[0].saar]
         for g, base in ((g, base) for g in family if g[0].saar for base in bases):
             base_by_seed = {r.config["seed"]: r for r in base}
-            pairs = [(r, base_by_seed[r.config["seed"]]) for r in g if r.config["seed"] in base_by_seed and r.saar]
-            if len(pairs) < 2:
-                continue
-            def side(key: str, i: int) -> list[float]:
-                return [pair[i].summary["eval"][key] for pair in pairs]
-            acc = paired_difference(side("accuracy", 0), side("accuracy", 1))
-            fails = paired_difference(side("final_failures_per_traj", 0), side("final_failures_per_traj", 1))
-            target = sum(side("accuracy", 1)) / len(pairs)
-            held_out = [held_out_curve([pair[i] for pair in pairs], start) for i in (0, 1)]
-            reach = [first_step_reaching(curve, target) for curve in held_out]
-            at_0 = dict(held_out[1]).get(0)  # the same checkpoint and problems for both methods, seed by seed
-            means = ("-" if at_0 is None else f"{100 * at_0:.1f}", f"{100 * target:.1f}",
-                     f"{100 * sum(side('accuracy', 0)) / len(pairs):.1f}")
-            lr = (g[0].config["algo"].get("lr"), base[0].config["algo"].get("lr"))
-            name = label(g[0]) + (f", lr {lr[0]:g} vs the baseline's {lr[1]:g}" if lr[0] != lr[1] else "")
-            cited = [r for pair in pairs for r in (*pair, start.get(held_out_set(pair[1].config))) if r is not None]
-            rows.append((Cell(name), Cell(str(len(pairs))), Cell(" / ".join(means)), interval_cell(acc, 100),
-                         Cell(p_value(acc)), interval_cell(fails, digits=3), Cell(p_value(fails)),
-                         Cell(" / ".join("-" if n is None else str(n) for n in reach)),
-                         Cell(" ".join(r.name for r in cited))))
+            pairs = [(r, base_by_seed[r.config["seed"]]) for r in g if r.config["seed"] in base_by_seed]
+            if len(pairs) >= 2:
+                yield g, base, pairs
+
+
+def comparison(records: list[Record]) -> Table | None:
+    """Each CLEANER group against each baseline that differs from it only in SAAR and the learning rate (each
+    method's own, when tuned), paired by seed (at least two common seeds): the seed-mean held-out Pass@1 of the
+    start (when evaluated), the baseline and CLEANER; the differences of held-out Pass@1 and of tool failures per
+    trajectory with Student's t interval and the paired t-test's p-value (no bootstrap: with a handful of seeds its
+    percentile interval is far too narrow); and the steps each method took to reach the baseline's final held-out
+    Pass@1 (on the seed-mean curve of evaluations every `eval_every` steps, from the start)."""
+    start = starts(records)
+    rows = []
+    for g, base, pairs in paired_with_baselines(records):
+
+        def side(key: str, i: int) -> list[float]:
+            return [pair[i].summary["eval"][key] for pair in pairs]
+        acc = paired_difference(side("accuracy", 0), side("accuracy", 1))
+        fails = paired_difference(side("final_failures_per_traj", 0), side("final_failures_per_traj", 1))
+        target = sum(side("accuracy", 1)) / len(pairs)
+        held_out = [held_out_curve([pair[i] for pair in pairs], start) for i in (0, 1)]
+        reach = [first_step_reaching(curve, target) for curve in held_out]
+        at_0 = dict(held_out[1]).get(0)  # the same checkpoint and problems for both methods, seed by seed
+        means = ("-" if at_0 is None else f"{100 * at_0:.1f}", f"{100 * target:.1f}",
+                 f"{100 * sum(side('accuracy', 0)) / len(pairs):.1f}")
+        lr = (g[0].config["algo"].get("lr"), base[0].config["algo"].get("lr"))
+        name = label(g[0]) + (f", lr {lr[0]:g} vs the baseline's {lr[1]:g}" if lr[0] != lr[1] else "")
+        cited = [r for pair in pairs for r in (*pair, start.get(held_out_set(pair[1].config))) if r is not None]
+        rows.append((Cell(name), Cell(str(len(pairs))), Cell(" / ".join(means)), interval_cell(acc, 100),
+                     Cell(p_value(acc)), interval_cell(fails, digits=3), Cell(p_value(fails)),
+                     Cell(" / ".join("-" if n is None else str(n) for n in reach)),
+                     Cell(" ".join(r.name for r in cited))))
     if not rows:
         return None
     return Table("comparison", "CLEANER against the baseline, paired by seed (held-out, SAAR off at test time)",
@@ -533,6 +543,37 @@ def comparison(records: list[Record]) -> Table | None:
                   "paired t-test.",
                   "Steps: the first evaluated step (0: the start) at which the seed-mean held-out Pass@1 reaches "
                   "the baseline's final one; - when it never does."))
+
+
+def posthoc(records: list[Record], results: dict[str, Any]) -> Table | None:
+    """SAAR switched on mid-training (`saar.from_step`), the paper's post-hoc experiment, beside its figures: each
+    such group against its baseline paired by seed (`paired_with_baselines`), with the baseline's first-attempt
+    tool failures per trajectory at the last step before the switch (the paper's baseline had 0.6 at step 200) and
+    the difference of held-out Pass@1 at the end, with Student's t interval."""
+    rows = []
+    for g, base, pairs in paired_with_baselines(records):
+        switch = g[0].config["saar"].get("from_step", 0)
+        if not switch:
+            continue
+        before = [m["first_attempt_failures_per_traj"] for _, b in pairs for m in b.metrics if m["step"] == switch]
+        acc = paired_difference(*([pair[i].summary["eval"]["accuracy"] for pair in pairs] for i in (0, 1)))
+        rows.append((Cell(label(g[0])), Cell(str(switch + 1)), Cell(str(len(pairs))),
+                     Cell(f"{statistics.fmean(before):.3f}" if len(before) == len(pairs) else "-"),
+                     interval_cell(acc, 100), Cell(p_value(acc)), Cell(" ".join(r.name for p in pairs for r in p))))
+    if not rows:
+        return None
+    found = results["other_findings"]
+    paper_gain = f"+{found['posthoc_gain_aime24']} (AIME24) / +{found['posthoc_gain_aime25']} (AIME25)"
+    rows.insert(0, (Cell("Qwen3-4B DAPO baseline, then CLEANER"), paper(found["posthoc_saar_from_baseline_step"] + 1),
+                    Cell(""), paper(found["baseline_tool_failures_per_traj_at_step_200"]), Cell(paper_gain, True),
+                    Cell(""), Cell("paper")))
+    return Table("posthoc", "SAAR switched on mid-training (the paper's post-hoc experiment)",
+                 ("setting", "SAAR from step", "seeds", "baseline's failed calls / traj before the switch",
+                  "Δ Pass@1 vs the baseline (points) [95% t]", "p-value", "source"), tuple(rows),
+                 ("Measured rows: the run trains its first steps as the baseline (the same seed: the baseline's "
+                  "steps exactly), then with SAAR; Δ = it - the baseline at the same final step, per seed, then the "
+                  "mean with Student's t interval; held-out Pass@1, SAAR off at test time. The paper's row: its "
+                  "text (gains on AIME, baseline at step 200), no interval given.",))
 
 
 def contrasts(records: list[Record]) -> Table | None:
@@ -695,8 +736,8 @@ def tuning(trials: list[Record], records_dir: str) -> Table | None:
 
 def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
     tables = [table1(records, results), table2(records, results), table4(records, results), ablation(records),
-              budget(records, results), comparison(records), contrasts(records), failure_signal(records),
-              latency(records)]
+              budget(records, results), comparison(records), contrasts(records), posthoc(records, results),
+              failure_signal(records), latency(records)]
     return [t for t in tables if t is not None]
 
 
@@ -894,7 +935,7 @@ def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: P
         tables += [searched] if searched else []
     out.mkdir(parents=True, exist_ok=True)
     # tables written only when they have rows: no stale copy
-    for stale in ("comparison", "contrasts", "failure_signal", "latency", "tuning"):
+    for stale in ("comparison", "contrasts", "posthoc", "failure_signal", "latency", "tuning"):
         for suffix in (".md", ".csv", ".tex"):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     for t in tables:

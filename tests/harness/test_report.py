@@ -382,6 +382,35 @@ def test_the_two_by_two_of_method_and_overlong_penalty_by_hand(tmp_path):
     assert {"lab DAPO baseline, no overlong penalty", f"{cleaner}, no overlong penalty"} <= labels
 
 
+def test_saar_switched_on_mid_training_is_set_beside_the_papers_post_hoc_experiment(tmp_path):
+    """A baseline (seeds 0, 1; first-attempt failures 0.6 and 0.4 at step 2) and runs with SAAR from step 3
+    (from_step 2) on the same seeds: Pass@1 .5 .6 against .6 .8, differences .1 .2: mean +15.0, stderr 5.0,
+    t = 3 on 1 df (half-width 12.706 x 5 = 63.5; p = 1 - 2 atan(3) / pi = 0.20); failures before the switch, mean
+    0.500. CLEANER from step 1 (from_step 0) is not a post-hoc row. The paper's row first, from its figures.
+    Breakages checked: the failures read at the first step with SAAR (step 3) instead of the last one without it;
+    the from_step 0 group listed too."""
+    def record(name, saar, seed, accuracy, failures_at_2=0.0, from_step=0):
+        run = write_record(tmp_path, name, steps=4, saar=saar, seed=seed, summary_eval={"accuracy": accuracy},
+                           metrics=[{"step": i, "first_attempt_failures_per_traj": failures_at_2 if i == 2 else 9.0}
+                                    for i in range(1, 5)])
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["saar"]["from_step"] = from_step
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    for seed, (base, post, fails) in enumerate(((0.5, 0.6, 0.6), (0.6, 0.8, 0.4))):
+        record(f"base{seed}", False, seed, base, fails)
+        record(f"post{seed}", True, seed, post, from_step=2)
+        record(f"clean{seed}", True, seed, 0.9)
+    results = yaml.safe_load((REPO / "harness" / "paper_results.yaml").read_text())
+    table = report.posthoc(report.load_records(tmp_path), results)
+    assert [c.text for c in table.rows[0]] == ["Qwen3-4B DAPO baseline, then CLEANER", "201", "", "0.6",
+                                               "+5.2 (AIME24) / +1.0 (AIME25)", "", "paper"]
+    assert [c.text for c in table.rows[1]] == [
+        "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0, SAAR from step 3)", "3", "2", "0.500", "+15.0 [-48.5, +78.5]",
+        "0.2", "post0 base0 post1 base1"]
+    assert len(table.rows) == 2
+
+
 def test_the_failure_signal_per_arm_by_hand(tmp_path):
     """Two seeds of CLEANER with the per-step covariance -0.1, -0.3 (mean -0.2) and 0, -0.2 (-0.1): mean -0.15,
     stderr 0.05, t_0.975 on 1 df 12.706, so [-0.7853, +0.4853]; the failed ones' mean advantage -0.5 on each seed

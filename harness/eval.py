@@ -101,16 +101,18 @@ def failed_samples(trajs: list[Trajectory]) -> list[Trajectory]:
 
 async def lab_off_and_on(checkpoint: Path, cfg: DictConfig) -> tuple[dict[str, Any], list[Trajectory]]:
     """The lab's held-out evaluation, after a short warm-up so neither side pays for first-call costs."""
+    from cleaner.lab.tasks import task_set
     from cleaner.lab.trainer import evaluate as evaluate_lab
     from cleaner.models import load_causal_lm
 
     train_cfg = schema.lab_train_config(cfg)
+    task = task_set(cfg.data.task_set)
     saar = {on: saar_at_test_time(train_cfg.saar, on) for on in (False, True)}
     model, tokenizer = load_causal_lm(checkpoint)
     async with open_pool(train_cfg.sandbox) as pool:
         warm_up = replace(train_cfg, algo=replace(train_cfg.algo, eval_problems=2))
-        await evaluate_lab(model, tokenizer, warm_up, pool, saar[True])
-        result, samples = await off_and_on(lambda on: evaluate_lab(model, tokenizer, train_cfg, pool, saar[on]),
+        await evaluate_lab(model, tokenizer, warm_up, pool, saar[True], task)
+        result, samples = await off_and_on(lambda on: evaluate_lab(model, tokenizer, train_cfg, pool, saar[on], task),
                                            cfg.latency_repeats)
     return {"benchmarks": {"lab": result}, "latency_repeats": cfg.latency_repeats}, samples
 

@@ -24,7 +24,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cleaner.lab.config import SftConfig, TrainConfig
+from cleaner.lab.config import SFT_RECIPES, TrainConfig
 from cleaner.recipe import CLUSTER_ONLY, AlgoConfig
 from cleaner.saar import SaarConfig
 from cleaner.sandbox.config import SandboxConfig
@@ -59,7 +59,9 @@ SandboxSchema = mutable_mirror(SandboxConfig, "SandboxSchema")
 @dataclass
 class ModelSchema:
     name: str = "lab"  # the preset's name, for tables
-    path: str = "${lab_sft:}"  # initial checkpoint folder; ${lab_sft:}: the lab's SFT checkpoint (cached by hash)
+    # initial checkpoint folder; ${lab_sft:<task set>}: the lab's SFT checkpoint of that task set (cached by hash;
+    # ${lab_sft:}: of the set "lab")
+    path: str = "${lab_sft:}"
     chat_format: str = "hermes"  # tool-call format, a key of cleaner.chat.FORMATS (Qwen: hermes <tool_call>)
     dtype: str = "float32"  # actor and rollout precision ("fp16 for actor and rollout"; the lab runs float32)
     # cluster=verl: the actor's attention kernel (transformers' attn_implementation; verl's default is
@@ -70,6 +72,9 @@ class ModelSchema:
 @dataclass
 class DataSchema:
     name: str = "lab"  # "lab": the procedural lab tasks (no files); other names read `train_path` / `eval_paths`
+    # data=lab: which of the lab's task sets (cleaner.lab.tasks.TASK_SETS): "lab", the regression set whose SFT start
+    # is near the ceiling, or "regime", the paper's regime (docs/lab.md); model=lab starts from its SFT checkpoint
+    task_set: str = "lab"
     train_path: str = ""  # training set file (parquet or jsonl); unused by "lab"
     eval_paths: dict[str, str] = field(default_factory=dict)  # benchmark name -> file; unused by "lab"
     # cluster=verl: benchmark name -> samples per problem, instead of algo.eval_samples (the authors sample
@@ -164,14 +169,23 @@ GROUPS: dict[str, type] = {"model": ModelSchema, "algo": AlgoSchema, "saar": Saa
                            "engine": EngineSchema, "sandbox": SandboxSchema, "cluster": ClusterSchema}
 
 
-def lab_sft_path() -> str:
-    """Where the lab's SFT checkpoint of the default SftConfig lives (trained on first use), relative to the repo."""
-    return f"results/lab/sft/{SftConfig().hash()}"
+def lab_sft_path(task_set: str = "lab") -> str:
+    """Where the lab's SFT checkpoint of a task set's recipe (`cleaner.lab.config.SFT_RECIPES`) lives (trained on
+    first use), relative to the repo."""
+    if task_set not in SFT_RECIPES:
+        raise ConfigError(f"${{lab_sft:{task_set}}}: unknown lab task set; valid: {', '.join(SFT_RECIPES)}")
+    return f"results/lab/sft/{SFT_RECIPES[task_set].hash()}"
+
+
+def lab_sft_recipe(path: str) -> Any:
+    """The SFT recipe whose checkpoint folder is `path` (as `lab_sft_path` gives it), or None."""
+    return next((recipe for name, recipe in SFT_RECIPES.items() if lab_sft_path(name) == path), None)
 
 
 def register() -> None:
-    """Register the schema as `run` (the first entry of every primary config's defaults), the `${lab_sft:}`
-    resolver, which resolves to `lab_sft_path()`, so a run's recorded config names the exact SFT checkpoint,
+    """Register the schema as `run` (the first entry of every primary config's defaults), the `${lab_sft:<task
+    set>}` resolver, which resolves to `lab_sft_path(<task set>)`, so a run's recorded config names the exact SFT
+    checkpoint,
     `${pid:}`, this process's id (in Hydra's folder names: two sweeps started in the same second get two), and
     `${nonzero:x}`, x or null (a SLURM job without GPUs asks for none: `--gpus-per-node=0` fails where GPUs are not
     a configured resource)."""
@@ -195,10 +209,13 @@ def _built(make: Any, **kwargs: Any) -> Any:
 def validate(cfg: DictConfig) -> None:
     """Check every value of a composed run config, whatever its cluster; raises ConfigError naming the key."""
     from cleaner.data import DATASETS
+    from cleaner.lab.tasks import TASK_SETS
     from cleaner.tracking import BACKENDS
 
     if cfg.latency_repeats < 1:
         raise ConfigError(f"latency_repeats must be >= 1, got {cfg.latency_repeats}")
+    if cfg.data.task_set not in TASK_SETS:
+        raise ConfigError(f"data.task_set={cfg.data.task_set!r}; valid: {', '.join(TASK_SETS)}")
     for key, allowed in (("engine.kind", ("transformers", "sglang")), ("cluster.kind", ("lab", "verl", "verl_cpu")),
                          ("model.dtype", ("float32", "bfloat16", "float16"))):
         if OmegaConf.select(cfg, key) not in allowed:

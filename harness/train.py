@@ -20,7 +20,6 @@ from typing import Any
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cleaner.lab.config import SftConfig
 from cleaner.sandbox import check_ready
 from harness import cli, records, schema
 
@@ -32,8 +31,9 @@ def init_checkpoint(cfg: DictConfig, log: Any) -> Path:
     path = Path(to_absolute_path(cfg.model.path))
     if (path / "config.json").exists():
         return path
-    if cfg.model.path == schema.lab_sft_path():
-        return train_sft(SftConfig(), path.parent, log=log)
+    recipe = schema.lab_sft_recipe(cfg.model.path)
+    if recipe is not None:
+        return train_sft(recipe, path.parent, log=log)
     raise schema.ConfigError(f"model.path={cfg.model.path} holds no checkpoint (no config.json there)")
 
 
@@ -83,15 +83,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logging.getLogger("cleaner.verl_plugin").setLevel(logging.WARNING)
         from harness import verl  # imports verl's config code and the plugin (seconds), so only here
 
-        if cfg.model.path == schema.lab_sft_path() and not cfg.dry_run:
+        if schema.lab_sft_recipe(cfg.model.path) is not None and not cfg.dry_run:
             init_checkpoint(cfg, log)
         return verl.run(cfg)
     train_cfg = schema.lab_train_config(cfg)
 
     def job(run_dir: Path) -> dict[str, Any]:
+        from cleaner.lab.tasks import task_set
         from cleaner.lab.trainer import train_sync  # torch: not before the command line is checked
 
-        return train_sync(train_cfg, init_checkpoint(cfg, log), run_dir, log=log, loggers=tuple(cfg.loggers))
+        return train_sync(train_cfg, init_checkpoint(cfg, log), run_dir, log=log, task=task_set(cfg.data.task_set),
+                          loggers=tuple(cfg.loggers))
 
     return records.run_record(cfg, job, log=log)
 

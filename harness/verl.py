@@ -425,10 +425,12 @@ def _write_json(path: Path, data: Any) -> None:
 
 def lab_data(cfg: DictConfig, out_dir: Path) -> prepare_data.PreparedData:
     """data=lab as verl parquet: `algo.steps x algo.prompts_per_step` training problems and `algo.eval_problems`
-    held-out ones of the lab's tasks, drawn with the run's seed, with the lab trainer's prompts; graded as math
-    (their answers are integers in a box)."""
-    from cleaner.lab.tasks import problems, prompts
+    held-out ones of the lab's task set `data.task_set`, drawn with the run's seed, with the lab trainer's prompts;
+    graded as math (their answers are integers in a box)."""
+    from cleaner.lab.tasks import prompts, task_set
 
+    problems = task_set(cfg.data.task_set).problems
+    name = "lab" if cfg.data.task_set == "lab" else f"lab_{cfg.data.task_set}"
     algo = cfg.algo
     files = {}
     for split, count in (("train", algo.steps * algo.prompts_per_step), (algo.eval_split, algo.eval_problems)):
@@ -439,7 +441,7 @@ def lab_data(cfg: DictConfig, out_dir: Path) -> prepare_data.PreparedData:
                                 "starter_code": None, "upstream": None},
                  "agent_name": verl_plugin.AGENT_NAME}
                 for i, (p, (_, messages)) in enumerate(zip(drawn, prompts(drawn)))]
-        files[split] = out_dir / f"lab.{split}.seed{cfg.seed}.n{count}.parquet"
+        files[split] = out_dir / f"{name}.{split}.seed{cfg.seed}.n{count}.parquet"
         if not files[split].exists():
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = files[split].with_suffix(".tmp")

@@ -32,10 +32,39 @@ class SftConfig:
     max_tool_response_chars: int = 256  # as in the rollout (paper: 256)
     seed: int = 0
     data_version: int = 1  # bump when the SFT data or the tokenizer's corpus changes, so the cache is not reused
+    # -- added after the first committed checkpoint: left out of the hash at their defaults (ADDED_FIELDS) --
+    task_set: str = "lab"  # the problems and their SFT trajectories: a key of cleaner.lab.tasks.TASK_SETS
+    # task set "regime" only (cleaner.lab.sft_data.build_regime_records); "lab" has just `bug_rate`:
+    second_failure_rate: float = 0.0  # share of failed first calls whose next call fails again, with another bug
+    give_up_rate: float = 0.0  # share of trajectories with a failed call that answer a guess instead of a fix
+    near_miss_rate: float = 0.0  # share of trajectories whose program is a near miss (runs, answers wrong)
+
+    ADDED_FIELDS = ("task_set", "second_failure_rate", "give_up_rate", "near_miss_rate")
+
+    def __post_init__(self) -> None:
+        for key in ("bug_rate", "second_failure_rate", "give_up_rate", "near_miss_rate"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"SftConfig.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.task_set == "lab" and (self.second_failure_rate or self.give_up_rate or self.near_miss_rate):
+            raise ValueError("SftConfig: second_failure_rate, give_up_rate and near_miss_rate are for task_set "
+                             "'regime'; the 'lab' set's SFT data has only bug_rate")
 
     def hash(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """12 hex digits naming the checkpoint folder. A field of ADDED_FIELDS at its default is left out, so a
+        config that sets none of them keeps the name it had before they existed (results/lab/sft/6e159435701d)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if not (k in self.ADDED_FIELDS and v == getattr(SftConfig, k))}
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# The SFT recipe of each task set: its checkpoint is results/lab/sft/<hash>/ (`${lab_sft:<task set>}`).
+# "regime": rates chosen to put the SFT start in the paper's regime (docs/lab.md, results/lab/regime_sft_eval.json).
+SFT_RECIPES = {
+    "lab": SftConfig(),
+    "regime": SftConfig(task_set="regime", num_examples=16000, steps=800, bug_rate=0.75, second_failure_rate=0.4,
+                        give_up_rate=0.15, near_miss_rate=0.25),
+}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Cold-start SFT of the lab model, cached by the hash of its config.
 
-    python -m cleaner.lab.sft [--out results/lab/sft] [--steps N]
+    python -m cleaner.lab.sft [--task-set lab|regime] [--out results/lab/sft] [--steps N]
 
 Trains the tiny Qwen3 on `cleaner.lab.sft_data` trajectories (loss on assistant tokens only, the mask of
 `cleaner.trajectory`), and saves model, tokenizer, config and the loss curve in `<out>/<config hash>/`. A folder
@@ -26,8 +26,8 @@ import transformers
 from cleaner import chat
 from cleaner.lab import tasks
 from cleaner.lab.model import tiny_qwen3
-from cleaner.lab.config import SftConfig
-from cleaner.lab.sft_data import build_records
+from cleaner.lab.config import SFT_RECIPES, SftConfig
+from cleaner.lab.sft_data import build_records, build_regime_records, regime_record_stats
 from cleaner.lab.tokenizer import lab_tokenizer
 from cleaner.purify import trajectory_from_messages
 from cleaner.trajectory import write_lines_atomic
@@ -63,10 +63,17 @@ def length_buckets(lengths: list[int], batch_size: int, rng: random.Random, wind
     return batches
 
 
-def _examples(cfg: SftConfig, tokenizer) -> list[tuple[list[int], list[int], list[int]]]:
+def sft_records(cfg: SftConfig) -> list[dict]:
+    """The SFT set's chat records: `cfg.num_examples` training problems of its task set, run in the sandbox."""
+    problems = tasks.task_set(cfg.task_set).problems("train", cfg.num_examples, seed=cfg.seed)
+    if cfg.task_set == "lab":
+        return asyncio.run(build_records(problems, cfg.bug_rate, cfg.seed, cfg.max_tool_response_chars))
+    return asyncio.run(build_regime_records(problems, cfg.seed, cfg.bug_rate, cfg.second_failure_rate,
+                                            cfg.give_up_rate, cfg.near_miss_rate, cfg.max_tool_response_chars))
+
+
+def _examples(cfg: SftConfig, tokenizer, records: list[dict]) -> list[tuple[list[int], list[int], list[int]]]:
     """(ids, loss mask, digit mask) per SFT trajectory."""
-    problems = tasks.problems("train", cfg.num_examples, seed=cfg.seed)
-    records = asyncio.run(build_records(problems, cfg.bug_rate, cfg.seed, cfg.max_tool_response_chars))
     fmt = chat.get_format("hermes")
     digits = {i for i in range(len(tokenizer)) if chat.token_bytes(tokenizer)[i].isdigit()}
     out = []
@@ -85,8 +92,10 @@ def train(cfg: SftConfig, out_root: Path, log=print, threads: int | None = None)
     start = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
     tokenizer = lab_tokenizer()
-    log(f"SFT {cfg.hash()}: building {cfg.num_examples} trajectories (bug rate {cfg.bug_rate}) in the sandbox")
-    examples = _examples(cfg, tokenizer)
+    log(f"SFT {cfg.hash()}: building {cfg.num_examples} {cfg.task_set} trajectories (bug rate {cfg.bug_rate}) in the "
+        f"sandbox")
+    records = sft_records(cfg)
+    examples = _examples(cfg, tokenizer, records)
     torch.set_num_threads(threads or idle_threads())
     model = tiny_qwen3(tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size,
                        seed=cfg.seed).train()
@@ -126,6 +135,8 @@ def train(cfg: SftConfig, out_root: Path, log=print, threads: int | None = None)
     summary = {"config": dataclasses.asdict(cfg), "hash": cfg.hash(), "final_loss": curve[-1]["loss"],
                "final_digit_loss": curve[-1]["digit_loss"], "wall_s": time.perf_counter() - start,
                "examples": len(examples), "threads": torch.get_num_threads()}
+    if cfg.task_set != "lab":  # what the data teaches, by construction (the lab set's record predates this key)
+        summary["data"] = regime_record_stats(records)
     write_lines_atomic(out / "done.json", iter([json.dumps(summary, indent=1)]))
     log(f"SFT done in {summary['wall_s']:.0f} s -> {out}")
     return out
@@ -134,12 +145,16 @@ def train(cfg: SftConfig, out_root: Path, log=print, threads: int | None = None)
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m cleaner.lab.sft", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("results/lab/sft"))
-    p.add_argument("--steps", type=int, default=SftConfig.steps)
-    p.add_argument("--num-examples", type=int, default=SftConfig.num_examples)
-    p.add_argument("--lr", type=float, default=SftConfig.lr)
+    p.add_argument("--task-set", default="lab", choices=sorted(SFT_RECIPES),
+                   help="whose SFT recipe (cleaner.lab.config.SFT_RECIPES) to train; default: lab")
+    p.add_argument("--steps", type=int, help="default: the recipe's")
+    p.add_argument("--num-examples", type=int, help="default: the recipe's")
+    p.add_argument("--lr", type=float, help="default: the recipe's")
     p.add_argument("--threads", type=int, help="torch threads (default: the idle cores)")
     args = p.parse_args(argv)
-    train(SftConfig(steps=args.steps, num_examples=args.num_examples, lr=args.lr), args.out, threads=args.threads)
+    changes = {k: v for k, v in (("steps", args.steps), ("num_examples", args.num_examples), ("lr", args.lr))
+               if v is not None}
+    train(dataclasses.replace(SFT_RECIPES[args.task_set], **changes), args.out, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@ can solve them by calling the tool; doing them in the head is out of reach for a
 Train, val and test are disjoint by construction: a question's split is the bucket its hash falls in (`SPLITS`:
 test and val 5.1% each, train the rest), so no question appears in two, whatever the seeds. The test split was
 10.2% of questions until val was cut from it: records made before then were scored on a different held-out set.
+
+This module is the task set `lab`, the regression set (its SFT start is near the ceiling); `TASK_SETS` names the
+others (`regime`: `cleaner.lab.regime`, problems in the paper's regime). Each is a trainer `Task`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -154,3 +158,14 @@ def correctness(trajs: list[Trajectory], problems: list[Problem]) -> list[bool]:
     """Whether each trajectory's answer turn holds its problem's answer (its group is the problem id)."""
     answers = {p.id: p.answer for p in problems}
     return [check_answer(final_answer_text(t), answers[t.group]) for t in trajs]
+
+
+# The lab's task sets, by name: the module that is each one's trainer `Task` (problems, prompts, correctness)
+TASK_SETS = {"lab": "cleaner.lab.tasks", "regime": "cleaner.lab.regime"}
+
+
+def task_set(name: str):
+    """The task set `name` (a key of TASK_SETS), a trainer `Task`; an unknown name fails listing the valid ones."""
+    if name not in TASK_SETS:
+        raise ValueError(f"unknown lab task set {name!r}; valid: {', '.join(TASK_SETS)}")
+    return importlib.import_module(TASK_SETS[name])

@@ -24,8 +24,8 @@ SWEEP_FILES = sorted((REPO / "sweeps").glob("**/*.yaml"))
 
 def test_the_yaml_files_are_all_found():
     assert len(list(CONF.glob("*.yaml"))) == 2  # train.yaml, sweep.yaml
-    assert len(GROUP_FILES) == 30
-    assert len(SWEEP_FILES) == 7
+    assert len(GROUP_FILES) == 32
+    assert len(SWEEP_FILES) == 10
 
 
 @pytest.mark.parametrize("config_name", ["train", "sweep"])

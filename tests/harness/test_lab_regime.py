@@ -1,0 +1,65 @@
+"""preset=lab_regime: one choice sets the task set, its SFT checkpoint and the rollout limits; the default keeps the
+regression set and its committed checkpoint; train and eval hand the chosen task set to the trainer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from cleaner.lab import regime, tasks
+from cleaner.lab.config import SFT_RECIPES
+from harness import eval as harness_eval
+from harness import records, schema
+from harness import train as harness_train
+
+
+def test_the_preset_sets_task_set_checkpoint_and_limits_together(composed):
+    cfg = composed(["preset=lab_regime"])
+    schema.validate(cfg)
+    assert cfg.data.task_set == "regime"
+    assert cfg.model.path == schema.lab_sft_path("regime") == f"results/lab/sft/{SFT_RECIPES['regime'].hash()}"
+    assert schema.lab_sft_recipe(cfg.model.path) == SFT_RECIPES["regime"]
+    algo = schema.lab_train_config(cfg).algo
+    assert algo.overlong_buffer_tokens * 5 == algo.max_response_tokens  # the paper's 4,096 of 20,480
+    assert algo.max_turns >= 1 + cfg.saar.max_retries + 1  # a call, K retries, the answer
+    assert records.config_hash(cfg) != records.config_hash(composed(["data=lab_regime"]))
+
+
+def test_the_default_keeps_the_regression_set_and_its_run_names(composed):
+    cfg = composed()
+    assert cfg.data.task_set == "lab" and cfg.model.path == schema.lab_sft_path() == "results/lab/sft/6e159435701d"
+    assert "data" not in records.hashed_part(cfg) and "model" not in records.hashed_part(cfg)
+
+
+def test_an_unknown_task_set_is_refused(composed):
+    with pytest.raises(schema.ConfigError, match="data.task_set='hard'; valid: lab, regime"):
+        schema.validate(composed(["data.task_set=hard", "model.path=x"]))
+
+
+def test_train_and_eval_hand_the_task_set_to_the_trainer(composed, monkeypatch, tmp_path):
+    import cleaner.lab.trainer as trainer
+    import cleaner.models as models
+
+    seen = {}
+
+    def fake_train_sync(cfg, init_dir, run_dir, log=print, task=tasks, loggers=()):
+        seen["train"] = task
+        return {"steps": cfg.algo.steps}
+
+    async def fake_evaluate(model, tokenizer, cfg, pool, saar=None, task=tasks):
+        seen.setdefault("eval", []).append(task)
+        return {"wall_s": 1.0, "problems": 1, "accuracy": 0.0, "generated_tokens": 0, "retry_tokens": 0}, []
+
+    monkeypatch.setattr(trainer, "train_sync", fake_train_sync)
+    monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
+    monkeypatch.setattr(models, "load_causal_lm", lambda path: (None, None))
+    monkeypatch.setattr(harness_train, "init_checkpoint", lambda cfg, log: Path("init"))
+    cfg = composed(["preset=lab_regime", f"runs_root={tmp_path}", "quiet=true"])
+    harness_train.run(cfg)
+    asyncio.run(harness_eval.lab_off_and_on(Path("ckpt"), cfg))
+    assert seen["train"] is regime and seen["eval"] == [regime] * 3  # warm-up, off, on
+    seen.clear()
+    harness_train.run(composed([f"runs_root={tmp_path}", "quiet=true"]))
+    assert seen["train"] is tasks

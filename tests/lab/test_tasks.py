@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from cleaner.lab import tasks
+from cleaner.lab import regime, tasks
 from cleaner.lab.sft_data import FIX_REASONING, build_records, inject_bug
 
 
@@ -41,18 +41,20 @@ def test_reference_programs_agree_with_closed_forms():
         assert p.answer == closed_form(p), p
 
 
-def test_splits_are_disjoint_and_reproducible():
+@pytest.mark.parametrize("problems", [tasks.problems, regime.problems], ids=["lab", "regime"])
+def test_splits_are_disjoint_and_reproducible(problems):
     """Train (what SFT and RL draw from), val (for tuning) and test share no question, whatever the seeds; the
-    split of a question is the first byte of its SHA-256 (test below 13, val below 26, computed here by hand)."""
-    train = {p.question for s in (0, 1) for p in tasks.problems("train", 3000, seed=s)}
-    val = tasks.problems("val", 300, seed=0)
-    test = tasks.problems("test", 300, seed=0)
+    split of a question is the first byte of its SHA-256 (test below 13, val below 26, computed here by hand). For
+    both task sets."""
+    train = {p.question for s in (0, 1) for p in problems("train", 2000, seed=s)}
+    val = problems("val", 300, seed=0)
+    test = problems("test", 300, seed=0)
     assert not train & {p.question for p in val} and not train & {p.question for p in test}
     assert not {p.question for p in val} & {p.question for p in test}
     assert all(hashlib.sha256(p.question.encode()).digest()[0] < 13 for p in test)
     assert all(13 <= hashlib.sha256(p.question.encode()).digest()[0] < 26 for p in val)
-    assert tasks.problems("test", 300, seed=0) == test
-    assert tasks.problems("test", 300, seed=1) != test
+    assert problems("test", 300, seed=0) == test
+    assert problems("test", 300, seed=1) != test
 
 
 @pytest.mark.parametrize("text, ok", [("The answer is \\boxed{1,234}.", True), ("\\boxed{1234}", True),

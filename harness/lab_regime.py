@@ -34,15 +34,9 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 
 from cleaner.saar import MODEL_ERRORS, error_class
+from cleaner.stats import mean_stderr
 from cleaner.trajectory import Trajectory, write_lines_atomic
 from harness import cli, records, schema
-
-
-def _mean_stderr(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n)
 
 
 def _percentiles(values: list[int]) -> dict[str, int]:
@@ -72,8 +66,8 @@ def regime_stats(trajs: list[Trajectory], correct: list[bool], k: int) -> dict[s
             with_failure += 1
             with_failure_correct += ok
     lengths = [len(t.ids) - len(t.prompt) for t in trajs]
-    acc, acc_se = _mean_stderr([float(c) for c in correct])
-    fpt, fpt_se = _mean_stderr([float(f) for f in failed_per_traj])
+    acc, acc_se = mean_stderr([float(c) for c in correct])
+    fpt, fpt_se = mean_stderr([float(f) for f in failed_per_traj])
     share = recovered / failed if failed else float("nan")
     reasons: dict[str, int] = {}
     for t in trajs:

@@ -62,8 +62,8 @@ class SftConfig:
 # "regime": rates chosen to put the SFT start in the paper's regime (docs/lab.md, results/lab/regime_sft_eval.json).
 SFT_RECIPES = {
     "lab": SftConfig(),
-    "regime": SftConfig(task_set="regime", num_examples=16000, steps=800, bug_rate=0.75, second_failure_rate=0.4,
-                        give_up_rate=0.15, near_miss_rate=0.25),
+    "regime": SftConfig(task_set="regime", num_examples=20000, steps=1000, bug_rate=0.6, second_failure_rate=0.3,
+                        give_up_rate=0.2, near_miss_rate=0.25),
 }
 
 

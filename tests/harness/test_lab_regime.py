@@ -4,6 +4,7 @@ regression set and its committed checkpoint; train and eval hand the chosen task
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,21 @@ def test_the_preset_sets_task_set_checkpoint_and_limits_together(composed):
     assert algo.overlong_buffer_tokens * 5 == algo.max_response_tokens  # the paper's 4,096 of 20,480
     assert algo.max_turns >= 1 + cfg.saar.max_retries + 1  # a call, K retries, the answer
     assert records.config_hash(cfg) != records.config_hash(composed(["data=lab_regime"]))
+
+
+def test_the_committed_start_record_is_of_the_declared_recipe_and_sized_the_preset(composed):
+    """results/lab/regime_sft_eval.json measured the checkpoint the recipe names, under the preset's limits, and the
+    preset's budget follows from its lengths: the smallest multiple of 160 whose last 20% starts at or above their
+    99th percentile (none smaller would)."""
+    record = json.loads(Path("results/lab/regime_sft_eval.json").read_text())
+    algo = schema.lab_train_config(composed(["preset=lab_regime"])).algo
+    assert record["sft"]["hash"] == SFT_RECIPES["regime"].hash() and not record["git"]["dirty"]
+    limits = record["limits"]
+    assert (limits["max_response_tokens"], limits["overlong_buffer_tokens"], limits["max_turns"]) == (
+        algo.max_response_tokens, algo.overlong_buffer_tokens, algo.max_turns)
+    p99 = limits["sizing_percentiles"]["p99"]
+    sized = next(b for b in range(160, 100 * 160, 160) if b - b // 5 >= p99)
+    assert algo.max_response_tokens == sized and algo.overlong_buffer_tokens == sized // 5
 
 
 def test_the_default_keeps_the_regression_set_and_its_run_names(composed):

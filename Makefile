@@ -49,7 +49,7 @@ purify: $(STAMP)
 sft: sandbox-check
 	$(PY) -m cleaner.lab.sft --out results/lab/sft
 
-# the regime task set (docs/lab.md): its SFT checkpoint (about 40 minutes on 2 cores; reused while its recipe is
+# the regime task set (docs/lab.md): its SFT checkpoint (about 46 minutes on 2 cores; reused while its recipe is
 # unchanged), then the measurements of that start, results/lab/regime_sft_eval.json
 regime: sandbox-check
 	CLEANER_THREADS=2 $(PY) -m cleaner.lab.sft --task-set regime --out results/lab/sft

@@ -1,7 +1,7 @@
 """The paper's tables, regenerated from run records beside the paper's reported numbers:
 
     python -m harness.report [--runs results/runs] [--out results/runs/report] [--tuning results/tuning]
-                             [--paper PATH] [--strict]
+                             [--start results/lab/regime_sft_eval.json] [--paper PATH] [--strict]
 
 Reads every finished run record under `--runs` (folders holding `config.yaml` and `summary.json`; see
 `harness.records`) and the paper's figures (`harness/paper_results.yaml`, each block naming its table), and writes
@@ -16,8 +16,9 @@ touches the committed report. The committed report is regenerated only on reques
   (`contrasts`, when both methods ran with the penalty on and off), SAAR switched on mid-training beside the
   paper's post-hoc experiment (`posthoc`, when such runs pair with their baseline), the update's signal on
   trajectories that made an error, per arm (`failure_signal`, from records that log it), SAAR's latency at test
-  time over repeated evaluations (when an evaluation was repeated), and the learning-rate searches (`--tuning`, by
-  default `results/tuning`; cited in place, not copied);
+  time over repeated evaluations (when an evaluation was repeated), the learning-rate searches (`--tuning`, by
+  default `results/tuning`; cited in place, not copied) and the SFT start of the runs' task set (`start`, from
+  `--start`, by default `results/lab/regime_sft_eval.json`, when some run trained on its task set; cited in place);
 - `curves.png`: held-out Pass@1 (from the start), training accuracy, tool failures per trajectory and (where
   logged) the covariance of advantage and first-attempt failure against RL step, one line per method with a band
   over seeds;
@@ -73,6 +74,7 @@ LOCAL_RUNS = Path("results/runs")  # where the harness records runs by default (
 LOCAL_OUT = LOCAL_RUNS / "report"  # where a bare report goes (git-ignored, as the runs)
 COMMITTED = Path("results/report")  # the committed report; its cited records are in runs/
 LOCAL_TUNING = Path("results/tuning")  # the committed learning-rate searches (sweeps/tune_lr.yaml)
+LOCAL_START = Path("results/lab/regime_sft_eval.json")  # the regime task set's SFT start (harness.lab_regime)
 RECORD_FILES = ("config.yaml", "env.json", "summary.json", "metrics.jsonl", "eval*.json", "samples*.jsonl")  # globs
 
 
@@ -734,6 +736,38 @@ def tuning(trials: list[Record], records_dir: str) -> Table | None:
                   "interval holds 0."), records_dir)
 
 
+def start(measured: dict[str, Any], records: list[Record], record_dir: str, name: str) -> Table | None:
+    """The SFT start of the runs' task set, as `harness.lab_regime` measured it (`--start`): Pass@1, failed calls
+    per trajectory, the failed calls followed by a successful one within K (with SAAR on: the rollbacks that
+    recovered), response lengths and the budget; only when some run trained on that task set."""
+    task_set = measured["eval"]["task_set"]
+    if not any(r.config.get("data", {}).get("task_set", "lab") == task_set for r in records):
+        return None
+    k = measured["limits"]["K"]
+    rows = []
+    for side, saar in (("saar_off", "off"), ("saar_on", "on")):
+        m = measured[side]
+        recovered, stderr = ((m["recovered_within_3_share"], m["recovered_within_3_share_stderr"]) if saar == "off"
+                             else (m["saar_recovered_share"], None))
+        rows.append((Cell(saar), Cell(f"{100 * m['pass_at_1']:.1f} ± {100 * m['pass_at_1_stderr']:.1f}"),
+                     Cell(f"{m['failed_calls_per_traj']:.3f} ± {m['failed_calls_per_traj_stderr']:.3f}"),
+                     Cell(f"{100 * recovered:.1f}" + (f" ± {100 * stderr:.1f}" if stderr is not None else "")),
+                     Cell(f"{m['response_tokens']['p50']} / {m['response_tokens']['p99']}"), Cell(str(m["problems"])),
+                     Cell(name)))
+    limits, sizing = measured["limits"], measured["limits"]["sizing_percentiles"]
+    return Table("start", f"The SFT start of the task set {task_set!r} ({measured['sft']['hash']}), on held-out "
+                 "test problems", ("SAAR at test time", "Pass@1 (%)", "failed calls / traj",
+                                   f"recovered within {k} (%)", "response tokens p50 / p99", "problems", "source"),
+                 tuple(rows),
+                 (f"One sample per problem at temperature {measured['eval']['temperature']}, ± stderr over problems "
+                  "(recovered: binomial, over failed calls). Recovered, SAAR off: failed calls followed by a "
+                  f"successful call within the next {k}; SAAR on: the rollbacks that recovered.",
+                  f"Budget {limits['max_response_tokens']} response tokens, the last "
+                  f"{limits['overlong_buffer_tokens']} the overlong buffer (from {limits['buffer_starts_at']}); with "
+                  f"{limits['sizing_budget']} tokens no response is cut and they run p50 {sizing['p50']}, "
+                  f"p99 {sizing['p99']}, max {sizing['max']}."), record_dir)
+
+
 def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
     tables = [table1(records, results), table2(records, results), table4(records, results), ablation(records),
               budget(records, results), comparison(records), contrasts(records), posthoc(records, results),
@@ -744,7 +778,8 @@ def build_tables(records: list[Record], results: dict[str, Any]) -> list[Table]:
 # -- renderers ----------------------------------------------------------------------------------------------------
 
 def _source_md(cell: Cell, folder: str) -> str:
-    return " ".join(f"[`{n}`]({folder}/{n}/)" for n in cell.text.split()) if cell.text != "paper" else "paper"
+    return (" ".join(f"[`{n}`]({folder}/{n}{'' if n.endswith('.json') else '/'})" for n in cell.text.split())
+            if cell.text != "paper" else "paper")
 
 
 def to_markdown(t: Table) -> str:
@@ -924,18 +959,22 @@ def page(tables: list[Table], figure: bool, samples: list[tuple[str, Trajectory,
 # -- the command --------------------------------------------------------------------------------------------------
 
 def write_report(runs_root: Path, paper_results: Path, out: Path, tuning_root: Path | None = None,
-                 skip: Callable[[str], None] | None = None) -> list[Table]:
-    """The report of the records under `runs_root` (and of the learning-rate searches under `tuning_root`, cited in
-    place) into `out`; `skip` as for `load_records`."""
+                 skip: Callable[[str], None] | None = None, start_record: Path | None = None) -> list[Table]:
+    """The report of the records under `runs_root` (and of the learning-rate searches under `tuning_root` and the
+    SFT start's measurement `start_record`, cited in place) into `out`; `skip` as for `load_records`."""
     records = load_records(runs_root, skip)
     results = _read(paper_results, yaml.safe_load)
     tables = build_tables(records, results)
     if tuning_root is not None and tuning_root.exists():
         searched = tuning(load_records(tuning_root, skip), os.path.relpath(tuning_root, out))
         tables += [searched] if searched else []
+    if start_record is not None and start_record.exists():
+        measured = start(_read(start_record, json.loads), records, os.path.relpath(start_record.parent, out),
+                         start_record.name)
+        tables += [measured] if measured else []
     out.mkdir(parents=True, exist_ok=True)
     # tables written only when they have rows: no stale copy
-    for stale in ("comparison", "contrasts", "posthoc", "failure_signal", "latency", "tuning"):
+    for stale in ("comparison", "contrasts", "posthoc", "failure_signal", "latency", "tuning", "start"):
         for suffix in (".md", ".csv", ".tex"):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     for t in tables:
@@ -962,6 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", type=Path, default=PAPER_RESULTS, help="the paper's figures (paper_results.yaml)")
     parser.add_argument("--tuning", type=Path, default=LOCAL_TUNING, help="learning-rate search records, cited in "
                                                                           "place (default: results/tuning, if any)")
+    parser.add_argument("--start", type=Path, default=LOCAL_START, help="the SFT start's measurement "
+                        "(harness.lab_regime), cited in place when runs trained on its task set (default: "
+                        f"{LOCAL_START}, if any)")
     parser.add_argument("--strict", action="store_true", help="exit 2 unless every record reads back and was made "
                                                               "at a clean commit (the committed report is made so)")
     args = parser.parse_args(argv)
@@ -978,9 +1020,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.strict:
             cited = [*load_records(args.runs), *(load_records(args.tuning) if args.tuning.exists() else [])]
             unclean = [f"{r.name} ({why})" for r in cited if (why := provenance(r))]
+            if args.start.exists() and _read(args.start, json.loads)["git"]["dirty"]:
+                unclean.append(f"{args.start} (made from a tree with uncommitted changes)")
             if unclean:
                 raise ReportError("--strict: not made at a clean commit: " + ", ".join(unclean))
-        tables = write_report(args.runs, args.paper, args.out, args.tuning, skip)
+        tables = write_report(args.runs, args.paper, args.out, args.tuning, skip, args.start)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

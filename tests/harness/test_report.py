@@ -593,3 +593,46 @@ def test_a_run_with_saar_from_step_is_labelled_with_the_step_saar_starts_at():
     label = lambda s: report.label(SimpleNamespace(config={"model": {"name": "lab"}, "saar": s}, steps=300, saar=True))
     assert label({**saar, "from_step": 200}) == "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0, SAAR from step 201)"
     assert label(saar) == label({**saar, "from_step": 0}) == "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)"
+
+
+def measured_start(dirty: bool = False) -> dict:
+    """A harness.lab_regime record with round numbers."""
+    side = {"problems": 400, "pass_at_1": 0.5, "pass_at_1_stderr": 0.025, "failed_calls_per_traj": 0.6,
+            "failed_calls_per_traj_stderr": 0.04, "recovered_within_3_share": 0.55,
+            "recovered_within_3_share_stderr": 0.033, "response_tokens": {"p50": 130, "p99": 640}}
+    return {"git": {"commit": "c" * 40, "dirty": dirty}, "sft": {"hash": "abcdef012345"},
+            "eval": {"task_set": "regime", "temperature": 1.0}, "saar_off": side,
+            "saar_on": {**side, "pass_at_1": 0.52, "saar_recovered_share": 0.6, "response_tokens": {"p50": 120,
+                                                                                                   "p99": 260}},
+            "limits": {"K": 3, "max_response_tokens": 960, "overlong_buffer_tokens": 192, "buffer_starts_at": 768,
+                       "sizing_budget": 2048, "sizing_percentiles": {"p50": 130, "p99": 640, "max": 1100}}}
+
+
+def test_the_start_table_gives_the_measured_start_of_the_runs_task_set_and_strict_refuses_a_dirty_one(tmp_path):
+    """The SFT start (harness.lab_regime's record) as a table, cited in place, only when a run trained on its task
+    set (a record without data.task_set is of the lab set); --strict refuses a start record made from a dirty tree.
+    Breakage caught: the table shown for lab runs; SAAR on reporting the within-K share instead of SAAR's own; the
+    dirty flag not checked."""
+    root = tmp_path / "runs"
+    run = write_record(root, "lab0", summary_eval=eval_metrics(0.9, 0.02, 10))
+    path = tmp_path / "lab" / "regime_sft_eval.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(measured_start()))
+    assert report.start(measured_start(), report.load_records(root), "../lab", path.name) is None
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "data": {"task_set": "regime"}}))
+    table = report.start(measured_start(), report.load_records(root), "../lab", path.name)
+    assert [[c.text for c in row] for row in table.rows] == [
+        ["off", "50.0 ± 2.5", "0.600 ± 0.040", "55.0 ± 3.3", "130 / 640", "400", "regime_sft_eval.json"],
+        ["on", "52.0 ± 2.5", "0.600 ± 0.040", "60.0", "120 / 260", "400", "regime_sft_eval.json"]]
+    assert "abcdef012345" in table.title and "recovered within 3 (%)" in table.columns
+    assert "from 768" in table.notes[1] and "p99 640, max 1100" in table.notes[1]
+    assert "[`regime_sft_eval.json`](../lab/regime_sft_eval.json)" in report.to_markdown(table)
+    (root / "lab0" / "env.json").write_text(json.dumps({"git": {"commit": "c" * 40, "dirty": []}}))
+    out = tmp_path / "report"
+    assert report.main(["--runs", str(root), "--out", str(out), "--paper", str(PAPER), "--start", str(path),
+                        "--tuning", str(tmp_path / "none"), "--strict"]) == 0
+    assert (out / "start.md").exists()
+    path.write_text(json.dumps(measured_start(dirty=True)))
+    assert report.main(["--runs", str(root), "--out", str(out), "--paper", str(PAPER), "--start", str(path),
+                        "--tuning", str(tmp_path / "none"), "--strict"]) == 2

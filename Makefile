@@ -67,8 +67,11 @@ test: sandbox-check
 test-slow: sandbox-check
 	$(PY) -m pytest -q -m slow
 
+# the benchmarks (docs/benchmarks.md); every figure, with the RL step's parts in extra_info, also goes to
+# results/runs/bench.json (git-ignored)
 bench: sandbox-check
-	$(PY) -m pytest -q tests/benchmarks -o addopts="--import-mode=importlib -p no:cacheprovider" --benchmark-only --benchmark-columns=min,median,max,rounds --benchmark-sort=name
+	mkdir -p results/runs
+	$(PY) -m pytest -q tests/benchmarks -o addopts="--import-mode=importlib -p no:cacheprovider" --benchmark-only --benchmark-columns=min,median,max,rounds --benchmark-sort=name --benchmark-json=results/runs/bench.json
 
 # the GPU smoke check (docs/gpu-smoke.md): rollouts with SAAR splices, the recompute with prefix reuse and one GRPO
 # update on a random-initialised model of Qwen3-4B's size, on one GPU in minutes. It needs only torch and

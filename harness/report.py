@@ -747,8 +747,8 @@ def start(measured: dict[str, Any], records: list[Record], record_dir: str, name
     rows = []
     for side, saar in (("saar_off", "off"), ("saar_on", "on")):
         m = measured[side]
-        recovered, stderr = ((m["recovered_within_3_share"], m["recovered_within_3_share_stderr"]) if saar == "off"
-                             else (m["saar_recovered_share"], None))
+        recovered, stderr = ((m[f"recovered_within_{k}_share"], m[f"recovered_within_{k}_share_stderr"])
+                             if saar == "off" else (m["saar_recovered_share"], None))
         rows.append((Cell(saar), Cell(f"{100 * m['pass_at_1']:.1f} ± {100 * m['pass_at_1_stderr']:.1f}"),
                      Cell(f"{m['failed_calls_per_traj']:.3f} ± {m['failed_calls_per_traj_stderr']:.3f}"),
                      Cell(f"{100 * recovered:.1f}" + (f" ± {100 * stderr:.1f}" if stderr is not None else "")),

@@ -191,6 +191,8 @@ def penalty_note(r: Record) -> str:
 
 def label(r: Record) -> str:
     model = r.config["model"]["name"]
+    task_set = r.config.get("data", {}).get("task_set", "lab")  # the lab's task set (older records: "lab")
+    model += f" ({task_set} set)" if task_set != "lab" else ""
     if r.steps == 0:
         return f"{model} (no RL)"
     if not r.saar:

@@ -595,6 +595,19 @@ def test_a_run_with_saar_from_step_is_labelled_with_the_step_saar_starts_at():
     assert label(saar) == label({**saar, "from_step": 0}) == "lab CLEANER (γ 0.5, K 3, rollback prob. 1.0)"
 
 
+def test_a_run_on_another_task_set_than_the_lab_s_is_labelled_with_it():
+    """A run on the regime task set says so; one on "lab", or a record made before data.task_set existed, does not.
+    Breakage caught: the task set left out of `label`."""
+    from types import SimpleNamespace
+
+    def label(data):
+        config = {"model": {"name": "lab"}, "saar": {"enabled": False}, **({"data": data} if data else {})}
+        return report.label(SimpleNamespace(config=config, steps=120, saar=False))
+
+    assert label({"task_set": "regime"}) == "lab (regime set) DAPO baseline"
+    assert label({"task_set": "lab"}) == label(None) == "lab DAPO baseline"
+
+
 def measured_start(dirty: bool = False) -> dict:
     """A harness.lab_regime record with round numbers."""
     side = {"problems": 400, "pass_at_1": 0.5, "pass_at_1_stderr": 0.025, "failed_calls_per_traj": 0.6,

@@ -27,6 +27,7 @@ import math
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def _percentiles(values: list[int]) -> dict[str, int]:
 def regime_stats(trajs: list[Trajectory], correct: list[bool], k: int) -> dict[str, Any]:
     """Pass@1, calls and failed calls per trajectory (by exception), recovery within `k` calls, failures inside
     correct trajectories, response lengths, turns and finish reasons, of one sample per problem."""
-    failed_per_traj, calls_per_traj, by_class = [], [], {}
+    failed_per_traj, calls_per_traj, by_class = [], [], Counter()
     failed = recovered = 0
     with_failure = with_failure_correct = 0
     for t, ok in zip(trajs, correct):
@@ -60,7 +61,7 @@ def regime_stats(trajs: list[Trajectory], correct: list[bool], k: int) -> dict[s
         for i, (r, bad) in enumerate(zip(results, fails)):
             if bad:
                 failed += 1
-                by_class[error_class(r)] = by_class.get(error_class(r), 0) + 1
+                by_class[error_class(r)] += 1
                 recovered += any(later.status == "ok" for later in results[i + 1:i + 1 + k])
         if any(fails):
             with_failure += 1
@@ -69,12 +70,8 @@ def regime_stats(trajs: list[Trajectory], correct: list[bool], k: int) -> dict[s
     acc, acc_se = mean_stderr([float(c) for c in correct])
     fpt, fpt_se = mean_stderr([float(f) for f in failed_per_traj])
     share = recovered / failed if failed else float("nan")
-    reasons: dict[str, int] = {}
-    for t in trajs:
-        reasons[t.meta["finish_reason"]] = reasons.get(t.meta["finish_reason"], 0) + 1
-    turns: dict[str, int] = {}
-    for t in trajs:
-        turns[str(len(t.turns))] = turns.get(str(len(t.turns)), 0) + 1
+    reasons = Counter(t.meta["finish_reason"] for t in trajs)
+    turns = Counter(str(len(t.turns)) for t in trajs)
     return {
         "problems": len(trajs), "pass_at_1": acc, "pass_at_1_stderr": acc_se,
         "calls_per_traj": sum(calls_per_traj) / len(trajs),

@@ -79,3 +79,31 @@ def test_train_and_eval_hand_the_task_set_to_the_trainer(composed, monkeypatch, 
     seen.clear()
     harness_train.run(composed([f"runs_root={tmp_path}", "quiet=true"]))
     assert seen["train"] is tasks
+
+
+def test_regime_stats_by_hand():
+    """Three trajectories: a NameError then a fix (correct); a TypeError and three NameErrors then success
+    (wrong); one clean call (correct). With K = 3 the first TypeError is not followed by a success within 3 calls,
+    the others are: 4 of 5 recovered. Breakage caught: a window of K + 1 calls (5 of 5), failures counted by status
+    rather than exception, correctness of trajectories with a failure miscounted."""
+    from types import SimpleNamespace
+
+    from cleaner.trajectory import ToolResult
+    from harness.lab_regime import regime_stats
+
+    def traj(errors, ok_last, length, reason="answer"):
+        results = [ToolResult("error", "", e) for e in errors] + ([ToolResult("ok", "1")] if ok_last else [])
+        turns = [SimpleNamespace(result=r) for r in results] + [SimpleNamespace(result=None)]
+        return SimpleNamespace(turns=turns, ids=list(range(2 + length)), prompt=[0, 1], meta={"finish_reason": reason})
+
+    trajs = [traj(["NameError"], True, 8), traj(["TypeError", "NameError", "NameError", "NameError"], True, 40),
+             traj([], True, 4, "length")]
+    s = regime_stats(trajs, [True, False, True], k=3)
+    assert s["pass_at_1"] == pytest.approx(2 / 3) and s["calls_per_traj"] == pytest.approx(8 / 3)
+    assert s["failed_calls"] == 5 and s["failed_calls_per_traj"] == pytest.approx(5 / 3)
+    assert s["failed_calls_by_class"] == {"NameError": 4, "TypeError": 1}
+    assert s["recovered_within_3"] == 4 and s["recovered_within_3_share"] == pytest.approx(0.8)
+    assert s["recovered_within_3_share_stderr"] == pytest.approx((0.8 * 0.2 / 5) ** 0.5)
+    assert (s["trajectories_with_a_failure"], s["correct_among_trajectories_with_a_failure"]) == (2, 1)
+    assert s["turns"] == {"2": 1, "3": 1, "6": 1} and s["finish_reasons"] == {"answer": 2, "length": 1}
+    assert s["response_tokens"]["max"] == 40 and s["response_tokens"]["p50"] == 8
